@@ -1,0 +1,118 @@
+"""PenguiFlow: typed, async-first orchestration for agent and data pipelines.
+
+Core names are imported eagerly. Names of the add-on distributions
+(``penguiflow-patterns``, ``-streaming``, ``-viz``) resolve lazily on first use; when the
+add-on is missing, using the name raises :class:`~penguiflow.errors.MissingExtraError`
+(an ``ImportError``) saying what to install. Feature detection:
+``importlib.util.find_spec("penguiflow.viz") is not None``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pkgutil import extend_path
+from typing import TYPE_CHECKING, Any
+
+__path__ = extend_path(__path__, __name__)
+
+from ._version import __version__ as __version__
+from .core import (
+    DEFAULT_QUEUE_MAXSIZE as DEFAULT_QUEUE_MAXSIZE,
+    Context as Context,
+    CycleError as CycleError,
+    PenguiFlow as PenguiFlow,
+    TraceCancelled as TraceCancelled,
+    call_playbook as call_playbook,
+    create as create,
+)
+from .errors import MissingExtraError, PenguiFlowError as PenguiFlowError
+from .metrics import FlowEvent as FlowEvent
+from .middlewares import Middleware as Middleware
+from .node import Node as Node, NodePolicy as NodePolicy
+from .registry import ModelRegistry as ModelRegistry
+from .types import (
+    WM as WM,
+    FinalAnswer as FinalAnswer,
+    Headers as Headers,
+    Message as Message,
+    PlanStep as PlanStep,
+    StreamChunk as StreamChunk,
+    Thought as Thought,
+)
+
+if TYPE_CHECKING:
+    from .patterns import (
+        join_k as join_k,
+        map_concurrent as map_concurrent,
+        predicate_router as predicate_router,
+        union_router as union_router,
+    )
+    from .streaming import (
+        chunk_to_ws_json as chunk_to_ws_json,
+        emit_stream_events as emit_stream_events,
+        format_sse_event as format_sse_event,
+        stream_flow as stream_flow,
+    )
+    from .viz import flow_to_dot as flow_to_dot, flow_to_mermaid as flow_to_mermaid
+
+__all__ = [
+    "__version__",
+    "Context",
+    "CycleError",
+    "DEFAULT_QUEUE_MAXSIZE",
+    "FinalAnswer",
+    "FlowEvent",
+    "Headers",
+    "Message",
+    "Middleware",
+    "ModelRegistry",
+    "Node",
+    "NodePolicy",
+    "PenguiFlow",
+    "PenguiFlowError",
+    "PlanStep",
+    "StreamChunk",
+    "Thought",
+    "TraceCancelled",
+    "WM",
+    "call_playbook",
+    "create",
+]
+
+# Optional names: attribute -> (module, distribution). Deliberately not in __all__, so
+# ``from penguiflow import *`` works with core alone.
+_ADDONS: dict[str, tuple[str, str]] = {
+    "map_concurrent": ("penguiflow.patterns", "penguiflow-patterns"),
+    "join_k": ("penguiflow.patterns", "penguiflow-patterns"),
+    "predicate_router": ("penguiflow.patterns", "penguiflow-patterns"),
+    "union_router": ("penguiflow.patterns", "penguiflow-patterns"),
+    "format_sse_event": ("penguiflow.streaming", "penguiflow-streaming"),
+    "chunk_to_ws_json": ("penguiflow.streaming", "penguiflow-streaming"),
+    "stream_flow": ("penguiflow.streaming", "penguiflow-streaming"),
+    "emit_stream_events": ("penguiflow.streaming", "penguiflow-streaming"),
+    "flow_to_mermaid": ("penguiflow.viz", "penguiflow-viz"),
+    "flow_to_dot": ("penguiflow.viz", "penguiflow-viz"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, dist = _ADDONS[name]
+    except KeyError:
+        raise AttributeError(f"module 'penguiflow' has no attribute {name!r}") from None
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise MissingExtraError(
+            f"penguiflow.{name} needs the {dist!r} distribution: pip install {dist}",
+            name=module_name,
+        ) from None
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ADDONS))

@@ -1,0 +1,99 @@
+"""Per-node validation, built once per ``run()`` (contract §3.2 and §14 D1).
+
+A node registered with a bare pydantic in-model that receives a ``Message`` sees the
+validated *payload*; its bare return value is out-validated and re-wrapped into the
+incoming envelope, so ``trace_id``, ``headers``, ``deadline_s`` and ``meta`` travel on.
+Bare items, and in-models that are ``Message`` types, are validated as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from .types import Message
+
+__all__ = ["AdapterSource", "Validator", "copy_with", "with_payload"]
+
+_VALIDATE_MODES = ("both", "in", "out", "none")
+
+
+class AdapterSource(Protocol):
+    """Anything with a registry-compatible ``adapters(name)`` method."""
+
+    def adapters(self, node_name: str) -> tuple[Any, Any]: ...
+
+
+def copy_with(model: BaseModel, field: str, value: Any) -> Any:
+    """Return a shallow copy of ``model`` with one field replaced.
+
+    The same result as ``model.model_copy(update={field: value})``, without its generic
+    machinery: this runs on every hop of an enveloped flow.
+    """
+    cls = type(model)
+    new = cls.__new__(cls)
+    data = model.__dict__.copy()
+    data[field] = value
+    setattr_ = object.__setattr__
+    setattr_(new, "__dict__", data)
+    fields_set = model.__pydantic_fields_set__
+    if field not in fields_set:
+        fields_set = fields_set | {field}
+    else:
+        fields_set = set(fields_set)
+    setattr_(new, "__pydantic_fields_set__", fields_set)
+    extra = model.__pydantic_extra__
+    setattr_(new, "__pydantic_extra__", None if extra is None else dict(extra))
+    private = model.__pydantic_private__
+    setattr_(new, "__pydantic_private__", None if private is None else dict(private))
+    return new
+
+
+def with_payload(message: Message, payload: Any) -> Message:
+    """Return ``message`` with ``payload`` replaced (same trace, headers, meta, deadline)."""
+    result: Message = copy_with(message, "payload", payload)
+    return result
+
+
+class Validator:
+    """The validation plan of one node for one registry.
+
+    ``prepare`` turns an incoming item into the function argument; ``finish`` turns the
+    function's result into what gets routed. Both are synchronous so the worker's hot
+    loop awaits only the node function itself.
+    """
+
+    __slots__ = ("envelope_aware", "in_validate", "out_validate")
+
+    def __init__(self, node_name: str, validate: str, registry: AdapterSource) -> None:
+        in_adapter, out_adapter = registry.adapters(node_name)
+        self.in_validate = in_adapter.validate_python if validate in ("in", "both") else None
+        self.out_validate = out_adapter.validate_python if validate in ("out", "both") else None
+        in_model: Any = None
+        models = getattr(registry, "models", None)
+        if models is not None:
+            in_model = models(node_name)[0]
+        self.envelope_aware = not (isinstance(in_model, type) and issubclass(in_model, Message))
+
+    def prepare(self, item: Any) -> Any:
+        """Return the argument the node function receives for ``item``."""
+        if self.envelope_aware and isinstance(item, Message):
+            payload = item.payload
+            return payload if self.in_validate is None else self.in_validate(payload)
+        return item if self.in_validate is None else self.in_validate(item)
+
+    def finish(self, item: Any, result: Any) -> Any:
+        """Return what gets routed for the node function's ``result`` on ``item``."""
+        if result is None:
+            return None
+        out = self.out_validate
+        if self.envelope_aware and isinstance(item, Message):
+            if isinstance(result, Message):
+                if out is None:
+                    return result
+                payload = result.payload
+                checked = out(payload)
+                return result if checked is payload else with_payload(result, checked)
+            return with_payload(item, result if out is None else out(result))
+        return result if out is None else out(result)

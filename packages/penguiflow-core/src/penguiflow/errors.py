@@ -1,0 +1,76 @@
+"""PenguiFlow's exception tree.
+
+Every error PenguiFlow raises on purpose derives from :class:`PenguiFlowError`, and also
+from the builtin type that the API contract promises (``ValueError``, ``RuntimeError``,
+``ImportError``), so ``except ValueError`` keeps working for callers who never heard of
+PenguiFlow::
+
+    PenguiFlowError
+    ├── FlowBuildError (ValueError)        a graph or node that cannot be built
+    │   └── CycleError (RuntimeError)      a cycle without allow_cycle / allow_cycles
+    ├── FlowRuntimeError (RuntimeError)    misuse of a flow at run time
+    │   ├── FlowNotRunningError            cancel() on a stopped flow, a detached context
+    │   └── FlowStoppedError               emit() after stop(), before the next run()
+    └── TraceCancelled (Exception)         raised inside the runtime for a cancelled trace
+    MissingExtraError (ImportError)        an add-on name used without its distribution
+
+``TraceCancelled`` is deliberately *not* a ``CancelledError``: node code sees
+``asyncio.CancelledError`` at its current ``await``; the runtime turns that into a
+``TraceCancelled`` outcome for the item (contract §14 D4).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CycleError",
+    "FlowBuildError",
+    "FlowNotRunningError",
+    "FlowRuntimeError",
+    "FlowStoppedError",
+    "MissingExtraError",
+    "PenguiFlowError",
+    "TraceCancelled",
+]
+
+
+class PenguiFlowError(Exception):
+    """Root of every error PenguiFlow raises on purpose."""
+
+
+class FlowBuildError(PenguiFlowError, ValueError):
+    """A node, policy or graph that cannot be built; the message names the culprit."""
+
+
+class CycleError(FlowBuildError, RuntimeError):
+    """The graph has a cycle that no ``allow_cycle`` / ``allow_cycles`` permits."""
+
+
+class FlowRuntimeError(PenguiFlowError, RuntimeError):
+    """A flow was used in a way its current state does not allow."""
+
+
+class FlowNotRunningError(FlowRuntimeError):
+    """The operation needs a running flow (or a context attached to one)."""
+
+
+class FlowStoppedError(FlowRuntimeError):
+    """The flow was stopped; call ``run()`` again before emitting."""
+
+
+class TraceCancelled(PenguiFlowError):
+    """Work of a cancelled trace was aborted.
+
+    Args:
+        trace_id: The cancelled trace, or ``None`` for an untracked item.
+    """
+
+    def __init__(self, trace_id: str | None) -> None:
+        super().__init__(f"trace cancelled: {trace_id}")
+        self.trace_id = trace_id
+
+    def __reduce__(self) -> tuple[type[TraceCancelled], tuple[str | None]]:
+        return (type(self), (self.trace_id,))
+
+
+class MissingExtraError(ImportError):
+    """A name of an optional PenguiFlow distribution was used, but it is not installed."""

@@ -1,0 +1,140 @@
+"""``Node`` and ``NodePolicy``: an async function plus how the runtime treats it."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._validation import AdapterSource, Validator
+from .errors import FlowBuildError
+from .types import _new_trace_id
+
+__all__ = ["Node", "NodePolicy"]
+
+NodeFunc = Callable[[Any, Any], Awaitable[Any]]
+
+_VALIDATE_MODES = ("both", "in", "out", "none")
+
+
+@dataclass(frozen=True, slots=True)
+class NodePolicy:
+    """How the runtime runs a node. Normalised and checked once, at construction.
+
+    Attributes:
+        validate: ``"both"``, ``"in"``, ``"out"`` or ``"none"``: which side of the node is
+            validated against the registry given to ``run()``.
+        timeout_s: Limit of one attempt in seconds; ``None`` = no limit (and no timeout
+            machinery on the hot path).
+        max_retries: Extra attempts after the first.
+        backoff_base: Delay before the first retry, in seconds.
+        backoff_mult: Factor applied to the delay for each further retry.
+        max_backoff: Cap on the delay; ``None`` = uncapped.
+        max_concurrency: Invocations of this node that may run at once, across traces.
+            Items of one trace are still handled one after another, in order.
+    """
+
+    validate: str = "both"
+    timeout_s: float | None = None
+    max_retries: int = 0
+    backoff_base: float = 0.5
+    backoff_mult: float = 2.0
+    max_backoff: float | None = None
+    max_concurrency: int = 1
+
+    def __post_init__(self) -> None:
+        if self.validate not in _VALIDATE_MODES:
+            raise ValueError("validate must be one of 'both', 'in', 'out', 'none'")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise FlowBuildError(f"timeout_s must be positive or None, got {self.timeout_s!r}")
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
+            raise FlowBuildError(f"max_retries must be an int, got {self.max_retries!r}")
+        if self.max_retries < 0:
+            raise FlowBuildError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.backoff_base < 0 or self.backoff_mult < 0:
+            raise FlowBuildError("backoff_base and backoff_mult must be >= 0")
+        if self.max_backoff is not None and self.max_backoff < 0:
+            raise FlowBuildError(f"max_backoff must be >= 0 or None, got {self.max_backoff!r}")
+        if (
+            isinstance(self.max_concurrency, bool)
+            or not isinstance(self.max_concurrency, int)
+            or self.max_concurrency < 1
+        ):
+            raise FlowBuildError(
+                f"max_concurrency must be an int >= 1, got {self.max_concurrency!r}"
+            )
+
+    def backoff(self, attempt: int) -> float:
+        """Return the sleep before ``attempt`` (1-based retry number)."""
+        delay = self.backoff_base * self.backoff_mult ** (attempt - 1)
+        if self.max_backoff is not None and delay > self.max_backoff:
+            return self.max_backoff
+        return delay
+
+
+_DEFAULT_POLICY = NodePolicy()
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    """An async function ``(message, ctx)`` plus its name, policy and cycle permission.
+
+    Args:
+        func: ``async def f(message, ctx)``; both parameters positional.
+        name: Defaults to ``func.__name__``.
+        policy: Validation, timeout, retry and concurrency settings.
+        allow_cycle: Allow the self-edge ``n.to(n)`` (a controller loop).
+
+    Nodes hash by ``node_id`` and compare by identity, so they can be dict keys.
+    """
+
+    func: NodeFunc
+    name: str = None  # type: ignore[assignment]  # always a str after __post_init__
+    policy: NodePolicy = field(default=_DEFAULT_POLICY)
+    allow_cycle: bool = False
+    node_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        func = self.func
+        if not inspect.iscoroutinefunction(func):
+            raise TypeError("Node function must be declared with async def")
+        if self.name is None:
+            self.name = getattr(func, "__name__", None) or type(func).__name__
+        params = list(inspect.signature(func).parameters.values())
+        if len(params) != 2:
+            raise ValueError(
+                f"Node '{self.name}' must accept exactly two parameters (message, ctx); "
+                f"got {len(params)}"
+            )
+        if params[1].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            raise ValueError("Context parameter must be positional")
+        if not isinstance(self.policy, NodePolicy):
+            raise TypeError(f"Node '{self.name}': policy must be a NodePolicy")
+        self.node_id = _new_trace_id()
+
+    def __hash__(self) -> int:
+        return hash(self.node_id)
+
+    def __repr__(self) -> str:
+        return f"Node({self.name!r})"
+
+    def to(self, *nodes: Node) -> tuple[Node, tuple[Node, ...]]:
+        """Return the adjacency entry ``(self, nodes)`` for ``create``."""
+        return (self, nodes)
+
+    async def invoke(self, message: Any, ctx: Any, *, registry: AdapterSource | None) -> Any:
+        """Run one call with validation only: no timeout, no retry, no routing.
+
+        Raises:
+            KeyError: Validation is on and the node is not in ``registry``.
+            pydantic.ValidationError: The input or output does not validate.
+        """
+        if registry is None or self.policy.validate == "none":
+            return await self.func(message, ctx)
+        validator = Validator(self.name, self.policy.validate, registry)
+        result = await self.func(validator.prepare(message), ctx)
+        return validator.finish(message, result)

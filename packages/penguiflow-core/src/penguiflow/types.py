@@ -1,0 +1,141 @@
+"""The messages that travel through a flow.
+
+All models are plain pydantic v2 models with the default configuration (mutable, extra
+keys ignored). ``Message`` is the envelope: a payload plus the routing facts that must
+survive every hop (``trace_id``, ``headers``, ``deadline_s``, ``meta``).
+
+``Message`` reads through to its payload: ``msg.prompt`` returns ``msg.payload.prompt``
+when ``Message`` itself has no public attribute of that name (contract §14 D1 b). Setting
+an attribute is never forwarded.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .clock import wall_time
+
+__all__ = ["FinalAnswer", "Headers", "Message", "PlanStep", "StreamChunk", "Thought", "WM"]
+
+_urandom = os.urandom
+
+
+def _new_trace_id() -> str:
+    """Return a fresh uuid4 as 32 lowercase hex characters (cheaper than ``uuid.uuid4``)."""
+    raw = bytearray(_urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
+
+
+class Headers(BaseModel):
+    """Routing facts of a request."""
+
+    tenant: str
+    """The tenant the request belongs to."""
+    topic: str | None = None
+    """An optional routing topic."""
+    priority: int = 0
+    """Higher means more urgent; the runtime does not reorder by it."""
+
+
+class Message(BaseModel):
+    """The envelope every hop can carry: payload plus trace, headers, deadline and meta."""
+
+    payload: Any
+    """The business object."""
+    headers: Headers
+    """Routing headers; a dict is coerced."""
+    trace_id: str = Field(default_factory=_new_trace_id)
+    """Identifies the request across every hop; a fresh uuid4 hex by default."""
+    ts: float = Field(default_factory=wall_time)
+    """Wall-clock creation time (epoch seconds)."""
+    deadline_s: float | None = None
+    """Absolute wall-clock instant (epoch seconds) after which the trace is abandoned."""
+    meta: dict[str, Any] = Field(default_factory=dict)
+    """Free-form metadata; the runtime forwards it untouched and never replaces it."""
+
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("_"):
+                return super().__getattr__(name)
+            try:
+                payload = self.__dict__["payload"]
+            except KeyError:
+                raise AttributeError(name) from None
+            try:
+                return getattr(payload, name)
+            except AttributeError:
+                raise AttributeError(
+                    f"'{type(self).__name__}' object has no attribute {name!r}, "
+                    f"and neither has its payload ({type(payload).__name__})"
+                ) from None
+
+
+class StreamChunk(BaseModel):
+    """One piece of a streamed response (for example an LLM token)."""
+
+    stream_id: str
+    """The stream this chunk belongs to (defaults to the parent trace id)."""
+    seq: int
+    """Position in the stream, starting at 0."""
+    text: str
+    """The chunk's text."""
+    done: bool = False
+    """True on the last chunk of the stream."""
+    meta: dict[str, Any] = Field(default_factory=dict)
+    """Free-form metadata."""
+
+
+class PlanStep(BaseModel):
+    """One step a controller plans to take (plain data)."""
+
+    kind: Literal["retrieve", "web", "sql", "summarize", "route", "stop"]
+    """What kind of step."""
+    args: dict[str, Any] = Field(default_factory=dict)
+    """Arguments of the step."""
+    max_concurrency: int = 1
+    """How many of these may run at once."""
+
+
+class Thought(BaseModel):
+    """A controller's intermediate reasoning (plain data)."""
+
+    steps: list[PlanStep]
+    """Planned steps."""
+    rationale: str
+    """Why."""
+    done: bool = False
+    """True when the controller is ready to answer."""
+
+
+class WM(BaseModel):
+    """Working memory of a controller loop; the runtime counts hops and enforces budgets."""
+
+    query: str
+    """The question being worked on."""
+    facts: list[Any] = Field(default_factory=list)
+    """What has been learned so far."""
+    hops: int = 0
+    """Hops taken; advanced by the runtime when the controller does not advance it."""
+    budget_hops: int | None = 8
+    """Stop with "Hop budget exhausted" at this many hops; ``None`` = unbounded."""
+    tokens_used: int = 0
+    """Tokens spent, maintained by the controller."""
+    budget_tokens: int | None = None
+    """Stop with "Token budget exhausted" once ``tokens_used`` reaches it; ``None`` = off."""
+    confidence: float = 0.0
+    """The controller's confidence."""
+
+
+class FinalAnswer(BaseModel):
+    """The end of a trace: delivered straight to Rookery."""
+
+    text: str
+    """The answer."""
+    citations: list[str] = Field(default_factory=list)
+    """Sources."""
