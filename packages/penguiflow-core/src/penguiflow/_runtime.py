@@ -788,7 +788,6 @@ class PenguiFlow:
             else:
                 validators.append(Validator(rt.node.name, validate, registry))
         self._registry = registry
-        self._loop = loop
         tasks = self._tasks
         for rt, validator in zip(self._runtimes, validators, strict=True):
             rt.validator = validator
@@ -819,9 +818,15 @@ class PenguiFlow:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
+        interrupted = False
         try:
-            if tasks:
-                await asyncio.wait(tasks)
+            # Wait for every worker even if stop() itself is cancelled meanwhile: a
+            # stopped flow never leaves a task behind. The cancellation is re-raised.
+            while any(not task.done() for task in tasks):
+                try:
+                    await asyncio.wait(tasks)
+                except asyncio.CancelledError:
+                    interrupted = True
         finally:
             for rt in self._runtimes:
                 rt.slots = []
@@ -837,6 +842,8 @@ class PenguiFlow:
             for sub in list(self._subs.values()):
                 sub._finish("stopped")
             self._call_hooks(self._stop_hooks)
+        if interrupted:
+            raise asyncio.CancelledError
 
     # -- introspection ------------------------------------------------------------------
 
@@ -913,7 +920,11 @@ class PenguiFlow:
         floes = self._ingress(to)
         if self._suppressed(msg):
             return
-        await self._send(floes, msg)
+        tid = msg.trace_id if type(msg) is Message else trace_id_of(msg)
+        trace = self._trace(tid) if tid is not None else None
+        i = self._offer(floes, msg, trace, 0)
+        if i < len(floes):
+            await self._send_rest(floes, msg, trace, i)
 
     def emit_nowait(self, msg: Any, to: Node | Sequence[Node] | None = None) -> None:
         """Like ``emit`` but raise ``asyncio.QueueFull`` (enqueuing nothing) when full."""
@@ -940,7 +951,28 @@ class PenguiFlow:
         )
 
     async def fetch(self, from_: Node | Sequence[Node] | None = None) -> Any:
-        """Return the next item that reached Rookery, exactly as it was delivered."""
+        """Return the next item that reached Rookery, exactly as it was delivered.
+
+        Completes the item's trace accounting. With several egress edges, returns
+        whichever item is available first (FIFO within one edge).
+        """
+        if from_ is None:
+            items = self._rookery._inbox.items
+            while items:  # fast path: an item is waiting
+                entry = items[0]
+                trace = entry.trace
+                if entry.dead or (trace is not None and trace.cancelled):
+                    break
+                items.popleft()
+                item = entry.item
+                floe = entry.floe
+                floe.live -= 1
+                if floe.putters:
+                    floe._wake_putter()
+                if trace is not None:
+                    trace.entries.discard(entry)
+                    self._release(trace)
+                return item
         return await self._fetch(self._rookery, self._rookery._sources(from_))
 
     async def fetch_any(self, from_: Node | Sequence[Node] | None = None) -> Any:
@@ -1139,6 +1171,7 @@ class PenguiFlow:
     # -- enqueue ------------------------------------------------------------------------
 
     def _enqueue(self, floe: Floe, item: Any, trace: _Trace | None) -> None:
+        """Append to ``floe`` (which has room); the item is already counted for its trace."""
         entry = _Entry(item, trace, floe)
         floe.live += 1
         inbox = floe.inbox
@@ -1155,6 +1188,45 @@ class PenguiFlow:
             if sub is not None and sub.done is None:
                 return sub._floe
         return floe
+
+    def _offer(self, floes: Sequence[Floe], item: Any, trace: _Trace | None, i: int) -> int:
+        """Enqueue ``item`` on ``floes[i:]`` without waiting; return where a full edge stopped it.
+
+        Enqueuing onto an edge with room never suspends the caller (contract §5.14).
+        """
+        subs = self._subs
+        n = len(floes)
+        while i < n:
+            floe = floes[i]
+            if subs and floe.to_rookery:
+                floe = self._redirect(floe, trace)
+            if floe.maxsize > 0 and floe.live >= floe.maxsize:
+                return i
+            entry = _Entry(item, trace, floe)
+            floe.live += 1
+            inbox = floe.inbox
+            inbox.items.append(entry)
+            if trace is not None:
+                trace.pending += 1
+                trace.entries.add(entry)
+            if inbox.waiters:
+                inbox.wake()
+            i += 1
+        return n
+
+    async def _send_rest(
+        self, floes: Sequence[Floe], item: Any, trace: _Trace | None, i: int
+    ) -> None:
+        """Finish a send that ``_offer`` stopped at the full edge ``floes[i]``."""
+        n = len(floes)
+        while i < n:
+            floe = floes[i]
+            if self._subs and floe.to_rookery:
+                floe = self._redirect(floe, trace)
+            if trace is not None:
+                trace.pending += 1  # a blocked put is already counted (contract §5.7)
+            await self._put_slow(floe, item, trace)
+            i = self._offer(floes, item, trace, i + 1)
 
     async def _put_slow(self, floe: Floe, item: Any, trace: _Trace | None) -> None:
         """Enqueue on a full edge: wait for space (the item is already counted)."""
@@ -1181,16 +1253,9 @@ class PenguiFlow:
     async def _send(self, floes: Sequence[Floe], item: Any) -> None:
         tid = trace_id_of(item)
         trace = self._trace(tid) if tid is not None else None
-        subs = self._subs
-        for floe in floes:
-            if subs and floe.to_rookery:
-                floe = self._redirect(floe, trace)
-            if trace is not None:
-                trace.pending += 1
-            if floe.maxsize <= 0 or floe.live < floe.maxsize:
-                self._enqueue(floe, item, trace)
-            else:
-                await self._put_slow(floe, item, trace)
+        i = self._offer(floes, item, trace, 0)
+        if i < len(floes):
+            await self._send_rest(floes, item, trace, i)
 
     def _send_nowait(self, floes: Sequence[Floe], item: Any) -> None:
         tid = trace_id_of(item)
@@ -1318,7 +1383,11 @@ class PenguiFlow:
             raise
 
     async def _handle(self, rt: _NodeRuntime, slot: _Slot, entry: _Entry) -> None:
-        """Handle one item: deadline, cancel check, attempts, routing, accounting."""
+        """Handle one item: deadline, cancel check, attempts, routing, accounting.
+
+        This is the per-hop hot path: one coroutine frame between the worker and the node
+        function, routing done inline, events and timers only when asked for.
+        """
         floe = entry.floe
         floe.live -= 1
         if floe.putters:
@@ -1329,7 +1398,6 @@ class PenguiFlow:
         if trace is not None:
             trace.entries.discard(entry)
             tid = trace.trace_id
-        ended_cancelled = False
         slot.busy = True
         try:
             if (type(item) is Message or isinstance(item, Message)) and (
@@ -1341,120 +1409,147 @@ class PenguiFlow:
                 if self._observed(_INFO):
                     await self._event("trace_cancel_drop", rt.ctx, trace, tid, 0, None, None, _INFO)
                 return
-            await self._attempts(rt, slot, item, trace, tid)
-        finally:
-            slot.busy = False
-            if trace is not None:
-                ended_cancelled = self._release(trace)
-        if ended_cancelled:
-            await self._cancel_finished(trace.trace_id)  # type: ignore[union-attr]
-
-    async def _attempts(
-        self, rt: _NodeRuntime, slot: _Slot, item: Any, trace: _Trace | None, tid: str | None
-    ) -> None:
-        ctx = rt.ctx
-        func = rt.func
-        validator = rt.validator
-        timeout = rt.timeout
-        loop = asyncio.get_running_loop()
-        attempt = 0
-        failure: Exception | None
-        while True:
-            if self._mws or _enabled(_DEBUG):
-                await self._event("node_start", ctx, trace, tid, attempt, 0.0, None, _DEBUG)
-            started = loop.time()
-            slot.current = trace
-            if trace is not None:
-                trace.inflight += 1
-            try:
-                if trace is not None and trace.cancelled:
-                    raise TraceCancelled(tid)
-                arg = item if validator is None else validator.prepare(item)
-                if timeout is None:
-                    result = await func(arg, ctx)
-                else:
-                    async with asyncio.timeout(timeout):
-                        result = await func(arg, ctx)
-                if validator is not None:
-                    result = validator.finish(item, result)
-                if slot.cancel_for is not None:
-                    raise asyncio.CancelledError  # the node swallowed our cancellation
-                if result is not None:
-                    await self._route(rt, item, result, trace)
-            except asyncio.CancelledError:
-                if slot.cancel_for is None:
-                    raise
-                self._absorb_cancel(slot)
-                failure = None
-            except TraceCancelled:
-                failure = None
-            except Exception as exc:
-                failure = exc
-            else:
-                slot.current = None
+            ctx = rt.ctx
+            func = rt.func
+            validator = rt.validator
+            timeout = rt.timeout
+            loop = asyncio.get_running_loop()
+            attempt = 0
+            failure: Exception | None
+            while True:
+                if self._mws or _enabled(_DEBUG):
+                    await self._event("node_start", ctx, trace, tid, attempt, 0.0, None, _DEBUG)
+                started = loop.time()
+                slot.current = trace
                 if trace is not None:
-                    trace.inflight -= 1
-                if self._mws or _enabled(_INFO):
-                    latency = (loop.time() - started) * 1000.0
-                    await self._event(
-                        "node_success", ctx, trace, tid, attempt, latency, None, _INFO
-                    )
-                return
-            finally:
-                if slot.current is not None:
+                    trace.inflight += 1
+                try:
+                    if trace is not None and trace.cancelled:
+                        raise TraceCancelled(tid)
+                    arg = item if validator is None else validator.prepare(item)
+                    if timeout is None:
+                        result = await func(arg, ctx)
+                    else:
+                        async with asyncio.timeout(timeout):
+                            result = await func(arg, ctx)
+                    if validator is not None:
+                        result = validator.finish(item, result)
+                    if slot.cancel_for is not None:
+                        raise asyncio.CancelledError  # the node swallowed our cancellation
+                    if result is not None:
+                        # Routing (contract §5.5), with the common case inline.
+                        if type(result) is Message:
+                            rtid: str | None = result.trace_id
+                            special = isinstance(result.payload, WM | FinalAnswer)
+                        else:
+                            rtid = trace_id_of(result)
+                            special = isinstance(result, Message) and isinstance(
+                                result.payload, WM | FinalAnswer
+                            )
+                        if rtid is None:
+                            rtrace = None
+                        elif trace is not None and rtid == tid:
+                            rtrace = trace
+                        else:
+                            rtrace = self._trace(rtid)
+                        if not special or not await self._route_special(rt, item, result, rtrace):
+                            outs = rt.outs
+                            i = self._offer(outs, result, rtrace, 0)
+                            if i < len(outs):
+                                await self._send_rest(outs, result, rtrace, i)
+                except asyncio.CancelledError:
+                    if slot.cancel_for is None:
+                        raise
+                    self._absorb_cancel(slot)
+                    failure = None
+                except TraceCancelled:
+                    failure = None
+                except Exception as exc:
+                    failure = exc
+                else:
                     slot.current = None
                     if trace is not None:
                         trace.inflight -= 1
-            if failure is None:
-                if self._observed(_INFO):
-                    await self._event("node_trace_cancelled", ctx, trace, tid, 0, None, None, _INFO)
-                return
-            # A failed attempt: report, then retry or drop.
-            latency = (loop.time() - started) * 1000.0
-            is_timeout = isinstance(failure, TimeoutError)
-            level = _WARNING if is_timeout else _ERROR
-            if self._observed(level):
+                    if self._mws or _enabled(_INFO):
+                        latency = (loop.time() - started) * 1000.0
+                        await self._event(
+                            "node_success", ctx, trace, tid, attempt, latency, None, _INFO
+                        )
+                    return
+                finally:
+                    if slot.current is not None:
+                        slot.current = None
+                        if trace is not None:
+                            trace.inflight -= 1
+                if failure is None:
+                    if self._observed(_INFO):
+                        await self._event(
+                            "node_trace_cancelled", ctx, trace, tid, 0, None, None, _INFO
+                        )
+                    return
+                latency = (loop.time() - started) * 1000.0
+                attempt = await self._failed(rt, slot, trace, tid, attempt, failure, latency)
+                if attempt < 0:
+                    return
+        finally:
+            slot.busy = False
+            if trace is not None and self._release(trace):
+                await self._cancel_finished(trace.trace_id)
+
+    async def _failed(
+        self,
+        rt: _NodeRuntime,
+        slot: _Slot,
+        trace: _Trace | None,
+        tid: str | None,
+        attempt: int,
+        failure: Exception,
+        latency: float,
+    ) -> int:
+        """Report a failed attempt, then back off; return the next attempt, or -1 to drop."""
+        ctx = rt.ctx
+        is_timeout = isinstance(failure, TimeoutError)
+        level = _WARNING if is_timeout else _ERROR
+        if self._observed(level):
+            await self._event(
+                "node_timeout" if is_timeout else "node_error",
+                ctx, trace, tid, attempt, latency, {"exception": repr(failure)}, level,
+            )  # fmt: skip
+        if attempt >= rt.retries:
+            if self._observed(_ERROR):
                 await self._event(
-                    "node_timeout" if is_timeout else "node_error",
-                    ctx, trace, tid, attempt, latency, {"exception": repr(failure)}, level,
+                    "node_failed", ctx, trace, tid, attempt, latency,
+                    {"exception": repr(failure)}, _ERROR,
                 )  # fmt: skip
-            if attempt >= rt.retries:
-                if self._observed(_ERROR):
-                    await self._event(
-                        "node_failed", ctx, trace, tid, attempt, latency,
-                        {"exception": repr(failure)}, _ERROR,
-                    )  # fmt: skip
-                return
-            attempt += 1
-            delay = rt.policy.backoff(attempt)
-            if self._observed(_INFO):
-                await self._event(
-                    "node_retry", ctx, trace, tid, attempt, None,
-                    {"sleep_s": delay, "exception": repr(failure)}, _INFO,
-                )  # fmt: skip
-            slot.current = trace
-            try:
-                if trace is not None and trace.cancelled:
-                    raise TraceCancelled(tid)
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if slot.cancel_for is not None:
-                    raise asyncio.CancelledError
-            except asyncio.CancelledError:
-                if slot.cancel_for is None:
-                    raise
-                self._absorb_cancel(slot)
-                cancelled = True
-            except TraceCancelled:
-                cancelled = True
-            else:
-                cancelled = False
-            finally:
-                slot.current = None
-            if cancelled:
-                if self._observed(_INFO):
-                    await self._event("node_trace_cancelled", ctx, trace, tid, 0, None, None, _INFO)
-                return
+            return -1
+        attempt += 1
+        delay = rt.policy.backoff(attempt)
+        if self._observed(_INFO):
+            await self._event(
+                "node_retry", ctx, trace, tid, attempt, None,
+                {"sleep_s": delay, "exception": repr(failure)}, _INFO,
+            )  # fmt: skip
+        slot.current = trace
+        try:
+            if trace is not None and trace.cancelled:
+                raise TraceCancelled(tid)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if slot.cancel_for is not None:
+                raise asyncio.CancelledError
+        except asyncio.CancelledError:
+            if slot.cancel_for is None:
+                raise
+            self._absorb_cancel(slot)
+        except TraceCancelled:
+            pass
+        else:
+            return attempt
+        finally:
+            slot.current = None
+        if self._observed(_INFO):
+            await self._event("node_trace_cancelled", ctx, trace, tid, 0, None, None, _INFO)
+        return -1
 
     def _absorb_cancel(self, slot: _Slot) -> None:
         """Turn our own trace cancellation of this worker back into a live worker."""
@@ -1466,34 +1561,18 @@ class PenguiFlow:
 
     # -- routing ------------------------------------------------------------------------
 
-    def _trace_of(self, result: Any, trace: _Trace | None) -> _Trace | None:
-        tid = trace_id_of(result)
-        if tid is None:
-            return None
-        if trace is not None and trace.trace_id == tid:
-            return trace
-        return self._trace(tid)
-
-    async def _route(self, rt: _NodeRuntime, item: Any, result: Any, trace: _Trace | None) -> None:
-        rtrace = self._trace_of(result, trace)
-        if type(result) is Message or isinstance(result, Message):
-            payload = result.payload
-            if isinstance(payload, WM) and rt.self_floe is not None:
-                await self._controller_step(rt, item, result, payload, rtrace)
-                return
-            if isinstance(payload, FinalAnswer):
-                await self._to_rookery(rt, result, rtrace)
-                return
-        subs = self._subs
-        for floe in rt.outs:
-            if subs and floe.to_rookery:
-                floe = self._redirect(floe, rtrace)
-            if rtrace is not None:
-                rtrace.pending += 1
-            if floe.maxsize <= 0 or floe.live < floe.maxsize:
-                self._enqueue(floe, result, rtrace)
-            else:
-                await self._put_slow(floe, result, rtrace)
+    async def _route_special(
+        self, rt: _NodeRuntime, item: Any, result: Message, rtrace: _Trace | None
+    ) -> bool:
+        """Route a ``Message`` carrying a WM (controller) or FinalAnswer; False = normal."""
+        payload = result.payload
+        if isinstance(payload, WM):
+            if rt.self_floe is None:
+                return False  # not a controller: route normally (B7)
+            await self._controller_step(rt, item, result, payload, rtrace)
+            return True
+        await self._to_rookery(rt, result, rtrace)
+        return True
 
     async def _to_rookery(self, rt: _NodeRuntime | None, item: Any, trace: _Trace | None) -> None:
         floe = rt.rookery_floe if rt is not None else None
@@ -1502,19 +1581,9 @@ class PenguiFlow:
                 name = rt.node.name if rt is not None else "?"
                 raise FlowRuntimeError(f"node {name!r} has a result for Rookery, but no egress")
             floe = self._rookery_floes[0]
-        if trace is None:
-            await self._send((floe,), item)
-        else:
-            await self._send_traced(floe, item, trace)
-
-    async def _send_traced(self, floe: Floe, item: Any, trace: _Trace) -> None:
-        if self._subs:
-            floe = self._redirect(floe, trace)
-        trace.pending += 1
-        if floe.maxsize <= 0 or floe.live < floe.maxsize:
-            self._enqueue(floe, item, trace)
-        else:
-            await self._put_slow(floe, item, trace)
+        floes = (floe,)
+        if not self._offer(floes, item, trace, 0):
+            await self._send_rest(floes, item, trace, 0)
 
     async def _deadline_skip(self, rt: _NodeRuntime, item: Message, trace: _Trace | None) -> None:
         tid = trace.trace_id if trace is not None else None
@@ -1564,16 +1633,9 @@ class PenguiFlow:
             await self._to_rookery(rt, msg.model_copy(deep=True), trace)
             if trace is not None:
                 trace.wm_hops = nxt
-        floe = rt.self_floe
-        assert floe is not None
-        if trace is None:
-            await self._send((floe,), msg)
-        else:
-            trace.pending += 1
-            if floe.maxsize <= 0 or floe.live < floe.maxsize:
-                self._enqueue(floe, msg, trace)
-            else:
-                await self._put_slow(floe, msg, trace)
+        floes = (rt.self_floe,)
+        if not self._offer(floes, msg, trace, 0):
+            await self._send_rest(floes, msg, trace, 0)
 
 
 # --------------------------------------------------------------------------- building
@@ -1720,19 +1782,8 @@ async def call_playbook(
     finally:
         if remove_watch is not None:
             remove_watch()
-        await _shielded_stop(flow, mirror)
-
-
-async def _shielded_stop(flow: PenguiFlow, mirror: list[asyncio.Task[bool]]) -> None:
-    async def stop() -> None:
-        for task in mirror:
-            with contextlib.suppress(BaseException):
-                await task
-        await flow.stop()
-
-    task = asyncio.ensure_future(stop())
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task  # finish stopping the subflow, then propagate the cancellation
-        raise
+        try:
+            if mirror:
+                await asyncio.gather(*mirror, return_exceptions=True)
+        finally:
+            await flow.stop()  # waits for every subflow worker, even when cancelled

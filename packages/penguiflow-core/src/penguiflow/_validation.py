@@ -8,6 +8,7 @@ Bare items, and in-models that are ``Message`` types, are validated as they are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -56,6 +57,30 @@ def with_payload(message: Message, payload: Any) -> Message:
     return result
 
 
+def _fast_validate(adapter: Any, model: Any) -> Callable[[Any], Any]:
+    """Return a validation function equivalent to ``adapter.validate_python``.
+
+    An instance whose type is exactly the registered model, and whose model does not ask
+    to revalidate instances, is returned as is, which is what pydantic would do too;
+    everything else goes straight to the compiled core validator.
+    """
+    core = getattr(adapter, "validator", None)
+    validate: Callable[[Any], Any] = (
+        core.validate_python if core is not None else adapter.validate_python
+    )
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return validate
+    if model.model_config.get("revalidate_instances", "never") != "never":
+        return validate
+
+    def check(value: Any) -> Any:
+        if type(value) is model:
+            return value
+        return validate(value)
+
+    return check
+
+
 class Validator:
     """The validation plan of one node for one registry.
 
@@ -68,12 +93,17 @@ class Validator:
 
     def __init__(self, node_name: str, validate: str, registry: AdapterSource) -> None:
         in_adapter, out_adapter = registry.adapters(node_name)
-        self.in_validate = in_adapter.validate_python if validate in ("in", "both") else None
-        self.out_validate = out_adapter.validate_python if validate in ("out", "both") else None
         in_model: Any = None
+        out_model: Any = None
         models = getattr(registry, "models", None)
         if models is not None:
-            in_model = models(node_name)[0]
+            in_model, out_model = models(node_name)
+        self.in_validate = (
+            _fast_validate(in_adapter, in_model) if validate in ("in", "both") else None
+        )
+        self.out_validate = (
+            _fast_validate(out_adapter, out_model) if validate in ("out", "both") else None
+        )
         self.envelope_aware = not (isinstance(in_model, type) and issubclass(in_model, Message))
 
     def prepare(self, item: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import FunctionType
 from typing import Any
 
 from ._validation import AdapterSource, Validator
@@ -74,6 +75,28 @@ class NodePolicy:
 
 
 _DEFAULT_POLICY = NodePolicy()
+_VARARGS, _VARKEYWORDS = inspect.CO_VARARGS, inspect.CO_VARKEYWORDS
+
+
+def _arity(func: Any) -> tuple[int, bool]:
+    """Return (parameter count, whether the second parameter is positional).
+
+    Plain functions are read from their code object (flows built per request, such as
+    playbooks, create nodes on a hot path); anything else goes through ``inspect``.
+    """
+    code = getattr(func, "__code__", None)
+    if type(func) is FunctionType and code is not None:
+        positional = code.co_argcount
+        flags = code.co_flags
+        count = positional + code.co_kwonlyargcount
+        count += bool(flags & _VARARGS) + bool(flags & _VARKEYWORDS)
+        return count, positional >= 2
+    params = list(inspect.signature(func).parameters.values())
+    ctx_positional = len(params) >= 2 and params[1].kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+    return len(params), ctx_positional
 
 
 @dataclass(slots=True, eq=False)
@@ -101,16 +124,12 @@ class Node:
             raise TypeError("Node function must be declared with async def")
         if self.name is None:
             self.name = getattr(func, "__name__", None) or type(func).__name__
-        params = list(inspect.signature(func).parameters.values())
-        if len(params) != 2:
+        count, ctx_positional = _arity(func)
+        if count != 2:
             raise ValueError(
-                f"Node '{self.name}' must accept exactly two parameters (message, ctx); "
-                f"got {len(params)}"
+                f"Node '{self.name}' must accept exactly two parameters (message, ctx); got {count}"
             )
-        if params[1].kind not in (
-            inspect.Parameter.POSITIONAL_ONLY,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        ):
+        if not ctx_positional:
             raise ValueError("Context parameter must be positional")
         if not isinstance(self.policy, NodePolicy):
             raise TypeError(f"Node '{self.name}': policy must be a NodePolicy")

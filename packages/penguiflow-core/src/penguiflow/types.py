@@ -41,6 +41,13 @@ class Headers(BaseModel):
     priority: int = 0
     """Higher means more urgent; the runtime does not reorder by it."""
 
+    def __repr__(self) -> str:
+        # Same text as pydantic's generic repr, several times faster (logs, checks).
+        if type(self) is not Headers:
+            return super().__repr__()
+        d = self.__dict__
+        return f"Headers(tenant={d['tenant']!r}, topic={d['topic']!r}, priority={d['priority']!r})"
+
 
 class Message(BaseModel):
     """The envelope every hop can carry: payload plus trace, headers, deadline and meta."""
@@ -57,6 +64,17 @@ class Message(BaseModel):
     """Absolute wall-clock instant (epoch seconds) after which the trace is abandoned."""
     meta: dict[str, Any] = Field(default_factory=dict)
     """Free-form metadata; the runtime forwards it untouched and never replaces it."""
+
+    def __repr__(self) -> str:
+        # Same text as pydantic's generic repr, several times faster (logs, checks).
+        if type(self) is not Message:
+            return super().__repr__()
+        d = self.__dict__
+        return (
+            f"Message(payload={d['payload']!r}, headers={d['headers']!r}, "
+            f"trace_id={d['trace_id']!r}, ts={d['ts']!r}, deadline_s={d['deadline_s']!r}, "
+            f"meta={d['meta']!r})"
+        )
 
     if not TYPE_CHECKING:
 
