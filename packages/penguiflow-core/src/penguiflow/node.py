@@ -122,7 +122,8 @@ class Node:
         func = self.func
         if not inspect.iscoroutinefunction(func):
             raise TypeError("Node function must be declared with async def")
-        if self.name is None:
+        name: str | None = self.name
+        if name is None:
             self.name = getattr(func, "__name__", None) or type(func).__name__
         count, ctx_positional = _arity(func)
         if count != 2:
