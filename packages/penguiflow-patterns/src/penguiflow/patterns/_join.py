@@ -1,0 +1,310 @@
+"""``join_k``: collect ``k`` items of a trace, then release them as one batch.
+
+Lifetime of a bucket (contract §13 B2: buckets never outlive their trace):
+
+- it belongs to one flow: a join node wired into several flows keeps one set of buckets
+  per flow (keyed by ``ctx.runtime``);
+- it is released as a batch when its ``k``-th item arrives;
+- it is dropped when its trace is cancelled (``flow.on_trace_cancel``), and all buckets
+  of a flow are dropped when that flow stops (``flow.on_stop``);
+- it is dropped as soon as the earliest ``Message.deadline_s`` among its items passes:
+  a timer on the running loop, armed for ``deadline_s - penguiflow.clock.wall_time()``
+  seconds (so a virtual loop clock plus ``use_wall_clock`` drives it);
+- with ``timeout_s``, an incomplete bucket is released that many seconds (loop clock)
+  after its first item, per ``on_timeout``: ``"emit"`` sends the partial batch downstream
+  through ``ctx.emit``; ``"drop"`` discards it.
+
+A bucket is *not* dropped merely because its trace is idle: parts may arrive through
+separate ``emit`` calls.
+
+Live buckets are reported through ``flow.register_probe("join_k:<name>", ...)`` as
+``{trace_id: items held}``, so ``flow.inspect().resources`` and quiescence checks see them.
+
+Every drop and every timed-out release is logged on the ``penguiflow.patterns`` logger
+(``join_k_timeout_emit``, ``join_k_timeout_drop``, ``join_k_deadline_drop`` at INFO;
+``join_k_cancel_drop``, ``join_k_stop_drop`` at DEBUG) with ``extra`` keys ``node_name``,
+``trace_id``, ``held`` and ``k``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from penguiflow.clock import wall_time
+from penguiflow.node import Node, NodePolicy
+from penguiflow.types import Message
+
+from ._perflow import PerFlow
+
+if TYPE_CHECKING:
+    from penguiflow.core import Context, PenguiFlow
+
+__all__ = ["join_k"]
+
+logger = logging.getLogger("penguiflow.patterns")
+
+OnTimeout = Literal["emit", "drop"]
+
+
+def _payload(item: Any) -> Any:
+    return item.payload if type(item) is Message or isinstance(item, Message) else item
+
+
+def aggregate(items: list[Any]) -> Any:
+    """Build the batch: a copy of the first ``Message`` with the payloads, or the items."""
+    first = items[0]
+    if type(first) is Message or isinstance(first, Message):
+        return first.model_copy(update={"payload": [_payload(item) for item in items]})
+    return items
+
+
+class _Bucket:
+    """The items of one trace held by one join node in one flow."""
+
+    __slots__ = ("deadline", "deadline_timer", "items", "timeout_timer")
+
+    def __init__(self, item: Any) -> None:
+        self.items: list[Any] = [item]
+        self.deadline: float | None = None
+        self.deadline_timer: asyncio.TimerHandle | None = None
+        self.timeout_timer: asyncio.TimerHandle | None = None
+
+    def disarm(self) -> None:
+        if self.deadline_timer is not None:
+            self.deadline_timer.cancel()
+            self.deadline_timer = None
+        if self.timeout_timer is not None:
+            self.timeout_timer.cancel()
+            self.timeout_timer = None
+
+
+class _JoinState:
+    """Everything one join node holds for one flow (or for a detached context)."""
+
+    __slots__ = ("buckets", "ctx", "k", "name", "on_timeout", "tasks", "timeout_s", "unhooks")
+
+    def __init__(
+        self,
+        flow: PenguiFlow | None,
+        node: Node,
+        k: int,
+        timeout_s: float | None,
+        on_timeout: OnTimeout,
+    ) -> None:
+        self.name = node.name
+        self.k = k
+        self.timeout_s = timeout_s
+        self.on_timeout = on_timeout
+        self.buckets: dict[str, _Bucket] = {}
+        self.tasks: dict[asyncio.Task[None], str] = {}
+        self.ctx: Context | None = None
+        self.unhooks: tuple[Callable[[], None], ...] = ()
+        if flow is not None:
+            self.ctx = flow.context(node)
+            self.unhooks = (
+                flow.on_trace_cancel(self.cancel_trace),
+                flow.register_probe(f"join_k:{self.name}", self.probe),
+            )
+
+    # -- hooks -----------------------------------------------------------------------
+
+    def probe(self) -> dict[str, int]:
+        """Items held per trace."""
+        return {tid: len(bucket.items) for tid, bucket in self.buckets.items()}
+
+    def cancel_trace(self, trace_id: str) -> None:
+        """Drop the trace's bucket and abort a partial batch still being emitted."""
+        bucket = self.buckets.pop(trace_id, None)
+        if bucket is not None:
+            bucket.disarm()
+            self._log(logging.DEBUG, "join_k_cancel_drop", trace_id, len(bucket.items))
+        if self.tasks:
+            for task, tid in list(self.tasks.items()):
+                if tid == trace_id:
+                    task.cancel()
+
+    def close(self) -> None:
+        """The flow stopped: drop every bucket, abort pending emits, unhook."""
+        buckets, self.buckets = self.buckets, {}
+        for tid, bucket in buckets.items():
+            bucket.disarm()
+            self._log(logging.DEBUG, "join_k_stop_drop", tid, len(bucket.items))
+        tasks, self.tasks = self.tasks, {}
+        for task in tasks:
+            task.cancel()
+        unhooks, self.unhooks = self.unhooks, ()
+        for unhook in unhooks:
+            unhook()
+
+    # -- items -------------------------------------------------------------------------
+
+    def add(self, trace_id: str, item: Any) -> Any:
+        """Add ``item``; return the batch when the bucket is full, else ``None``."""
+        buckets = self.buckets
+        bucket = buckets.get(trace_id)
+        if bucket is None:
+            if self.k == 1:
+                return aggregate([item])
+            bucket = buckets[trace_id] = _Bucket(item)
+            if self.timeout_s is not None:
+                loop = asyncio.get_running_loop()
+                bucket.timeout_timer = loop.call_later(
+                    self.timeout_s, self._timed_out, trace_id, bucket
+                )
+        else:
+            bucket.items.append(item)
+            if len(bucket.items) >= self.k:
+                del buckets[trace_id]
+                bucket.disarm()
+                return aggregate(bucket.items)
+        if type(item) is Message or isinstance(item, Message):
+            deadline = item.deadline_s
+            if deadline is not None and (bucket.deadline is None or deadline < bucket.deadline):
+                self._arm_deadline(trace_id, bucket, deadline)
+        return None
+
+    def _arm_deadline(self, trace_id: str, bucket: _Bucket, deadline: float) -> None:
+        bucket.deadline = deadline
+        if bucket.deadline_timer is not None:
+            bucket.deadline_timer.cancel()
+        delay = max(0.0, deadline - wall_time())
+        loop = asyncio.get_running_loop()
+        bucket.deadline_timer = loop.call_later(delay, self._expired, trace_id, bucket)
+
+    def _take(self, trace_id: str, bucket: _Bucket) -> bool:
+        """Remove ``bucket`` if it is still the live bucket of ``trace_id``."""
+        if self.buckets.get(trace_id) is not bucket:
+            return False
+        del self.buckets[trace_id]
+        bucket.disarm()
+        return True
+
+    def _expired(self, trace_id: str, bucket: _Bucket) -> None:
+        bucket.deadline_timer = None
+        if self._take(trace_id, bucket):
+            self._log(logging.INFO, "join_k_deadline_drop", trace_id, len(bucket.items))
+
+    def _timed_out(self, trace_id: str, bucket: _Bucket) -> None:
+        bucket.timeout_timer = None
+        if not self._take(trace_id, bucket):
+            return
+        held = len(bucket.items)
+        if self.on_timeout == "drop":
+            self._log(logging.INFO, "join_k_timeout_drop", trace_id, held)
+            return
+        self._log(logging.INFO, "join_k_timeout_emit", trace_id, held)
+        ctx = self.ctx
+        if ctx is None:
+            logger.warning(
+                "join_k '%s': partial batch of trace %s dropped: context not attached to a flow",
+                self.name,
+                trace_id,
+            )
+            return
+        batch = aggregate(bucket.items)
+        try:
+            ctx.emit_nowait(batch)
+        except asyncio.QueueFull:
+            task = asyncio.get_running_loop().create_task(
+                ctx.emit(batch), name=f"penguiflow.patterns:join_k:{self.name}"
+            )
+            self.tasks[task] = trace_id
+            task.add_done_callback(self._emitted)
+        except Exception:
+            logger.exception(
+                "join_k '%s': partial batch of trace %s could not be emitted", self.name, trace_id
+            )
+
+    def _emitted(self, task: asyncio.Task[None]) -> None:
+        self.tasks.pop(task, None)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logger.error(
+                "join_k '%s': partial batch could not be emitted",
+                self.name,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+
+    def _log(self, level: int, event: str, trace_id: str, held: int) -> None:
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
+                event,
+                extra={"node_name": self.name, "trace_id": trace_id, "held": held, "k": self.k},
+            )
+
+
+def join_k(
+    name: str,
+    k: int,
+    *,
+    timeout_s: float | None = None,
+    on_timeout: OnTimeout = "emit",
+) -> Node:
+    """Build a node that joins ``k`` items per trace into one batch.
+
+    Each item is added to its trace's bucket. While the bucket holds fewer than ``k``
+    items the node returns ``None``. On the ``k``-th item the bucket is removed and the
+    node returns the batch, which is routed like any result: a copy of the first item
+    (same trace id, headers, meta, deadline) with ``payload=[payload_1, ..., payload_k]``
+    when that item is a ``Message``, otherwise the list of the items. Items count in the
+    order the node handles them; a later item of the trace starts a new bucket.
+
+    Buckets are per flow, and never outlive their trace: see the module documentation
+    for cancellation, ``stop()``, deadlines, ``timeout_s`` and the ``join_k:<name>``
+    probe.
+
+    Args:
+        name: The node's name.
+        k: Items per batch.
+        timeout_s: Seconds (event-loop clock) an incomplete bucket may wait after its first
+            item; ``None`` (the default) waits until the trace is cancelled, its deadline
+            passes or the flow stops.
+        on_timeout: What a timed-out bucket becomes: ``"emit"`` sends the partial batch
+            (same shape, fewer payloads) to every successor with ``ctx.emit``; ``"drop"``
+            discards it. Both are logged.
+
+    Returns:
+        A ``Node`` with ``NodePolicy(validate="none")``.
+
+    Raises:
+        ValueError: ``k < 1`` (``"k must be positive"``), ``timeout_s <= 0`` or an
+            unknown ``on_timeout``.
+        TypeError: ``k`` is not an ``int``.
+
+    At run time, an item without a ``trace_id`` raises
+    ``ValueError("join_k requires messages with trace_id")`` inside the node.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"join_k: name must be a non-empty str, got {name!r}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"join_k '{name}': k must be an int, got {k!r}")
+    if k < 1:
+        raise ValueError("k must be positive")
+    if timeout_s is not None and not timeout_s > 0:
+        raise ValueError(f"join_k '{name}': timeout_s must be positive or None, got {timeout_s!r}")
+    if on_timeout not in ("emit", "drop"):
+        raise ValueError(
+            f"join_k '{name}': on_timeout must be 'emit' or 'drop', got {on_timeout!r}"
+        )
+
+    states: PerFlow[_JoinState] = PerFlow(
+        lambda flow, node: _JoinState(flow, node, k, timeout_s, on_timeout)
+    )
+
+    async def join(item: Any, ctx: Context) -> Any:
+        if type(item) is Message:
+            trace_id: object = item.trace_id
+        else:
+            trace_id = getattr(item, "trace_id", None)
+        if not isinstance(trace_id, str):
+            raise ValueError("join_k requires messages with trace_id")
+        return states.get(ctx).add(trace_id, item)
+
+    join.__name__ = join.__qualname__ = name
+    return Node(join, name=name, policy=NodePolicy(validate="none"), allow_cycle=False)
