@@ -140,7 +140,7 @@ class _Trace:
     __slots__ = (
         "cancelled",
         "deadline_fired",
-        "entries",
+        "head",
         "inflight",
         "pending",
         "trace_id",
@@ -154,21 +154,55 @@ class _Trace:
         self.inflight = 0
         self.cancelled = False
         self.deadline_fired = False
-        self.entries: set[_Entry] = set()
+        self.head: _Entry | None = None  # queued entries of the trace, a linked list
         self.wm_hops: int | None = None
-        self.waiters: list[asyncio.Future[None]] = []
+        self.waiters: list[asyncio.Future[None]] | None = None  # emit_chunk capacity waits
 
 
 class _Entry:
-    """One queued item. ``dead`` entries were purged by a cancel and are skipped."""
+    """One queued item. ``dead`` entries were purged by a cancel and are skipped.
 
-    __slots__ = ("dead", "floe", "item", "trace")
+    Entries of one trace form a doubly linked list (``prev``/``next``) headed at
+    ``_Trace.head``, so a cancel finds them in O(items of the trace) and a consumer
+    unlinks one in O(1), without a per-trace container.
+    """
+
+    __slots__ = ("dead", "floe", "item", "next", "prev", "trace")
 
     def __init__(self, item: Any, trace: _Trace | None, floe: Floe) -> None:
         self.item = item
         self.trace = trace
         self.floe = floe
         self.dead = False
+        self.prev: _Entry | None = None
+        self.next: _Entry | None = None
+        if trace is not None:
+            head = trace.head
+            if head is not None:
+                head.prev = self
+                self.next = head
+            trace.head = self
+
+    def unlink(self) -> None:
+        """Remove the entry from its trace's list (it is being consumed)."""
+        prev, nxt = self.prev, self.next
+        if prev is not None:
+            prev.next = nxt
+        else:
+            trace = self.trace
+            if trace is not None and trace.head is self:
+                trace.head = nxt
+        if nxt is not None:
+            nxt.prev = prev
+
+
+def _trace_entries(trace: _Trace) -> list[_Entry]:
+    entries = []
+    entry = trace.head
+    while entry is not None:
+        entries.append(entry)
+        entry = entry.next
+    return entries
 
 
 class _Inbox:
@@ -835,10 +869,8 @@ class PenguiFlow:
                 trace.cancelled = False
                 trace.wm_hops = None
                 trace.deadline_fired = False
-                waiters, trace.waiters = trace.waiters, []
-                for fut in waiters:
-                    if not fut.done():
-                        fut.set_result(None)
+                _wake_all(trace.waiters)
+                trace.waiters = None
             for sub in list(self._subs.values()):
                 sub._finish("stopped")
             self._call_hooks(self._stop_hooks)
@@ -867,7 +899,7 @@ class PenguiFlow:
             tid: TraceSnapshot(
                 trace_id=tid,
                 pending=t.pending,
-                queued=sum(1 for e in t.entries if not e.dead),
+                queued=sum(1 for e in _trace_entries(t) if not e.dead),
                 inflight=t.inflight,
                 cancelled=t.cancelled,
             )
@@ -923,8 +955,17 @@ class PenguiFlow:
         tid = msg.trace_id if type(msg) is Message else trace_id_of(msg)
         trace = self._trace(tid) if tid is not None else None
         i = self._offer(floes, msg, trace, 0)
-        if i < len(floes):
-            await self._send_rest(floes, msg, trace, i)
+        n = len(floes)
+        while i < n:  # backpressure: the same loop as _send_rest, one frame less
+            floe = self._claim(floes[i], trace)
+            while (fut := _room(floe)) is not None:
+                try:
+                    await fut
+                except BaseException:
+                    self._abandon(floe, fut, trace)
+                    raise
+            self._enqueue(floe, msg, trace)
+            i = self._offer(floes, msg, trace, i + 1)
 
     def emit_nowait(self, msg: Any, to: Node | Sequence[Node] | None = None) -> None:
         """Like ``emit`` but raise ``asyncio.QueueFull`` (enqueuing nothing) when full."""
@@ -970,7 +1011,7 @@ class PenguiFlow:
                 if floe.putters:
                     floe._wake_putter()
                 if trace is not None:
-                    trace.entries.discard(entry)
+                    entry.unlink()
                     self._release(trace)
                 return item
         return await self._fetch(self._rookery, self._rookery._sources(from_))
@@ -1022,7 +1063,7 @@ class PenguiFlow:
             )  # fmt: skip
         # Purge queued items of the trace, wherever they wait (Rookery included).
         purged = 0
-        for entry in trace.entries:
+        for entry in _trace_entries(trace):
             if entry.dead:
                 continue
             entry.dead = True
@@ -1032,7 +1073,7 @@ class PenguiFlow:
             if floe.putters:
                 floe._wake_putter()
             purged += 1
-        trace.entries.clear()
+        trace.head = None
         for ctx in self._contexts.values():
             ctx._forget_streams(trace_id)
         self._opensea._forget_streams(trace_id)
@@ -1045,10 +1086,8 @@ class PenguiFlow:
             backlog = rt.backlogs.get(trace)
             if backlog:
                 backlog.clear()
-        waiters, trace.waiters = trace.waiters, []
-        for fut in waiters:
-            if not fut.done():
-                fut.set_result(None)
+        _wake_all(trace.waiters)
+        trace.waiters = None
         sub = self._subs.get(trace_id)
         if sub is not None:
             sub._finish("cancelled")
@@ -1138,11 +1177,9 @@ class PenguiFlow:
     def _release(self, trace: _Trace) -> bool:
         """Finish one item of ``trace``; True when a cancelled trace just ended."""
         pending = trace.pending = trace.pending - 1
-        if trace.waiters and pending - 1 < self._queue_maxsize:
-            waiters, trace.waiters = trace.waiters, []
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+        if trace.waiters is not None and pending - 1 < self._queue_maxsize:
+            _wake_all(trace.waiters)
+            trace.waiters = None
         if pending > 0:
             return False
         tid = trace.trace_id
@@ -1165,6 +1202,8 @@ class PenguiFlow:
             if trace.cancelled:
                 raise TraceCancelled(trace_id)
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if trace.waiters is None:
+                trace.waiters = []
             trace.waiters.append(fut)
             await fut
 
@@ -1176,8 +1215,6 @@ class PenguiFlow:
         floe.live += 1
         inbox = floe.inbox
         inbox.items.append(entry)
-        if trace is not None:
-            trace.entries.add(entry)
         if inbox.waiters:
             inbox.wake()
 
@@ -1208,7 +1245,6 @@ class PenguiFlow:
             inbox.items.append(entry)
             if trace is not None:
                 trace.pending += 1
-                trace.entries.add(entry)
             if inbox.waiters:
                 inbox.wake()
             i += 1
@@ -1217,38 +1253,41 @@ class PenguiFlow:
     async def _send_rest(
         self, floes: Sequence[Floe], item: Any, trace: _Trace | None, i: int
     ) -> None:
-        """Finish a send that ``_offer`` stopped at the full edge ``floes[i]``."""
+        """Finish a send that ``_offer`` stopped at the full edge ``floes[i]``: wait for room.
+
+        A blocked put is already counted for its trace (contract §5.7); if the wait is
+        cancelled, the count is given back. ``PenguiFlow.emit`` inlines this loop so a
+        client parked on backpressure holds one coroutine frame, not two.
+        """
         n = len(floes)
         while i < n:
-            floe = floes[i]
-            if self._subs and floe.to_rookery:
-                floe = self._redirect(floe, trace)
-            if trace is not None:
-                trace.pending += 1  # a blocked put is already counted (contract §5.7)
-            await self._put_slow(floe, item, trace)
-            i = self._offer(floes, item, trace, i + 1)
-
-    async def _put_slow(self, floe: Floe, item: Any, trace: _Trace | None) -> None:
-        """Enqueue on a full edge: wait for space (the item is already counted)."""
-        loop = asyncio.get_running_loop()
-        try:
-            while 0 < floe.maxsize <= floe.live:
-                fut: asyncio.Future[None] = loop.create_future()
-                floe.putters.append(fut)
+            floe = self._claim(floes[i], trace)
+            while (fut := _room(floe)) is not None:
                 try:
                     await fut
                 except BaseException:
-                    if fut.done() and not fut.cancelled():
-                        floe._wake_putter()  # pass the wake-up on
-                    else:
-                        with contextlib.suppress(ValueError):
-                            floe.putters.remove(fut)
+                    self._abandon(floe, fut, trace)
                     raise
-        except BaseException:
-            if trace is not None and self._release(trace):
-                self._schedule_cancel_finished(trace.trace_id)
-            raise
-        self._enqueue(floe, item, trace)
+            self._enqueue(floe, item, trace)
+            i = self._offer(floes, item, trace, i + 1)
+
+    def _claim(self, floe: Floe, trace: _Trace | None) -> Floe:
+        """Count a put that may block, and resolve a subscription's Rookery edge."""
+        if self._subs and floe.to_rookery:
+            floe = self._redirect(floe, trace)
+        if trace is not None:
+            trace.pending += 1
+        return floe
+
+    def _abandon(self, floe: Floe, fut: asyncio.Future[None], trace: _Trace | None) -> None:
+        """A blocked put was interrupted: pass on its wake-up, give back its count."""
+        if fut.done() and not fut.cancelled():
+            floe._wake_putter()
+        else:
+            with contextlib.suppress(ValueError):
+                floe.putters.remove(fut)
+        if trace is not None and self._release(trace):
+            self._schedule_cancel_finished(trace.trace_id)
 
     async def _send(self, floes: Sequence[Floe], item: Any) -> None:
         tid = trace_id_of(item)
@@ -1299,7 +1338,7 @@ class PenguiFlow:
             floe._wake_putter()
         trace = entry.trace
         if trace is not None:
-            trace.entries.discard(entry)
+            entry.unlink()
             if self._release(trace) and schedule_events:
                 self._schedule_cancel_finished(trace.trace_id)
         return entry.item
@@ -1396,7 +1435,7 @@ class PenguiFlow:
         trace = entry.trace
         tid: str | None = None
         if trace is not None:
-            trace.entries.discard(entry)
+            entry.unlink()
             tid = trace.trace_id
         slot.busy = True
         try:
@@ -1639,6 +1678,22 @@ class PenguiFlow:
 
 
 # --------------------------------------------------------------------------- building
+
+
+def _room(floe: Floe) -> asyncio.Future[None] | None:
+    """Return a future to await until ``floe`` may have room, or None if it has room now."""
+    if 0 < floe.maxsize <= floe.live:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        floe.putters.append(fut)
+        return fut
+    return None
+
+
+def _wake_all(waiters: list[asyncio.Future[None]] | None) -> None:
+    if waiters:
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
 
 def _add_hook(hooks: list[Any], callback: Any) -> Callable[[], None]:
