@@ -1,0 +1,76 @@
+"""Shared fixtures of the penguiflow-core suite.
+
+Helpers that tests call directly (``node``, ``msg``) are tiny and repeated in each file on
+purpose: with ``--import-mode=importlib`` test modules cannot import each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from penguiflow import FlowEvent, PenguiFlow, create
+
+
+class Recorder:
+    """A middleware that keeps every event and lets a test await one."""
+
+    def __init__(self) -> None:
+        self.events: list[FlowEvent] = []
+        self._waiters: list[tuple[Callable[[list[FlowEvent]], bool], asyncio.Future[None]]] = []
+
+    async def __call__(self, event: FlowEvent) -> None:
+        self.events.append(event)
+        for pred, fut in list(self._waiters):
+            if not fut.done() and pred(self.events):
+                fut.set_result(None)
+
+    def of(self, event_type: str, trace_id: Any = ...) -> list[FlowEvent]:
+        return [
+            e
+            for e in self.events
+            if e.event_type == event_type and (trace_id is ... or e.trace_id == trace_id)
+        ]
+
+    def names(self, trace_id: Any = ..., node_name: str | None = None) -> list[str]:
+        return [
+            e.event_type
+            for e in self.events
+            if (trace_id is ... or e.trace_id == trace_id)
+            and (node_name is None or e.node_name == node_name)
+        ]
+
+    async def until(
+        self, event_type: str, count: int = 1, trace_id: Any = ..., timeout: float = 1.0
+    ) -> list[FlowEvent]:
+        def pred(_: list[FlowEvent]) -> bool:
+            return len(self.of(event_type, trace_id)) >= count
+
+        if not pred(self.events):
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append((pred, fut))
+            await asyncio.wait_for(fut, timeout)
+        return self.of(event_type, trace_id)
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def make_flow() -> AsyncIterator[Callable[..., PenguiFlow]]:
+    """``create`` that remembers the flow and stops it when the test ends."""
+    flows: list[PenguiFlow] = []
+
+    def make(*adjacencies: Any, **kwargs: Any) -> PenguiFlow:
+        flow = create(*adjacencies, **kwargs)
+        flows.append(flow)
+        return flow
+
+    yield make
+    for flow in flows:
+        await flow.stop()
