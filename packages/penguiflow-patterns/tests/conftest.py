@@ -1,0 +1,158 @@
+"""Shared helpers: await flow events and log records instead of sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from penguiflow.core import PenguiFlow
+from penguiflow.metrics import FlowEvent
+from penguiflow.types import Headers, Message
+
+WAIT_S = 5.0  # upper bound for any awaited condition, so a bug fails instead of hanging
+
+
+def message(payload: Any, **kwargs: Any) -> Message:
+    """A Message for tenant "t"."""
+    return Message(payload=payload, headers=Headers(tenant="t", **kwargs.pop("headers", {})), **kwargs)
+
+
+class Recorder:
+    """Middleware that keeps every FlowEvent and lets a test await one."""
+
+    def __init__(self) -> None:
+        self.events: list[FlowEvent] = []
+        self._waiters: list[tuple[Callable[[FlowEvent], bool], asyncio.Future[FlowEvent]]] = []
+
+    async def __call__(self, event: FlowEvent) -> None:
+        self.events.append(event)
+        for pred, fut in list(self._waiters):
+            if not fut.done() and pred(event):
+                fut.set_result(event)
+                self._waiters.remove((pred, fut))
+
+    def matching(
+        self, event_type: str, node: str | None = None, trace_id: str | None = None
+    ) -> list[FlowEvent]:
+        return [e for e in self.events if _matches(e, event_type, node, trace_id)]
+
+    async def wait(
+        self,
+        event_type: str,
+        node: str | None = None,
+        trace_id: str | None = None,
+        *,
+        count: int = 1,
+    ) -> FlowEvent:
+        """Wait until ``count`` matching events have been seen; return the last."""
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                seen = self.matching(event_type, node, trace_id)
+                if len(seen) >= count:
+                    return seen[count - 1]
+                fut: asyncio.Future[FlowEvent] = asyncio.get_running_loop().create_future()
+                self._waiters.append(
+                    (lambda e: _matches(e, event_type, node, trace_id), fut)
+                )
+                await fut
+
+
+def _matches(e: FlowEvent, event_type: str, node: str | None, trace_id: str | None) -> bool:
+    return (
+        e.event_type == event_type
+        and (node is None or e.node_name == node)
+        and (trace_id is None or e.trace_id == trace_id)
+    )
+
+
+class LogCatcher(logging.Handler):
+    """Logging handler on ``penguiflow.patterns`` whose records can be awaited."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self._changed.set()
+
+    def messages(self) -> list[str]:
+        return [r.getMessage() for r in self.records]
+
+    async def wait(self, msg: str) -> logging.LogRecord:
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                for record in self.records:
+                    if record.getMessage() == msg:
+                        return record
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCatcher]:
+    logger = logging.getLogger("penguiflow.patterns")
+    handler = LogCatcher()
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+async def fetch(flow: PenguiFlow) -> Any:
+    """``flow.fetch()`` bounded by WAIT_S."""
+    async with asyncio.timeout(WAIT_S):
+        return await flow.fetch()
+
+
+def rookery_depth(flow: PenguiFlow) -> int:
+    """Items waiting at Rookery."""
+    return sum(e.depth for e in flow.inspect().edges if getattr(e.target, "name", None) == "Rookery")
+
+
+def assert_clean(flow: PenguiFlow) -> None:
+    """No trace, queued item, in-flight call or held resource is left."""
+    snap = flow.inspect()
+    assert snap.traces == {}, snap.traces
+    assert all(edge.depth == 0 for edge in snap.edges), snap.edges
+    assert all(node.inflight == 0 for node in snap.nodes), snap.nodes
+    assert not any(snap.resources.values()), snap.resources
+    assert snap.is_quiescent
+
+
+class Kit:
+    """The helpers above, as one fixture (test modules cannot import conftest)."""
+
+    message = staticmethod(message)
+    fetch = staticmethod(fetch)
+    rookery_depth = staticmethod(rookery_depth)
+    assert_clean = staticmethod(assert_clean)
+
+
+@pytest.fixture
+def kit() -> type[Kit]:
+    return Kit
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[list[PenguiFlow]]:
+    """Collects flows a test started and stops them afterwards (even on failure)."""
+    flows: list[PenguiFlow] = []
+    yield flows
+    for flow in flows:
+        await flow.stop()
+        assert flow.inspect().workers == 0
