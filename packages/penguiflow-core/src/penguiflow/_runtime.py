@@ -264,15 +264,17 @@ class Floe:
 
     __slots__ = ("inbox", "live", "maxsize", "putters", "source", "target", "to_rookery")
 
-    def __init__(self, source: Owner, target: Owner, *, maxsize: int) -> None:
+    def __init__(
+        self, source: Owner, target: Owner, *, maxsize: int, inbox: _Inbox | None = None
+    ) -> None:
         self.source = source
         self.target = target
         self.maxsize = maxsize
         self.live = 0
         self.putters: deque[asyncio.Future[None]] = deque()
-        self.inbox = _Inbox()
-        self.inbox.floes.append(self)
-        self.to_rookery = target == ROOKERY
+        self.inbox = inbox = _Inbox() if inbox is None else inbox
+        inbox.floes.append(self)
+        self.to_rookery = target is ROOKERY or target == ROOKERY
 
     @property
     def queue(self) -> _FloeQueue:
@@ -660,44 +662,44 @@ class PenguiFlow:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
 
-    def _build(self, nodes: list[Node], edges: list[tuple[Node, Node]]) -> None:
+    def _build(self, nodes: list[Node], edges: list[tuple[int, int]]) -> None:
+        # Index-based: flows are also built per request (playbooks), so this stays cheap.
         maxsize = self._queue_maxsize
-        contexts: dict[Owner, Context] = {n: Context(n, self) for n in nodes}
+        ctxs = [Context(n, self) for n in nodes]
         opensea = Context(OPEN_SEA, self)
         rookery = Context(ROOKERY, self)
-        incoming: dict[Node, int] = dict.fromkeys(nodes, 0)
-        succ: dict[Node, set[Node]] = {n: set() for n in nodes}
+        count = len(nodes)
+        incoming = [0] * count
+        succ: list[list[int]] = [[] for _ in range(count)]
         for src, dst in edges:
-            succ[src].add(dst)
-            if not (src is dst and src.allow_cycle):
+            succ[src].append(dst)
+            if not (src == dst and nodes[src].allow_cycle):
                 incoming[dst] += 1
         floes: list[Floe] = []
 
-        def link(src: Owner, dst: Owner) -> None:
-            floe = Floe(src, dst, maxsize=maxsize)
-            sctx = opensea if src == OPEN_SEA else contexts[src]
-            dctx = rookery if dst == ROOKERY else contexts[dst]
-            floe.inbox = dctx._inbox
-            dctx._inbox.floes.append(floe)
+        def link(sctx: Context, dctx: Context) -> None:
+            floe = Floe(sctx._owner, dctx._owner, maxsize=maxsize, inbox=dctx._inbox)
             sctx._outs.append(floe)
-            sctx._out_by_target[dst] = floe
+            sctx._out_by_target[dctx._owner] = floe
             dctx._ins.append(floe)
             floes.append(floe)
 
-        for n in nodes:
-            if incoming[n] == 0:
-                link(OPEN_SEA, n)
+        for i in range(count):
+            if incoming[i] == 0:
+                link(opensea, ctxs[i])
         for src, dst in edges:
-            link(src, dst)
-        for n in nodes:
-            if not succ[n] or succ[n] == {n}:
-                link(n, ROOKERY)
+            link(ctxs[src], ctxs[dst])
+        rookery_floes = []
+        for i in range(count):
+            if all(j == i for j in succ[i]):
+                link(ctxs[i], rookery)
+                rookery_floes.append(floes[-1])
         self._floes = tuple(floes)
-        self._contexts = contexts
+        self._contexts: dict[Owner, Context] = dict(zip(nodes, ctxs, strict=True))
         self._opensea = opensea
         self._rookery = rookery
-        self._runtimes = [_NodeRuntime(n, contexts[n]) for n in nodes]
-        self._rookery_floes = [f for f in floes if f.to_rookery]
+        self._runtimes = [_NodeRuntime(n, c) for n, c in zip(nodes, ctxs, strict=True)]
+        self._rookery_floes = rookery_floes
 
     # -- public topology --------------------------------------------------------------
 
@@ -1399,7 +1401,10 @@ class PenguiFlow:
                 if entry.dead:
                     continue
                 if serial or entry.trace is None:
-                    await self._handle(rt, slot, entry)
+                    try:
+                        await self._handle(rt, slot, entry)
+                    except Exception:  # a bug or a broken hook: keep the worker alive
+                        logger.exception("worker_error", extra={"node_name": rt.node.name})
                     continue
                 # max_concurrency > 1: items of one trace run one after another, in order.
                 trace = entry.trace
@@ -1409,11 +1414,16 @@ class PenguiFlow:
                     continue
                 backlog = rt.backlogs[trace] = deque()
                 try:
-                    await self._handle(rt, slot, entry)
-                    while backlog:
-                        entry = backlog.popleft()
-                        if not entry.dead:
+                    while True:
+                        try:
                             await self._handle(rt, slot, entry)
+                        except Exception:
+                            logger.exception("worker_error", extra={"node_name": rt.node.name})
+                        while backlog and backlog[0].dead:
+                            backlog.popleft()
+                        if not backlog:
+                            break
+                        entry = backlog.popleft()
                 finally:
                     rt.backlogs.pop(trace, None)
         except asyncio.CancelledError:
@@ -1505,6 +1515,17 @@ class PenguiFlow:
                     failure = None
                 except Exception as exc:
                     failure = exc
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:
+                    # Other BaseExceptions are never retried (contract §5.6), but they must
+                    # not kill the worker either: the item fails at once, with an event.
+                    if self._observed(_ERROR):
+                        await self._event(
+                            "node_failed", ctx, trace, tid, attempt,
+                            (loop.time() - started) * 1000.0, {"exception": repr(exc)}, _ERROR,
+                        )  # fmt: skip
+                    return
                 else:
                     slot.current = None
                     if trace is not None:
@@ -1706,50 +1727,61 @@ def _add_hook(hooks: list[Any], callback: Any) -> Callable[[], None]:
     return remove
 
 
-def _collect(adjacencies: Sequence[Adjacency]) -> tuple[list[Node], list[tuple[Node, Node]]]:
-    nodes: dict[Node, None] = {}
-    edges: dict[tuple[Node, Node], None] = {}
-    for index, adjacency in enumerate(adjacencies):
+def _collect(adjacencies: Sequence[Adjacency]) -> tuple[list[Node], list[tuple[int, int]]]:
+    """Return the nodes in order of first appearance and the deduplicated edges (indices)."""
+    nodes: list[Node] = []
+    index: dict[int, int] = {}  # id(node) -> position; nodes compare by identity
+    edges: dict[tuple[int, int], None] = {}
+    for position, adjacency in enumerate(adjacencies):
         if not (isinstance(adjacency, tuple) and len(adjacency) == 2):
             raise FlowBuildError(
-                f"adjacency #{index} must be (node, successors), e.g. node.to(...); "
+                f"adjacency #{position} must be (node, successors), e.g. node.to(...); "
                 f"got {adjacency!r}"
             )
         start, successors = adjacency
         if not isinstance(start, Node):
-            raise FlowBuildError(f"adjacency #{index}: {start!r} is not a Node")
-        nodes.setdefault(start)
+            raise FlowBuildError(f"adjacency #{position}: {start!r} is not a Node")
+        src = index.get(id(start))
+        if src is None:
+            src = index[id(start)] = len(nodes)
+            nodes.append(start)
         for succ in successors:
             if not isinstance(succ, Node):
                 raise FlowBuildError(
-                    f"adjacency #{index} ({start.name}): successor {succ!r} is not a Node"
+                    f"adjacency #{position} ({start.name}): successor {succ!r} is not a Node"
                 )
-            nodes.setdefault(succ)
-            edges.setdefault((start, succ))
-    seen: dict[str, Node] = {}
-    for node in nodes:
-        other = seen.setdefault(node.name, node)
-        if other is not node:
-            raise FlowBuildError(
-                f"two different nodes are named {node.name!r}; node names must be unique "
-                "within a flow (the registry, routers and fetch(from_=) key by name)"
-            )
-    return list(nodes), list(edges)
+            dst = index.get(id(succ))
+            if dst is None:
+                dst = index[id(succ)] = len(nodes)
+                nodes.append(succ)
+            edges[(src, dst)] = None
+    if len({node.name for node in nodes}) != len(nodes):
+        seen: set[str] = set()
+        for node in nodes:
+            if node.name in seen:
+                raise FlowBuildError(
+                    f"two different nodes are named {node.name!r}; node names must be unique "
+                    "within a flow (the registry, routers and fetch(from_=) key by name)"
+                )
+            seen.add(node.name)
+    return nodes, list(edges)
 
 
-def _check_cycles(nodes: list[Node], edges: list[tuple[Node, Node]]) -> None:
-    succ: dict[Node, list[Node]] = {n: [] for n in nodes}
+def _check_cycles(nodes: list[Node], edges: list[tuple[int, int]]) -> None:
+    """Raise CycleError naming a cycle; allowed self-loops (``allow_cycle``) are skipped."""
+    count = len(nodes)
+    succ: list[list[int]] = [[] for _ in range(count)]
     for src, dst in edges:
-        if src is dst and src.allow_cycle:
+        if src == dst and nodes[src].allow_cycle:
             continue
         succ[src].append(dst)
     white, grey, black = 0, 1, 2
-    color = dict.fromkeys(nodes, white)
-    for root in nodes:
+    color = [white] * count
+    for root in range(count):
         if color[root] != white:
             continue
-        path: list[Node] = [root]
-        stack: list[tuple[Node, int]] = [(root, 0)]
+        path = [root]
+        stack = [(root, 0)]
         color[root] = grey
         while stack:
             node, i = stack[-1]
@@ -1760,7 +1792,7 @@ def _check_cycles(nodes: list[Node], edges: list[tuple[Node, Node]]) -> None:
                     cycle = [*path[path.index(nxt) :], nxt]
                     raise CycleError(
                         "Flow contains a cycle; enable allow_cycles to bypass "
-                        f"(cycle: {' -> '.join(n.name for n in cycle)})"
+                        f"(cycle: {' -> '.join(nodes[n].name for n in cycle)})"
                     )
                 if color[nxt] == white:
                     color[nxt] = grey
