@@ -10,6 +10,7 @@ add-on is missing, using the name raises :class:`~penguiflow.errors.MissingExtra
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pkgutil import extend_path
 from typing import TYPE_CHECKING, Any
 
@@ -79,8 +80,9 @@ __all__ = [
     "create",
 ]
 
-# Optional names: attribute -> (module, distribution). Deliberately not in __all__, so
-# ``from penguiflow import *`` works with core alone.
+# Optional names: attribute -> (module, distribution). They join __all__ (as the API
+# contract lists them) only when their distribution is installed, so that
+# ``from penguiflow import *`` also works with core alone.
 _ADDONS: dict[str, tuple[str, str]] = {
     "map_concurrent": ("penguiflow.patterns", "penguiflow-patterns"),
     "join_k": ("penguiflow.patterns", "penguiflow-patterns"),
@@ -93,6 +95,18 @@ _ADDONS: dict[str, tuple[str, str]] = {
     "flow_to_mermaid": ("penguiflow.viz", "penguiflow-viz"),
     "flow_to_dot": ("penguiflow.viz", "penguiflow-viz"),
 }
+
+
+def _installed(module_name: str) -> bool:
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+__all__ += sorted(
+    name for name, (module_name, _) in _ADDONS.items() if _installed(module_name)
+)
 
 
 def __getattr__(name: str) -> Any:
