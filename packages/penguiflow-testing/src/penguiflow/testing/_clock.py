@@ -116,19 +116,20 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
     Args:
         start: The initial value of ``time()``.
         autojump_threshold: Real seconds to wait for I/O before jumping to the next timer
-            (0 jumps at once; use a small value for tests with real network peers;
-            ``math.inf`` disables autojump, so only :meth:`advance` moves time).
+            (0 jumps at once; use a small value for tests that talk to real network
+            peers, so their answers arrive before timers fire).
     """
 
     def __init__(self, *, start: float = 0.0, autojump_threshold: float = 0.0) -> None:
-        if autojump_threshold < 0 or math.isnan(autojump_threshold):
-            raise ValueError(f"autojump_threshold must be >= 0, got {autojump_threshold!r}")
         self._virtual_now = float(start)
         self._start = float(start)
         self._jumps = 0
         self._real_waits = 0
         self.autojump_threshold = autojump_threshold
         super().__init__(_AutojumpSelector(self, selectors.DefaultSelector()))
+        if autojump_threshold < 0 or math.isnan(autojump_threshold):
+            self.close()
+            raise ValueError(f"autojump_threshold must be >= 0, got {autojump_threshold!r}")
 
     def time(self) -> float:
         """Return the virtual monotonic time of this loop."""
