@@ -18,7 +18,9 @@ WAIT_S = 5.0  # upper bound for any awaited condition, so a bug fails instead of
 
 def message(payload: Any, **kwargs: Any) -> Message:
     """A Message for tenant "t"."""
-    return Message(payload=payload, headers=Headers(tenant="t", **kwargs.pop("headers", {})), **kwargs)
+    return Message(
+        payload=payload, headers=Headers(tenant="t", **kwargs.pop("headers", {})), **kwargs
+    )
 
 
 class Recorder:
@@ -55,9 +57,7 @@ class Recorder:
                 if len(seen) >= count:
                     return seen[count - 1]
                 fut: asyncio.Future[FlowEvent] = asyncio.get_running_loop().create_future()
-                self._waiters.append(
-                    (lambda e: _matches(e, event_type, node, trace_id), fut)
-                )
+                self._waiters.append((lambda e: _matches(e, event_type, node, trace_id), fut))
                 await fut
 
 
@@ -121,7 +121,9 @@ async def fetch(flow: PenguiFlow) -> Any:
 
 def rookery_depth(flow: PenguiFlow) -> int:
     """Items waiting at Rookery."""
-    return sum(e.depth for e in flow.inspect().edges if getattr(e.target, "name", None) == "Rookery")
+    return sum(
+        e.depth for e in flow.inspect().edges if getattr(e.target, "name", None) == "Rookery"
+    )
 
 
 def assert_clean(flow: PenguiFlow) -> None:

@@ -221,7 +221,9 @@ async def test_caller_cancellation_cancels_and_awaits_workers() -> None:
     limit=st.integers(min_value=1, max_value=10),
     failing=st.one_of(st.none(), st.integers(min_value=0, max_value=24)),
 )
-def test_property_order_bound_and_failure(items: list[int], limit: int, failing: int | None) -> None:
+def test_property_order_bound_and_failure(
+    items: list[int], limit: int, failing: int | None
+) -> None:
     async def scenario() -> None:
         active = peak = 0
 
@@ -247,9 +249,7 @@ def test_property_order_bound_and_failure(items: list[int], limit: int, failing:
             assert await map_concurrent(pairs, work, max_concurrency=limit) == [
                 d * 2 for d in items
             ]
-        collected = await map_concurrent(
-            pairs, work, max_concurrency=limit, return_exceptions=True
-        )
+        collected = await map_concurrent(pairs, work, max_concurrency=limit, return_exceptions=True)
         for (index, delay), value in zip(pairs, collected, strict=True):
             if index == failing:
                 assert isinstance(value, LookupError)

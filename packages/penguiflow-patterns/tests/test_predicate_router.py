@@ -10,7 +10,6 @@ from penguiflow.core import PenguiFlow, create
 from penguiflow.errors import FlowBuildError
 from penguiflow.node import Node
 from penguiflow.patterns import predicate_router
-from penguiflow.types import Message
 
 
 def sink(name: str) -> Node:
@@ -253,7 +252,9 @@ def test_mapping_unknown_name_fails_the_build_check() -> None:
     router = predicate_router("m", {"a": bool, "ghost": bool})
     flow = create(router.to(sink("a")))
     check = router.func.__penguiflow_check__  # type: ignore[attr-defined]
-    with pytest.raises(KeyError, match="No successor named 'ghost' for predicate_router 'm'") as info:
+    with pytest.raises(
+        KeyError, match="No successor named 'ghost' for predicate_router 'm'"
+    ) as info:
         check(flow, router)
     assert isinstance(info.value, FlowBuildError)
     assert isinstance(info.value, ValueError)
@@ -272,10 +273,10 @@ async def test_mapping_unknown_name_fails_on_first_message(
     assert "No successor named 'ghost'" in failed.extra["exception"]
 
 
-async def test_detached_context_needs_a_flow() -> None:
+async def test_detached_context_needs_a_flow(kit: Any) -> None:
     from penguiflow.core import Context
     from penguiflow.errors import FlowNotRunningError
 
     router = predicate_router("r", lambda m: "a")
     with pytest.raises(FlowNotRunningError, match="predicate_router 'r'"):
-        await router.invoke(Message(payload=1, headers={"tenant": "t"}), Context(router), registry=None)
+        await router.invoke(kit.message(1), Context(router), registry=None)

@@ -195,7 +195,6 @@ class _JoinState:
         if self.on_timeout == "drop":
             self._log(logging.INFO, "join_k_timeout_drop", trace_id, held)
             return
-        self._log(logging.INFO, "join_k_timeout_emit", trace_id, held)
         ctx = self.ctx
         if ctx is None:
             logger.warning(
@@ -209,14 +208,26 @@ class _JoinState:
             ctx.emit_nowait(batch)
         except asyncio.QueueFull:
             task = asyncio.get_running_loop().create_task(
-                ctx.emit(batch), name=f"penguiflow.patterns:join_k:{self.name}"
+                self._emit_later(ctx, batch, trace_id, held),
+                name=f"penguiflow.patterns:join_k:{self.name}",
             )
             self.tasks[task] = trace_id
             task.add_done_callback(self._emitted)
+            return
         except Exception:
             logger.exception(
                 "join_k '%s': partial batch of trace %s could not be emitted", self.name, trace_id
             )
+            return
+        self._log(logging.INFO, "join_k_timeout_emit", trace_id, held)
+
+    async def _emit_later(self, ctx: Context, batch: Any, trace_id: str, held: int) -> None:
+        """Emit a partial batch that found a full edge: wait for capacity (backpressure)."""
+        # Logged here, not when the task is created: ``ctx.emit`` counts the batch for its
+        # trace before it first suspends, so once this is observable the trace is live and
+        # ``flow.cancel(trace_id)`` reaches the task through ``cancel_trace``.
+        self._log(logging.INFO, "join_k_timeout_emit", trace_id, held)
+        await ctx.emit(batch)
 
     def _emitted(self, task: asyncio.Task[None]) -> None:
         self.tasks.pop(task, None)
