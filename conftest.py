@@ -1,0 +1,3 @@
+"""Repository-wide pytest setup (shared by every package's tests)."""
+
+pytest_plugins = ["pytester"]
