@@ -33,6 +33,7 @@ from ._format import (
     chunk_to_ws_json as chunk_to_ws_json,
     format_sse_comment as format_sse_comment,
     format_sse_event as format_sse_event,
+    format_sse_json as format_sse_json,
     format_sse_message as format_sse_message,
     to_jsonable as to_jsonable,
 )
@@ -60,6 +61,7 @@ for _obj in (
     chunk_to_ws_json,
     format_sse_comment,
     format_sse_event,
+    format_sse_json,
     format_sse_message,
     to_jsonable,
     Provenance,

@@ -21,6 +21,7 @@ __all__ = [
     "chunk_to_ws_json",
     "format_sse_comment",
     "format_sse_event",
+    "format_sse_json",
     "format_sse_message",
     "to_jsonable",
 ]
@@ -123,6 +124,21 @@ def chunk_to_ws_json(chunk: StreamChunk, *, extra: Mapping[str, Any] | None = No
     if extra:
         obj.update(extra)
     return json.dumps(obj, ensure_ascii=False)
+
+
+def format_sse_json(chunk: StreamChunk, *, extra: Mapping[str, Any] | None = None) -> str:
+    """Render a chunk as an SSE frame whose single ``data:`` line is its full JSON.
+
+    An alternative to :func:`format_sse_event` for clients that want every field
+    (``stream_id`` included, for provenance) and no ambiguity between text lines and the
+    meta line: ``event: chunk``/``done``, ``id: <seq>``, ``data: <chunk_to_ws_json>``.
+
+    Raises:
+        TypeError: ``chunk`` is not a ``StreamChunk``.
+    """
+    chunk = _require_chunk(chunk, "format_sse_json")
+    event = "done" if chunk.done else "chunk"
+    return f"event: {event}\nid: {chunk.seq}\ndata: {chunk_to_ws_json(chunk, extra=extra)}\n\n"
 
 
 def format_sse_message(

@@ -1,0 +1,201 @@
+"""Shared helpers: a real uvicorn server on 127.0.0.1, an SSE parser, awaitable events.
+
+Nothing here sleeps to let things settle: tests await events (flow events, node
+signals, handler exits), each bounded by ``WAIT_S`` so a bug fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+
+from penguiflow.core import PenguiFlow
+from penguiflow.metrics import FlowEvent
+from penguiflow.types import Headers, Message
+
+WAIT_S = 10.0
+
+
+def message(payload: Any = "hi", **kwargs: Any) -> Message:
+    """A Message for tenant "t"."""
+    return Message(payload=payload, headers=Headers(tenant="t"), **kwargs)
+
+
+class Recorder:
+    """Middleware that keeps every FlowEvent and lets a test await one."""
+
+    def __init__(self) -> None:
+        self.events: list[FlowEvent] = []
+        self._changed = asyncio.Event()
+
+    async def __call__(self, event: FlowEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def matching(self, event_type: str, trace_id: str | None = None) -> list[FlowEvent]:
+        return [
+            e
+            for e in self.events
+            if e.event_type == event_type and (trace_id is None or e.trace_id == trace_id)
+        ]
+
+    async def wait(self, event_type: str, trace_id: str | None = None) -> FlowEvent:
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                found = self.matching(event_type, trace_id)
+                if found:
+                    return found[0]
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@dataclass
+class Tracked:
+    """An ASGI app wrapper that signals when each handler call has returned."""
+
+    app: Any
+    active: int = 0
+    finished: list[BaseException | None] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        self.active += 1
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, send)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.active -= 1
+            self.finished.append(error)
+            self._changed.set()
+
+    async def wait_idle(self, calls: int = 1) -> None:
+        """Wait until ``calls`` handler calls have returned and none is running."""
+        async with asyncio.timeout(WAIT_S):
+            while self.active or len(self.finished) < calls:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any, *, lifespan: str = "off") -> AsyncIterator[str]:
+    """Run ``app`` on uvicorn at 127.0.0.1:<ephemeral port> inside this event loop.
+
+    The listening socket is bound and listening before the server task starts, so a
+    client may connect at once (the kernel queues it): no waiting for "started".
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        lifespan=lifespan,
+        log_level="warning",
+        http="h11",
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=WAIT_S,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        try:
+            async with asyncio.timeout(WAIT_S):
+                await task
+        finally:
+            sock.close()
+
+
+@dataclass
+class SSEEvent:
+    """One dispatched Server-Sent Event, parsed as a browser would (WHATWG)."""
+
+    event: str = "message"
+    id: str | None = None
+    data_lines: list[str] = field(default_factory=list)
+
+    @property
+    def data(self) -> str:
+        return "\n".join(self.data_lines)
+
+
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[SSEEvent]:
+    """Parse SSE lines (from ``response.aiter_lines()``) into events."""
+    current = SSEEvent()
+    async for line in lines:
+        if line == "":
+            if current.data_lines:
+                yield current
+            current = SSEEvent()
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            current.event = value
+        elif name == "id":
+            current.id = value
+        elif name == "data":
+            current.data_lines.append(value)
+
+
+async def wait_for(fut: Any, what: str = "") -> Any:
+    """Await with the WAIT_S bound."""
+    async with asyncio.timeout(WAIT_S):
+        return await fut
+
+
+class Kit:
+    """The helpers above, as one fixture (test modules cannot import conftest)."""
+
+    WAIT_S = WAIT_S
+    message = staticmethod(message)
+    serve = staticmethod(serve)
+    sse_events = staticmethod(sse_events)
+    wait_for = staticmethod(wait_for)
+    Tracked = Tracked
+    SSEEvent = SSEEvent
+
+
+@pytest.fixture
+def kit() -> type[Kit]:
+    return Kit
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Callable[[PenguiFlow], PenguiFlow]]:
+    """``start(flow)`` runs a flow and stops it after the test (even on failure)."""
+    flows: list[PenguiFlow] = []
+
+    def start(flow: PenguiFlow) -> PenguiFlow:
+        flow.run()
+        flows.append(flow)
+        return flow
+
+    yield start
+    for flow in flows:
+        await flow.stop()
+        assert flow.inspect().workers == 0

@@ -1,0 +1,182 @@
+"""format_sse_event / chunk_to_ws_json: contract bytes, B13 multi-line framing, bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from penguiflow.streaming import (
+    chunk_to_ws_json,
+    format_sse_comment,
+    format_sse_event,
+    format_sse_json,
+    format_sse_message,
+    to_jsonable,
+)
+from penguiflow.types import FinalAnswer, Headers, Message, StreamChunk
+
+
+def chunk(text: str = "hi", **kwargs: Any) -> StreamChunk:
+    kwargs.setdefault("stream_id", "s")
+    kwargs.setdefault("seq", 2)
+    return StreamChunk(text=text, **kwargs)
+
+
+def parse_sse(frame: str) -> list[dict[str, Any]]:
+    """A WHATWG event-stream parser (CRLF, LF and CR are line ends)."""
+    events: list[dict[str, Any]] = []
+    data: list[str] = []
+    fields: dict[str, Any] = {}
+    lines = frame.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for line in lines:
+        if line == "":
+            if data:
+                events.append({**fields, "data": "\n".join(data)})
+            data, fields = [], {}
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        elif name:
+            fields[name] = value
+    return events
+
+
+def test_contract_example_is_byte_identical() -> None:
+    out = format_sse_event(chunk(meta={"k": 1}), retry_ms=1500)
+    assert out == 'event: chunk\nid: 2\ndata: hi\ndata: {"k": 1}\nretry: 1500\n\n'
+
+
+def test_minimal_frame() -> None:
+    assert format_sse_event(chunk()) == "event: chunk\nid: 2\ndata: hi\n\n"
+
+
+def test_done_chunk_defaults_to_done_event() -> None:
+    assert format_sse_event(chunk(done=True)) == "event: done\nid: 2\ndata: hi\n\n"
+
+
+@pytest.mark.parametrize("name", [None, ""])
+def test_empty_event_name_falls_back(name: str | None) -> None:
+    assert format_sse_event(chunk(), event_name=name).startswith("event: chunk\n")
+
+
+def test_custom_event_name_and_retry_zero() -> None:
+    out = format_sse_event(chunk(done=True), event_name="token", retry_ms=0)
+    assert out == "event: token\nid: 2\ndata: hi\nretry: 0\n\n"
+
+
+def test_meta_json_is_not_ascii_escaped() -> None:
+    out = format_sse_event(chunk(text="é", meta={"nœud": "ü"}))
+    assert out == 'event: chunk\nid: 2\ndata: é\ndata: {"nœud": "ü"}\n\n'
+
+
+def test_empty_text_keeps_one_data_line() -> None:
+    assert format_sse_event(chunk(text="", done=True)) == "event: done\nid: 2\ndata: \n\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "lines"),
+    [
+        ("a\nb", ["a", "b"]),
+        ("a\r\nb", ["a", "b"]),
+        ("a\rb", ["a", "b"]),
+        ("a\n\nb", ["a", "", "b"]),
+        ("a\n", ["a", ""]),
+        ("\n", ["", ""]),
+        ("x\r\n\ry\n", ["x", "", "y", ""]),
+    ],
+)
+def test_multiline_text_gets_one_data_line_per_line(text: str, lines: list[str]) -> None:
+    out = format_sse_event(chunk(text=text, meta={"k": 1}))
+    expected = "".join(f"data: {line}\n" for line in lines)
+    assert out == f'event: chunk\nid: 2\n{expected}data: {{"k": 1}}\n\n'
+    # A standard parser sees exactly one event whose data is the text (LF-normalised)
+    # followed by the meta line: the framing survives.
+    (event,) = parse_sse(out)
+    normalised = text.replace("\r\n", "\n").replace("\r", "\n")
+    assert event == {"event": "chunk", "id": "2", "data": normalised + '\n{"k": 1}'}
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x85"])
+def test_only_cr_and_lf_split_lines(sep: str) -> None:
+    # str.splitlines() would split on these; an SSE parser does not.
+    assert format_sse_event(chunk(text=f"a{sep}b")) == f"event: chunk\nid: 2\ndata: a{sep}b\n\n"
+
+
+@pytest.mark.parametrize("bad", [42, "text", {"stream_id": "s", "seq": 0, "text": "x"}, None])
+def test_formatting_a_non_chunk_is_a_type_error(bad: Any) -> None:
+    with pytest.raises(TypeError, match=r"expects a penguiflow\.types\.StreamChunk"):
+        format_sse_event(bad)
+    with pytest.raises(TypeError, match=r"expects a penguiflow\.types\.StreamChunk"):
+        chunk_to_ws_json(bad)
+    with pytest.raises(TypeError, match=r"expects a penguiflow\.types\.StreamChunk"):
+        format_sse_json(bad)
+
+
+def test_a_message_holding_a_chunk_gets_a_hint() -> None:
+    msg = Message(payload=chunk(), headers=Headers(tenant="t"))
+    with pytest.raises(TypeError, match=r"pass message\.payload"):
+        format_sse_event(msg)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\rb"])
+def test_event_name_with_a_line_break_is_rejected(name: str) -> None:
+    with pytest.raises(ValueError, match="single line"):
+        format_sse_event(chunk(), event_name=name)
+
+
+def test_ws_json_key_order_and_separators() -> None:
+    out = chunk_to_ws_json(chunk(text="é", meta={"k": 1}, done=True))
+    assert out == '{"stream_id": "s", "seq": 2, "text": "é", "done": true, "meta": {"k": 1}}'
+
+
+def test_ws_json_extra_appends_and_overrides() -> None:
+    out = chunk_to_ws_json(chunk(), extra={"type": "chunk", "seq": 99})
+    assert out == (
+        '{"stream_id": "s", "seq": 99, "text": "hi", "done": false, "meta": {}, "type": "chunk"}'
+    )
+    assert list(json.loads(out)) == ["stream_id", "seq", "text", "done", "meta", "type"]
+
+
+def test_ws_json_round_trips_multiline_text() -> None:
+    assert json.loads(chunk_to_ws_json(chunk(text="a\r\nb")))["text"] == "a\r\nb"
+
+
+def test_sse_json_frame_is_one_data_line() -> None:
+    out = format_sse_json(chunk(text="a\nb", meta={"node": "n"}, done=True))
+    (event,) = parse_sse(out)
+    assert event["event"] == "done"
+    assert event["id"] == "2"
+    assert json.loads(event["data"]) == {
+        "stream_id": "s",
+        "seq": 2,
+        "text": "a\nb",
+        "done": True,
+        "meta": {"node": "n"},
+    }
+
+
+def test_generic_message_and_comment_frames() -> None:
+    assert format_sse_message("x\ny", event="result", id="7") == (
+        "event: result\nid: 7\ndata: x\ndata: y\n\n"
+    )
+    assert format_sse_message("x", retry_ms=5) == "data: x\nretry: 5\n\n"
+    assert format_sse_comment("ping") == ": ping\n\n"
+    assert format_sse_comment() == ":\n\n"
+    assert parse_sse(format_sse_comment("a\nb")) == []
+    with pytest.raises(ValueError, match="single line"):
+        format_sse_message("x", id="1\n2")
+
+
+def test_to_jsonable() -> None:
+    answer = FinalAnswer(text="t", citations=["c"])
+    assert to_jsonable(answer) == {"text": "t", "citations": ["c"]}
+    assert to_jsonable(Message(payload=answer, headers=Headers(tenant="t"))) == {
+        "text": "t",
+        "citations": ["c"],
+    }
+    assert to_jsonable({"a": [1, 2]}) == {"a": [1, 2]}
+    assert to_jsonable({1, 2}) in ("{1, 2}", "{2, 1}")
