@@ -223,7 +223,12 @@ class FlowStream:
         try:
             item = await sub.get(self._idle_timeout)
         except StopAsyncIteration:
-            reason = self.ended = _end_reason(sub.done)
+            reason = _end_reason(sub.done)
+            if reason == "drained" and not self._flow.is_running:
+                # stop() completes the in-flight items of the trace while it cancels the
+                # workers, so core reports "drained" for a trace that stop() cut short.
+                reason = "stopped"
+            self.ended = reason
             if reason == "cancelled":
                 raise TraceCancelled(self.trace_id) from None
             if reason == "stopped":

@@ -1,0 +1,371 @@
+"""open_stream: one request's chunks in order, isolation, fan-out, cancel, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from penguiflow.core import Context, PenguiFlow, create
+from penguiflow.errors import (
+    FlowNotRunningError,
+    FlowRuntimeError,
+    FlowStoppedError,
+    TraceCancelled,
+)
+from penguiflow.node import Node, NodePolicy
+from penguiflow.streaming import (
+    NODE_META_KEY,
+    Provenance,
+    StreamingPathError,
+    StreamResult,
+    StreamWriter,
+    emit_node_chunk,
+    open_stream,
+    provenance,
+)
+from penguiflow.types import FinalAnswer, Message, StreamChunk
+
+Start = Callable[[PenguiFlow], PenguiFlow]
+
+
+def answer(msg: Message, text: str) -> Message:
+    return msg.model_copy(update={"payload": FinalAnswer(text=text)})
+
+
+def llm_node(tokens: list[str], name: str = "llm") -> Node:
+    async def llm(msg: Message, ctx: Context) -> Message:
+        async with StreamWriter(ctx, msg) as out:
+            for tok in tokens:
+                await out.write(tok)
+        return answer(msg, "".join(tokens))
+
+    return Node(llm, name=name)
+
+
+async def test_chunks_in_order_then_the_result(kit: Any, running: Start) -> None:
+    flow = running(create(llm_node(["a", "b", "c"]).to()))
+    msg = kit.message()
+    async with open_stream(flow, msg) as stream:
+        chunks = [c async for c in stream]
+        result = await stream.result()
+    assert [c.text for c in chunks] == ["a", "b", "c", ""]
+    assert [c.seq for c in chunks] == [0, 1, 2, 3]
+    assert [c.done for c in chunks] == [False, False, False, True]
+    assert result == FinalAnswer(text="abc")
+    assert stream.results == [result]
+    assert stream.ended == "drained"
+    assert stream.trace_id == msg.trace_id
+    assert flow.inspect().is_quiescent
+
+
+async def test_provenance_node_stream_and_seq(kit: Any, running: Start) -> None:
+    flow = running(create(llm_node(["x"]).to()))
+    msg = kit.message()
+    async with open_stream(flow, msg) as stream:
+        first = await anext(stream)
+        await stream.result()
+    assert first.meta == {NODE_META_KEY: "llm"}
+    assert provenance(first) == Provenance("llm", f"{msg.trace_id}:llm", 0)
+    assert provenance(StreamChunk(stream_id="s", seq=3, text="")) == Provenance(None, "s", 3)
+
+
+async def test_events_interleave_chunks_and_results_in_arrival_order(
+    kit: Any, running: Start
+) -> None:
+    async def node(msg: Message, ctx: Context) -> None:
+        await emit_node_chunk(ctx, parent=msg, text="one", meta={"k": 1, NODE_META_KEY: "x"})
+        await ctx.emit(answer(msg, "mid"))
+        await emit_node_chunk(ctx, parent=msg, text="two", done=True)
+
+    flow = running(create(Node(node, name="n").to()))
+    async with open_stream(flow, kit.message()) as stream:
+        events = [e async for e in stream.events()]
+    assert [type(e).__name__ for e in events] == ["StreamChunk", "StreamResult", "StreamChunk"]
+    first, mid, last = events
+    assert isinstance(first, StreamChunk)
+    assert first.meta == {"k": 1, NODE_META_KEY: "n"}  # the stamp wins
+    assert isinstance(mid, StreamResult)
+    assert mid.value == FinalAnswer(text="mid")
+    assert isinstance(mid.item, Message)
+    assert isinstance(last, StreamChunk)
+    assert (last.text, last.seq, last.done) == ("two", 1, True)
+
+
+async def test_only_this_trace_while_others_run(kit: Any, running: Start) -> None:
+    gates = {"A": asyncio.Event(), "B": asyncio.Event()}
+
+    async def llm(msg: Message, ctx: Context) -> Message:
+        name = msg.payload
+        other = "B" if name == "A" else "A"
+        async with StreamWriter(ctx, msg) as out:
+            for i in range(3):
+                await out.write(f"{name}{i}")
+                gates[name].set()
+                await gates[other].wait()  # keep both traces in flight together
+        return answer(msg, name)
+
+    node = Node(llm, name="llm", policy=NodePolicy(max_concurrency=2))
+    flow = running(create(node.to()))
+
+    async def consume(name: str) -> tuple[list[str], Any]:
+        async with open_stream(flow, kit.message(name)) as stream:
+            texts = [c.text async for c in stream]
+            return texts, await stream.result()
+
+    a, b = await kit.wait_for(asyncio.gather(consume("A"), consume("B")))
+    assert a == (["A0", "A1", "A2", ""], FinalAnswer(text="A"))
+    assert b == (["B0", "B1", "B2", ""], FinalAnswer(text="B"))
+
+
+async def test_fan_out_streams_interleave_each_in_order(kit: Any, running: Start) -> None:
+    turn = {name: asyncio.Event() for name in ("L0", "R0", "L1", "R1")}
+
+    async def split(msg: Message, ctx: Context) -> Message:
+        return msg
+
+    async def left(msg: Message, ctx: Context) -> None:
+        async with StreamWriter(ctx, msg) as out:
+            await out.write("L0")
+            turn["L0"].set()
+            await turn["R0"].wait()
+            await out.write("L1")
+            turn["L1"].set()
+            await turn["R1"].wait()
+
+    async def right(msg: Message, ctx: Context) -> None:
+        async with StreamWriter(ctx, msg) as out:
+            await turn["L0"].wait()
+            await out.write("R0")
+            turn["R0"].set()
+            await turn["L1"].wait()
+            await out.write("R1")
+            turn["R1"].set()
+
+    s, lnode, rnode = Node(split, name="split"), Node(left, name="left"), Node(right, name="right")
+    flow = running(create(s.to(lnode, rnode), lnode.to(), rnode.to()))
+    msg = kit.message()
+    async with open_stream(flow, msg) as stream:
+        chunks = await kit.wait_for(_all(stream))
+    assert [c.text for c in chunks[:4]] == ["L0", "R0", "L1", "R1"]  # interleaved
+    by_node: dict[str, list[StreamChunk]] = {}
+    for c in chunks:
+        by_node.setdefault(provenance(c).node or "?", []).append(c)
+    assert set(by_node) == {"left", "right"}
+    for name, seq in by_node.items():
+        assert [c.seq for c in seq] == [0, 1, 2]  # each stream in order
+        assert {c.stream_id for c in seq} == {f"{msg.trace_id}:{name}"}
+        assert [c.done for c in seq] == [False, False, True]
+
+
+async def _all(stream: Any) -> list[StreamChunk]:
+    return [c async for c in stream]
+
+
+def blocking_node(
+    started: asyncio.Event, cleaned: asyncio.Event, release: asyncio.Event | None = None
+) -> Node:
+    async def llm(msg: Message, ctx: Context) -> Message:
+        await ctx.emit_chunk(parent=msg, text="t0")
+        started.set()
+        try:
+            await (release or asyncio.Event()).wait()
+        except asyncio.CancelledError:
+            cleaned.set()
+            raise
+        return answer(msg, "late")
+
+    return Node(llm, name="llm")
+
+
+async def test_leaving_early_cancels_the_trace(kit: Any, running: Start, recorder: Any) -> None:
+    started, cleaned = asyncio.Event(), asyncio.Event()
+    flow = create(blocking_node(started, cleaned).to(), middlewares=[recorder])
+    running(flow)
+    msg = kit.message()
+    async with open_stream(flow, msg) as stream:
+        async for chunk in stream:
+            assert chunk.text == "t0"
+            break
+    await kit.wait_for(cleaned.wait())
+    await recorder.wait("trace_cancel_finish", msg.trace_id)
+    assert stream.ended == "cancelled"
+    assert flow.inspect().is_quiescent
+
+
+async def test_cancel_on_exit_false_leaves_the_trace_running(kit: Any, running: Start) -> None:
+    started, cleaned, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    flow = running(create(blocking_node(started, cleaned, release).to()))
+    async with open_stream(flow, kit.message(), cancel_on_exit=False) as stream:
+        await anext(stream)
+    assert stream.ended == "closed"
+    release.set()
+    late = await kit.wait_for(flow.fetch())  # no subscriber any more: the shared Rookery
+    assert late.payload == FinalAnswer(text="late")
+    assert not cleaned.is_set()
+
+
+async def test_cleanup_runs_when_the_consumer_task_is_cancelled(
+    kit: Any, running: Start, recorder: Any
+) -> None:
+    started, cleaned = asyncio.Event(), asyncio.Event()
+    flow = create(blocking_node(started, cleaned).to(), middlewares=[recorder])
+    running(flow)
+    msg = kit.message()
+    got_first = asyncio.Event()
+
+    async def consumer() -> None:
+        async with open_stream(flow, msg) as stream:
+            async for _ in stream:
+                got_first.set()
+
+    task = asyncio.create_task(consumer())
+    await kit.wait_for(got_first.wait())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The shielded cleanup finished before the cancellation surfaced: already cancelled.
+    trace = flow.inspect().traces.get(msg.trace_id)
+    assert trace is None or trace.cancelled
+    await kit.wait_for(cleaned.wait())
+    await recorder.wait("trace_cancel_finish", msg.trace_id)
+    assert flow.inspect().is_quiescent
+
+
+async def test_an_outer_timeout_still_cancels_the_trace(kit: Any, running: Start) -> None:
+    started, cleaned = asyncio.Event(), asyncio.Event()
+    flow = running(create(blocking_node(started, cleaned).to()))
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05), open_stream(flow, kit.message()) as stream:
+            async for _ in stream:
+                pass
+    await kit.wait_for(cleaned.wait())
+
+
+async def test_cancelled_elsewhere_raises_trace_cancelled(kit: Any, running: Start) -> None:
+    started, cleaned = asyncio.Event(), asyncio.Event()
+    flow = running(create(blocking_node(started, cleaned).to()))
+    msg = kit.message()
+    async with open_stream(flow, msg) as stream:
+        await anext(stream)
+        await kit.wait_for(started.wait())
+        assert await flow.cancel(msg.trace_id)
+        with pytest.raises(TraceCancelled) as info:
+            await anext(stream)
+        assert info.value.trace_id == msg.trace_id
+        assert stream.ended == "cancelled"
+        with pytest.raises(StopAsyncIteration):
+            await anext(stream)
+    assert cleaned.is_set()
+
+
+async def test_own_cancel_ends_iteration_quietly(kit: Any, running: Start) -> None:
+    started, cleaned = asyncio.Event(), asyncio.Event()
+    flow = running(create(blocking_node(started, cleaned).to()))
+    async with open_stream(flow, kit.message()) as stream:
+        await anext(stream)
+        assert await stream.cancel()
+        assert [c async for c in stream] == []
+        assert await stream.result() is None
+    await kit.wait_for(cleaned.wait())
+
+
+async def test_flow_stopped_mid_stream_raises(kit: Any) -> None:
+    started, cleaned = asyncio.Event(), asyncio.Event()
+    flow = create(blocking_node(started, cleaned).to())
+    flow.run()
+    async with open_stream(flow, kit.message()) as stream:
+        await anext(stream)
+        await kit.wait_for(started.wait())
+        await flow.stop()
+        with pytest.raises(FlowStoppedError, match="stopped while streaming"):
+            await anext(stream)
+        assert stream.ended == "stopped"
+    assert cleaned.is_set()
+
+
+async def test_idle_timeout(kit: Any, running: Start) -> None:
+    started, cleaned = asyncio.Event(), asyncio.Event()
+    flow = running(create(blocking_node(started, cleaned).to()))
+    async with open_stream(flow, kit.message(), idle_timeout=0.01) as stream:
+        assert (await anext(stream)).text == "t0"
+        with pytest.raises(TimeoutError):
+            await anext(stream)
+    await kit.wait_for(cleaned.wait())  # leaving cancelled the trace
+
+
+async def test_bad_input(kit: Any, running: Start) -> None:
+    node = llm_node(["a"])
+    with pytest.raises(TypeError, match=r"needs a penguiflow\.types\.Message"):
+        open_stream(create(node.to()), "not a message")  # type: ignore[arg-type]
+    never_run = create(llm_node(["a"]).to())
+    with pytest.raises(FlowNotRunningError, match="not running"):
+        await open_stream(never_run, kit.message()).start()
+    flow = running(create(llm_node(["a"]).to()))
+    msg = kit.message()
+    async with open_stream(flow, msg) as stream:
+        with pytest.raises(FlowRuntimeError, match="already has a subscription"):
+            await open_stream(flow, msg).start()
+        with pytest.raises(RuntimeError, match="already started"):
+            await stream.start()
+        await stream.result()
+    unstarted = open_stream(flow, kit.message())
+    with pytest.raises(RuntimeError, match="not started"):
+        await anext(unstarted)
+    await unstarted.aclose()
+    assert unstarted.ended == "closed"
+    assert flow.inspect().is_quiescent
+
+
+async def test_no_streaming_path_is_reported_before_emitting(kit: Any) -> None:
+    async def f(msg: Any, ctx: Context) -> Any:
+        return msg
+
+    a, b, c = Node(f, name="a"), Node(f, name="b"), Node(f, name="c")
+    flow = create(a.to(b), b.to(c), c.to(b), allow_cycles=True)
+    flow.run()
+    try:
+        with pytest.raises(StreamingPathError, match="no path from a to Rookery"):
+            async with open_stream(flow, kit.message()):
+                pass
+        assert flow.inspect().traces == {}
+    finally:
+        await flow.stop()
+
+
+async def test_slow_consumer_back_pressures_the_producer(kit: Any, running: Start) -> None:
+    maxsize, total = 4, 200
+    blocked = asyncio.Event()
+    state = {"produced": 0, "at_block": -1}
+
+    async def producer(msg: Message, ctx: Context) -> Message:
+        out = StreamWriter(ctx, msg)
+        for i in range(total):
+            emit = asyncio.ensure_future(out.write(f"t{i}"))
+            await asyncio.sleep(0)  # one loop step: an emit with room completes in it
+            if not emit.done() and not blocked.is_set():
+                state["at_block"] = state["produced"]
+                blocked.set()
+            await emit
+            state["produced"] += 1
+        await out.close()
+        return answer(msg, "end")
+
+    flow = running(create(Node(producer, name="p").to(), queue_maxsize=maxsize))
+    msg = kit.message()
+    async with open_stream(flow, msg) as stream:
+        first = await anext(stream)  # then stop reading for a while
+        await kit.wait_for(blocked.wait())
+        snap = flow.inspect()
+        trace = snap.traces[msg.trace_id]
+        assert trace.queued <= maxsize  # the subscription buffer is bounded
+        assert trace.pending <= maxsize + 1  # + the producer's own item
+        assert state["at_block"] <= maxsize + 1
+        assert state["produced"] == state["at_block"]  # parked, not running ahead
+        rest = [c async for c in stream]
+        assert await stream.result() == FinalAnswer(text="end")
+    texts = [first.text] + [c.text for c in rest]
+    assert texts == [f"t{i}" for i in range(total)] + [""]
+    assert state["produced"] == total
