@@ -20,11 +20,21 @@ Run it with::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from penguiflow import Context, FlowEvent, Headers, Message, Node, NodePolicy, PenguiFlow, create
+from penguiflow import (
+    Context,
+    FlowEvent,
+    Headers,
+    Message,
+    Middleware,
+    Node,
+    NodePolicy,
+    PenguiFlow,
+    create,
+)
 
 WATCHED = {"trace_cancel_start", "node_trace_cancelled", "trace_cancel_finish"}
 
@@ -46,7 +56,7 @@ class State:
         return self.llm_started.setdefault(trace_id, asyncio.Event())
 
 
-def event_printer(label: str, state: State) -> Callable[[FlowEvent], Awaitable[None]]:
+def event_printer(label: str, state: State) -> Middleware:
     """Build a middleware: one positional argument, the FlowEvent."""
 
     async def middleware(event: FlowEvent) -> None:
