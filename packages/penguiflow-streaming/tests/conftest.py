@@ -90,14 +90,20 @@ class Tracked:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: Any, *, lifespan: str = "off") -> AsyncIterator[str]:
+async def serve(
+    app: Any, *, lifespan: str = "off", sndbuf: int | None = None
+) -> AsyncIterator[str]:
     """Run ``app`` on uvicorn at 127.0.0.1:<ephemeral port> inside this event loop.
 
     The listening socket is bound and listening before the server task starts, so a
     client may connect at once (the kernel queues it): no waiting for "started".
+    ``sndbuf`` fixes the kernel send buffer of accepted connections (Linux copies it
+    from the listening socket), which keeps what the network path can absorb small.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     sock.setblocking(False)

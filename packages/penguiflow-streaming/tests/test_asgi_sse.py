@@ -1,0 +1,341 @@
+"""SSE over a real uvicorn server, read with a real httpx streaming client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from penguiflow.core import Context, PenguiFlow, create
+from penguiflow.node import Node
+from penguiflow.streaming import StreamingPathError, StreamWriter, format_sse_json
+from penguiflow.streaming.asgi import EventStreamResponse, sse_endpoint
+from penguiflow.types import FinalAnswer, Headers, Message
+
+Start = Callable[[PenguiFlow], PenguiFlow]
+
+
+def make_message(request: Request) -> Message:
+    return Message(payload=request.query_params.get("q", ""), headers=Headers(tenant="t"))
+
+
+def app_for(kit: Any, flow: PenguiFlow, **options: Any) -> Any:
+    return kit.Tracked(
+        Starlette(routes=[Route("/stream", sse_endpoint(flow, make_message, **options))])
+    )
+
+
+def answer(msg: Message, text: str) -> Message:
+    return msg.model_copy(update={"payload": FinalAnswer(text=text)})
+
+
+def client(addr: str, **kwargs: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://{addr}", timeout=10.0, **kwargs)
+
+
+async def test_tokens_arrive_in_order_and_incrementally(kit: Any, running: Start) -> None:
+    first_read = asyncio.Event()
+
+    async def llm(msg: Message, ctx: Context) -> Message:
+        async with StreamWriter(ctx, msg) as out:
+            await out.write("t0")
+            # Only a client that already *received* t0 can release the rest: if the
+            # response were buffered until the end, this would never return.
+            await first_read.wait()
+            for i in range(1, 5):
+                await out.write(f"t{i}")
+        return answer(msg, f"answer to {msg.payload}")
+
+    flow = running(create(Node(llm, name="llm").to()))
+    app = app_for(kit, flow, retry_ms=1500)
+    async with kit.serve(app) as addr, client(addr) as http:
+        async with http.stream("GET", "/stream", params={"q": "hello"}) as resp:
+            assert resp.status_code == 200
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            assert resp.headers["cache-control"] == "no-cache"
+            raw: list[str] = []
+
+            async def lines() -> Any:
+                async for line in resp.aiter_lines():
+                    raw.append(line)
+                    yield line
+
+            events = []
+            async for event in kit.sse_events(lines()):
+                events.append(event)
+                if len(events) == 1:
+                    assert event.data_lines[0] == "t0"
+                    first_read.set()
+        await app.wait_idle()
+    assert raw[0] == "retry: 1500"
+    chunks, result, end = events[:-2], events[-2], events[-1]
+    assert [(e.event, e.id, e.data_lines[0]) for e in chunks] == [
+        ("chunk", "0", "t0"),
+        ("chunk", "1", "t1"),
+        ("chunk", "2", "t2"),
+        ("chunk", "3", "t3"),
+        ("chunk", "4", "t4"),
+        ("done", "5", ""),
+    ]
+    assert all(json.loads(e.data_lines[1]) == {"node": "llm"} for e in chunks)
+    assert result.event == "result"
+    assert json.loads(result.data) == {"text": "answer to hello", "citations": []}
+    assert end.event == "end"
+    assert json.loads(end.data)["reason"] == "drained"
+    assert flow.inspect().is_quiescent
+
+
+async def test_client_disconnect_cancels_the_trace(kit: Any, running: Start, recorder: Any) -> None:
+    cleaned = asyncio.Event()
+    trace_ids: list[str] = []
+
+    async def llm(msg: Message, ctx: Context) -> None:
+        trace_ids.append(msg.trace_id)
+        await ctx.emit_chunk(parent=msg, text="t0")
+        try:
+            await asyncio.Event().wait()  # an LLM that would talk forever
+        except asyncio.CancelledError:
+            cleaned.set()
+            raise
+
+    flow = create(Node(llm, name="llm").to(), middlewares=[recorder])
+    running(flow)
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr, client(addr) as http:
+        async with http.stream("GET", "/stream") as resp:
+            async for event in kit.sse_events(resp.aiter_lines()):
+                assert event.data_lines == ["t0"]
+                break
+        # Leaving the block closed the connection mid-stream.
+        async with asyncio.timeout(5.0):  # the bound on disconnect-to-cancel
+            await cleaned.wait()
+        await recorder.wait("trace_cancel_finish", trace_ids[0])
+        await app.wait_idle()
+    assert app.finished == [None]  # the handler returned normally
+    assert flow.inspect().is_quiescent
+
+
+async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start) -> None:
+    maxsize, total, size = 4, 1024, 32 * 1024
+    client_paused, blocked = asyncio.Event(), asyncio.Event()
+    state = {"produced": 0, "at_block": -1}
+    big = "x" * (size - 8)
+
+    async def producer(msg: Message, ctx: Context) -> Message:
+        out = StreamWriter(ctx, msg)
+        await out.write("start")
+        await client_paused.wait()
+        for i in range(total):
+            emit = asyncio.ensure_future(out.write(f"{i:07d}{big}"))
+            await asyncio.sleep(0)  # one loop step: an emit with room completes in it
+            if not emit.done() and not blocked.is_set():
+                state["at_block"] = state["produced"]
+                blocked.set()
+            await emit
+            state["produced"] += 1
+        await out.close()
+        return answer(msg, "end")
+
+    flow = running(create(Node(producer, name="p").to(), queue_maxsize=maxsize))
+    small_buffers = httpx.AsyncHTTPTransport(
+        socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)]
+    )
+    app = app_for(kit, flow)
+    async with (
+        kit.serve(app, sndbuf=32 * 1024) as addr,
+        client(addr, transport=small_buffers) as http,
+    ):
+        async with http.stream("GET", "/stream") as resp:
+            events = kit.sse_events(resp.aiter_lines())
+            first = await anext(events)
+            assert first.data_lines[0] == "start"
+            client_paused.set()  # ... and read nothing more for now
+            await kit.wait_for(blocked.wait())
+            (trace,) = flow.inspect().traces.values()
+            assert trace.queued <= maxsize  # the subscription buffer is bounded
+            assert trace.pending <= maxsize + 1
+            # What the network path holds is bounded too: far below the 32 MiB produced.
+            assert state["at_block"] <= 64, state
+            assert state["produced"] == state["at_block"]  # parked, not running ahead
+            seqs, texts = [], []
+            async for event in events:
+                if event.event in ("chunk", "done"):
+                    seqs.append(int(event.id or -1))
+                    texts.append(event.data_lines[0][:7])
+                else:
+                    assert event.event in ("result", "end")
+        await app.wait_idle()
+    assert seqs == list(range(1, total + 2))
+    assert texts == [f"{i:07d}" for i in range(total)] + [""]
+    assert state["produced"] == total
+
+
+async def test_fan_out_provenance_with_json_frames(kit: Any, running: Start) -> None:
+    async def split(msg: Message, ctx: Context) -> Message:
+        return msg
+
+    def branch(name: str) -> Node:
+        async def write(msg: Message, ctx: Context) -> None:
+            async with StreamWriter(ctx, msg) as out:
+                for i in range(3):
+                    await out.write(f"{name}{i}")
+
+        return Node(write, name=name)
+
+    s, left, right = Node(split, name="split"), branch("left"), branch("right")
+    flow = running(create(s.to(left, right), left.to(), right.to()))
+    app = app_for(kit, flow, chunk_format=format_sse_json)
+    async with kit.serve(app) as addr, client(addr) as http:
+        async with http.stream("GET", "/stream") as resp:
+            events = [e async for e in kit.sse_events(resp.aiter_lines())]
+        await app.wait_idle()
+    assert events[-1].event == "end"
+    frames = [json.loads(e.data) for e in events[:-1]]
+    streams: dict[str, list[dict[str, Any]]] = {}
+    for f in frames:
+        streams.setdefault(f["meta"]["node"], []).append(f)
+    assert set(streams) == {"left", "right"}
+    for name, frs in streams.items():
+        assert [f["seq"] for f in frs] == [0, 1, 2, 3]
+        assert [f["text"] for f in frs] == [f"{name}0", f"{name}1", f"{name}2", ""]
+        assert len({f["stream_id"] for f in frs}) == 1
+        assert frs[0]["stream_id"].endswith(f":{name}")
+
+
+async def test_idle_timeout_reports_an_error_event_and_cancels(kit: Any, running: Start) -> None:
+    cleaned = asyncio.Event()
+
+    async def stalls(msg: Message, ctx: Context) -> None:
+        await ctx.emit_chunk(parent=msg, text="t0")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleaned.set()
+            raise
+
+    flow = running(create(Node(stalls, name="stalls").to()))
+    app = app_for(kit, flow, idle_timeout=0.05)
+    async with kit.serve(app) as addr, client(addr) as http:
+        async with http.stream("GET", "/stream") as resp:
+            events = [e async for e in kit.sse_events(resp.aiter_lines())]
+        await app.wait_idle()
+    assert [e.event for e in events] == ["chunk", "error"]
+    assert json.loads(events[-1].data)["error"] == "timeout"
+    await kit.wait_for(cleaned.wait())
+
+
+async def test_flow_not_running_answers_503(kit: Any) -> None:
+    async def llm(msg: Message, ctx: Context) -> None:
+        return None
+
+    flow = create(Node(llm, name="llm").to())  # never run
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr, client(addr) as http:
+        resp = await http.get("/stream")
+    assert resp.status_code == 503
+    assert "not running" in resp.text
+
+
+async def test_endpoint_for_a_flow_without_a_streaming_path() -> None:
+    async def f(msg: Any, ctx: Context) -> Any:
+        return msg
+
+    a, b = Node(f, name="a"), Node(f, name="b")
+    flow = create(a.to(b), b.to(a), allow_cycles=True)
+    with pytest.raises(StreamingPathError, match="no ingress node"):
+        sse_endpoint(flow, make_message)
+
+
+def blocking_flow(cleaned: asyncio.Event) -> PenguiFlow:
+    async def llm(msg: Message, ctx: Context) -> None:
+        await ctx.emit_chunk(parent=msg, text="t0")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleaned.set()
+            raise
+
+    return create(Node(llm, name="llm").to())
+
+
+def http_scope() -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "GET",
+        "path": "/stream",
+        "raw_path": b"/stream",
+        "query_string": b"",
+        "headers": [],
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+    }
+
+
+class FakeClient:
+    """ASGI receive/send of a client that never disconnects; signals the first chunk."""
+
+    def __init__(self) -> None:
+        self.first_chunk = asyncio.Event()
+        self.sent: list[dict[str, Any]] = []
+        self._requested = False
+
+    async def receive(self) -> dict[str, Any]:
+        if not self._requested:
+            self._requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+        if b"t0" in message.get("body", b""):
+            self.first_chunk.set()
+
+
+async def test_cleanup_runs_when_the_handler_task_is_cancelled(kit: Any, running: Start) -> None:
+    cleaned = asyncio.Event()
+    flow = running(blocking_flow(cleaned))
+    msg = kit.message()
+    response = EventStreamResponse(flow, msg)
+    fake = FakeClient()
+    task = asyncio.create_task(response(http_scope(), fake.receive, fake.send))
+    await kit.wait_for(fake.first_chunk.wait())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    trace = flow.inspect().traces.get(msg.trace_id)
+    assert trace is None or trace.cancelled  # cancelled before the handler gave up
+    await kit.wait_for(cleaned.wait())
+
+
+async def test_cleanup_survives_an_anyio_cancel_scope(kit: Any, running: Start) -> None:
+    # Starlette/anyio deliver cancellation again at every await of a cancelled scope.
+    cleaned = asyncio.Event()
+    flow = running(blocking_flow(cleaned))
+    msg = kit.message()
+    response = EventStreamResponse(flow, msg)
+    fake = FakeClient()
+    with anyio.CancelScope() as scope:
+
+        async def cancel_after_first_chunk() -> None:
+            await fake.first_chunk.wait()
+            scope.cancel()
+
+        watcher = asyncio.create_task(cancel_after_first_chunk())
+        await response(http_scope(), fake.receive, fake.send)
+    await watcher
+    assert scope.cancelled_caught
+    trace = flow.inspect().traces.get(msg.trace_id)
+    assert trace is None or trace.cancelled
+    await kit.wait_for(cleaned.wait())
