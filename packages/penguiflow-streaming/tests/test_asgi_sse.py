@@ -125,7 +125,7 @@ async def test_client_disconnect_cancels_the_trace(kit: Any, running: Start, rec
 
 
 async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start) -> None:
-    maxsize, total, size = 4, 1024, 32 * 1024
+    maxsize, total, size = 4, 512, 32 * 1024
     client_paused, blocked = asyncio.Event(), asyncio.Event()
     state = {"produced": 0, "at_block": -1}
     big = "x" * (size - 8)
@@ -163,7 +163,7 @@ async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start)
             (trace,) = flow.inspect().traces.values()
             assert trace.queued <= maxsize  # the subscription buffer is bounded
             assert trace.pending <= maxsize + 1
-            # What the network path holds is bounded too: far below the 32 MiB produced.
+            # What the network path holds is bounded too: far below the 16 MiB produced.
             assert state["at_block"] <= 64, state
             assert state["produced"] == state["at_block"]  # parked, not running ahead
             seqs, texts = [], []

@@ -99,6 +99,7 @@ class FlowStream:
 
     __slots__ = (
         "_cancel_on_exit",
+        "_cancelling",
         "_closed",
         "_flow",
         "_idle_timeout",
@@ -125,6 +126,7 @@ class FlowStream:
         self._cancel_on_exit = cancel_on_exit
         self._sub: _Subscription | None = None
         self._closed = False
+        self._cancelling = False
         self.ended: StreamEnd | None = None
         """Why the stream ended, or ``None`` while it may still produce items."""
         self.results: list[Any] = []
@@ -207,10 +209,8 @@ class FlowStream:
         """
         if self._sub is None or not self._flow.is_running:
             return False
-        cancelled = await self._flow.cancel(self.trace_id)
-        if self.ended is None:
-            self.ended = "cancelled"
-        return cancelled
+        self._cancelling = True  # our own cancel: iteration ends quietly
+        return await self._flow.cancel(self.trace_id)
 
     async def _next_event(self) -> StreamChunk | StreamResult:
         sub = self._sub
@@ -229,7 +229,7 @@ class FlowStream:
                 # workers, so core reports "drained" for a trace that stop() cut short.
                 reason = "stopped"
             self.ended = reason
-            if reason == "cancelled":
+            if reason == "cancelled" and not self._cancelling:
                 raise TraceCancelled(self.trace_id) from None
             if reason == "stopped":
                 raise FlowStoppedError(

@@ -1,0 +1,176 @@
+"""WebSocket delivery over a real uvicorn server, read with the ``websockets`` client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from websockets.asyncio.client import ClientConnection, connect
+
+from penguiflow.core import Context, PenguiFlow, create
+from penguiflow.node import Node
+from penguiflow.streaming import StreamWriter
+from penguiflow.streaming.asgi import websocket_endpoint
+from penguiflow.types import FinalAnswer, Headers, Message
+
+Start = Callable[[PenguiFlow], PenguiFlow]
+
+
+def make_message(data: Any) -> Message:
+    return Message(payload=data["q"], headers=Headers(tenant="t"))
+
+
+def app_for(kit: Any, flow: PenguiFlow, **options: Any) -> Any:
+    endpoint = websocket_endpoint(flow, make_message, **options)
+    return kit.Tracked(Starlette(routes=[WebSocketRoute("/ws", endpoint)]))
+
+
+def answer(msg: Message, text: str) -> Message:
+    return msg.model_copy(update={"payload": FinalAnswer(text=text)})
+
+
+async def recv(ws: ClientConnection) -> dict[str, Any]:
+    async with asyncio.timeout(10.0):
+        frame = await ws.recv()
+    data: dict[str, Any] = json.loads(frame)
+    return data
+
+
+async def until_end(ws: ClientConnection) -> list[dict[str, Any]]:
+    frames = []
+    while True:
+        frame = await recv(ws)
+        frames.append(frame)
+        if frame["type"] in ("end", "error"):
+            return frames
+
+
+async def test_tokens_in_order_incrementally_then_result_and_end(kit: Any, running: Start) -> None:
+    first_read = asyncio.Event()
+
+    async def llm(msg: Message, ctx: Context) -> Message:
+        async with StreamWriter(ctx, msg) as out:
+            await out.write(f"{msg.payload}0")
+            if msg.payload == "a":
+                await first_read.wait()  # released only by a client that got token 0
+            for i in range(1, 4):
+                await out.write(f"{msg.payload}{i}")
+        return answer(msg, msg.payload.upper())
+
+    flow = running(create(Node(llm, name="llm").to()))
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr:
+        async with connect(f"ws://{addr}/ws") as ws:
+            await ws.send(json.dumps({"q": "a"}))
+            first = await recv(ws)
+            assert (first["type"], first["text"], first["seq"]) == ("chunk", "a0", 0)
+            first_read.set()
+            frames = [first, *await until_end(ws)]
+            # The connection serves the next request too.
+            await ws.send(json.dumps({"q": "b"}))
+            second = await until_end(ws)
+        await app.wait_idle()
+    chunks = [f for f in frames if f["type"] == "chunk"]
+    assert [c["text"] for c in chunks] == ["a0", "a1", "a2", "a3", ""]
+    assert [c["seq"] for c in chunks] == [0, 1, 2, 3, 4]
+    assert chunks[-1]["done"] is True
+    tid = chunks[0]["trace_id"]
+    assert all(c["meta"] == {"node": "llm"} for c in chunks)
+    assert all(c["stream_id"] == f"{tid}:llm" for c in chunks)
+    assert list(chunks[0]) == ["stream_id", "seq", "text", "done", "meta", "type", "trace_id"]
+    assert frames[-2] == {
+        "type": "result",
+        "trace_id": tid,
+        "result": {"text": "A", "citations": []},
+    }
+    assert frames[-1] == {"type": "end", "trace_id": tid, "reason": "drained"}
+    assert [f["text"] for f in second if f["type"] == "chunk"] == ["b0", "b1", "b2", "b3", ""]
+    assert second[-1]["reason"] == "drained"
+    assert flow.inspect().is_quiescent
+
+
+def forever_node(cleaned: asyncio.Event, trace_ids: list[str]) -> Node:
+    async def llm(msg: Message, ctx: Context) -> None:
+        trace_ids.append(msg.trace_id)
+        await ctx.emit_chunk(parent=msg, text="t0")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleaned.set()
+            raise
+
+    return Node(llm, name="llm")
+
+
+async def test_disconnect_mid_stream_cancels_the_trace(
+    kit: Any, running: Start, recorder: Any
+) -> None:
+    cleaned, trace_ids = asyncio.Event(), []
+    flow = create(forever_node(cleaned, trace_ids).to(), middlewares=[recorder])
+    running(flow)
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr:
+        async with connect(f"ws://{addr}/ws") as ws:
+            await ws.send(json.dumps({"q": "x"}))
+            assert (await recv(ws))["text"] == "t0"
+        # The client closed the connection mid-stream.
+        async with asyncio.timeout(5.0):
+            await cleaned.wait()
+        await recorder.wait("trace_cancel_finish", trace_ids[0])
+        await app.wait_idle()
+    assert app.finished == [None]
+    assert flow.inspect().is_quiescent
+
+
+async def test_abrupt_disconnect_cancels_the_trace(kit: Any, running: Start) -> None:
+    cleaned, trace_ids = asyncio.Event(), []
+    flow = running(create(forever_node(cleaned, trace_ids).to()))
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr:
+        ws = await connect(f"ws://{addr}/ws")
+        await ws.send(json.dumps({"q": "x"}))
+        assert (await recv(ws))["text"] == "t0"
+        ws.transport.abort()  # no close handshake: the TCP connection just drops
+        await ws.wait_closed()
+        async with asyncio.timeout(5.0):
+            await cleaned.wait()
+        await app.wait_idle()
+    assert flow.inspect().is_quiescent
+
+
+async def test_client_cancel_frame_and_busy(kit: Any, running: Start) -> None:
+    cleaned, trace_ids = asyncio.Event(), []
+    flow = running(create(forever_node(cleaned, trace_ids).to()))
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr:
+        async with connect(f"ws://{addr}/ws") as ws:
+            await ws.send(json.dumps({"q": "x"}))
+            assert (await recv(ws))["text"] == "t0"
+            await ws.send(json.dumps({"q": "too early"}))
+            await ws.send(json.dumps({"type": "cancel"}))
+            end = await recv(ws)
+            assert end == {"type": "end", "trace_id": trace_ids[0], "reason": "cancelled"}
+            busy = await recv(ws)
+            assert busy["type"] == "error"
+            assert busy["error"] == "busy"
+            await kit.wait_for(cleaned.wait())
+        await app.wait_idle()
+    assert len(trace_ids) == 1  # the request sent while busy was not run
+    assert flow.inspect().is_quiescent
+
+
+async def test_flow_not_running_sends_an_error_frame(kit: Any) -> None:
+    cleaned, trace_ids = asyncio.Event(), []
+    flow = create(forever_node(cleaned, trace_ids).to())  # never run
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr:
+        async with connect(f"ws://{addr}/ws") as ws:
+            await ws.send(json.dumps({"q": "x"}))
+            frame = await recv(ws)
+        await app.wait_idle()
+    assert frame["type"] == "error"
+    assert "not running" in frame["error"]
