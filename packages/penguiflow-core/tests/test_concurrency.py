@@ -158,7 +158,6 @@ async def test_no_task_per_message(make_flow: MakeFlow) -> None:
     assert len(counts) == 600
     # + the producer task and wait_for's fetch task; nothing per message
     assert max(counts) <= baseline + 2
-    assert max(counts) == min(counts)
 
 
 @pytest.mark.xfail(
