@@ -11,7 +11,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import uvicorn
@@ -91,7 +91,7 @@ class Tracked:
 
 @contextlib.asynccontextmanager
 async def serve(
-    app: Any, *, lifespan: str = "off", sndbuf: int | None = None
+    app: Any, *, lifespan: Literal["auto", "on", "off"] = "off", sndbuf: int | None = None
 ) -> AsyncIterator[str]:
     """Run ``app`` on uvicorn at 127.0.0.1:<ephemeral port> inside this event loop.
 
@@ -114,7 +114,7 @@ async def serve(
         log_level="warning",
         http="h11",
         ws="websockets-sansio",
-        timeout_graceful_shutdown=WAIT_S,
+        timeout_graceful_shutdown=int(WAIT_S),
     )
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))

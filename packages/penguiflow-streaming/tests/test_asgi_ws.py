@@ -109,7 +109,7 @@ def forever_node(cleaned: asyncio.Event, trace_ids: list[str]) -> Node:
 async def test_disconnect_mid_stream_cancels_the_trace(
     kit: Any, running: Start, recorder: Any
 ) -> None:
-    cleaned, trace_ids = asyncio.Event(), []
+    cleaned, trace_ids = asyncio.Event(), list[str]()
     flow = create(forever_node(cleaned, trace_ids).to(), middlewares=[recorder])
     running(flow)
     app = app_for(kit, flow)
@@ -127,7 +127,7 @@ async def test_disconnect_mid_stream_cancels_the_trace(
 
 
 async def test_abrupt_disconnect_cancels_the_trace(kit: Any, running: Start) -> None:
-    cleaned, trace_ids = asyncio.Event(), []
+    cleaned, trace_ids = asyncio.Event(), list[str]()
     flow = running(create(forever_node(cleaned, trace_ids).to()))
     app = app_for(kit, flow)
     async with kit.serve(app) as addr:
@@ -143,7 +143,7 @@ async def test_abrupt_disconnect_cancels_the_trace(kit: Any, running: Start) -> 
 
 
 async def test_client_cancel_frame_and_busy(kit: Any, running: Start) -> None:
-    cleaned, trace_ids = asyncio.Event(), []
+    cleaned, trace_ids = asyncio.Event(), list[str]()
     flow = running(create(forever_node(cleaned, trace_ids).to()))
     app = app_for(kit, flow)
     async with kit.serve(app) as addr:
@@ -164,7 +164,7 @@ async def test_client_cancel_frame_and_busy(kit: Any, running: Start) -> None:
 
 
 async def test_flow_not_running_sends_an_error_frame(kit: Any) -> None:
-    cleaned, trace_ids = asyncio.Event(), []
+    cleaned, trace_ids = asyncio.Event(), list[str]()
     flow = create(forever_node(cleaned, trace_ids).to())  # never run
     app = app_for(kit, flow)
     async with kit.serve(app) as addr:
