@@ -159,7 +159,9 @@ def test_metric_samples_extra_latency_override(extra_latency: Any, expected: flo
 
 
 def test_tag_values() -> None:
-    tags = event(extra={"s": "x", "i": 1, "f": 1.5, "b": True, "obj": [1], "none": None}).tag_values()
+    tags = event(
+        extra={"s": "x", "i": 1, "f": 1.5, "b": True, "obj": [1], "none": None}
+    ).tag_values()
     assert tags == {
         "event_type": "node_success",
         "node_name": "n",

@@ -1,4 +1,4 @@
-"""Contract §5.1–5.2: names, ``Floe``/``Endpoint``, building the graph (no event loop)."""
+"""Contract §5.1-5.2: names, ``Floe``/``Endpoint``, building the graph (no event loop)."""
 
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ def test_cycle_error_and_trace_cancelled_types() -> None:
 
 
 def test_endpoints_are_frozen_hashable_value_objects() -> None:
-    assert OPEN_SEA == Endpoint("OpenSea")
-    assert ROOKERY == Endpoint("Rookery")
+    assert Endpoint("OpenSea") == OPEN_SEA
+    assert Endpoint("Rookery") == ROOKERY
     assert OPEN_SEA != ROOKERY
     assert hash(Endpoint("OpenSea")) == hash(OPEN_SEA)
     assert {OPEN_SEA: 1}[Endpoint("OpenSea")] == 1

@@ -69,7 +69,9 @@ def test_policy_accepts_every_validate_mode(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["", "BOTH", "input", None])
 def test_policy_rejects_unknown_validate_mode(mode: Any) -> None:
-    with pytest.raises(ValueError, match=re.escape("validate must be one of 'both', 'in', 'out', 'none'")):
+    with pytest.raises(
+        ValueError, match=re.escape("validate must be one of 'both', 'in', 'out', 'none'")
+    ):
         NodePolicy(validate=mode)
 
 
@@ -133,7 +135,9 @@ def test_arity_message_uses_function_name_by_default() -> None:
     async def lonely(msg: Any) -> Any:
         return msg
 
-    with pytest.raises(ValueError, match=re.escape("Node 'lonely' must accept exactly two parameters")):
+    with pytest.raises(
+        ValueError, match=re.escape("Node 'lonely' must accept exactly two parameters")
+    ):
         Node(lonely)  # type: ignore[arg-type]
 
 

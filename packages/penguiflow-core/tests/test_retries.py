@@ -134,7 +134,7 @@ async def test_no_retries_means_failed_right_away(make_flow: MakeFlow, recorder:
 async def test_backoff_is_exponential_and_capped(
     make_flow: MakeFlow, recorder: Any, sleeps: list[float]
 ) -> None:
-    fn, calls = flaky(4)
+    fn, _ = flaky(4)
     policy = {"max_retries": 4, "backoff_base": 0.5, "backoff_mult": 3.0, "max_backoff": 2.0}
     flow = make_flow(node(fn, "f", **policy).to(), middlewares=[recorder])
     flow.run()

@@ -1,4 +1,4 @@
-"""Contract §5.3–5.5, §5.11, §5.14: lifecycle, talking to a flow, contexts, scheduling."""
+"""Contract §5.3-5.5, §5.11, §5.14: lifecycle, talking to a flow, contexts, scheduling."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ async def test_run_with_registry_missing_entries(make_flow: MakeFlow) -> None:
     flow = make_flow(zeta.to(alpha), alpha.to(free))
     with pytest.raises(
         RuntimeError,
-        match="ModelRegistry is missing entries for nodes requiring validation: alpha, zeta$",
+        match=r"ModelRegistry is missing entries for nodes requiring validation: alpha, zeta$",
     ):
         flow.run(registry=ModelRegistry())
     # B6: a failed run leaves the flow not running, so it can be fixed and run

@@ -36,8 +36,7 @@ async def test_subscription_receives_its_trace_in_order_and_drains(make_flow: Ma
     async with flow.subscribe(mine.trace_id) as results:
         await flow.emit(other)
         await flow.emit(mine)
-        async for item in results:
-            got.append(item.payload)
+        got.extend([item.payload async for item in results])
         assert results.done == "drained"
     assert got == ["a", "b", "c"]
     # other traces still go to the shared Rookery edges

@@ -41,7 +41,10 @@ def test_module_all_is_the_seven_models() -> None:
         (StreamChunk, ["stream_id", "seq", "text", "done", "meta"]),
         (PlanStep, ["kind", "args", "max_concurrency"]),
         (Thought, ["steps", "rationale", "done"]),
-        (WM, ["query", "facts", "hops", "budget_hops", "tokens_used", "budget_tokens", "confidence"]),
+        (
+            WM,
+            ["query", "facts", "hops", "budget_hops", "tokens_used", "budget_tokens", "confidence"],
+        ),
         (FinalAnswer, ["text", "citations"]),
     ],
 )
