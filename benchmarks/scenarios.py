@@ -45,12 +45,22 @@ except ImportError as exc:  # penguiflow-patterns not installed (yet)
 else:
     JOIN_K_MISSING = ""
 
-# Events at INFO/DEBUG (and ERROR for retries) are built only when the logger is enabled
-# or a middleware listens. Silence the logger, as the shared bench does, so we time the
-# runtime and not stderr; chain_pipe_mw measures the events path with a middleware.
-logging.getLogger("penguiflow").setLevel(logging.CRITICAL)
-
 IMPL = "ours"
+
+
+def quiet_logs() -> int:
+    """Silence the ``penguiflow`` loggers; returns the previous level (to restore it).
+
+    Events at INFO/DEBUG (ERROR for retries) are built only when the logger is enabled or
+    a middleware listens. As in the shared bench we silence the logger, so we time the
+    runtime and not stderr; ``chain_pipe_mw`` measures the events path with a middleware.
+    """
+    log = logging.getLogger("penguiflow")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    return level
+
+
 REG = Registry()
 HEADERS = Headers(tenant="bench")
 NONE = NodePolicy(validate="none")
@@ -471,4 +481,5 @@ async def retry0(n: int) -> dict:
 
 
 if __name__ == "__main__":
+    quiet_logs()
     sys.exit(main(REG, IMPL))
