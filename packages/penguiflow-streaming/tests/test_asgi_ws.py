@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -174,3 +175,52 @@ async def test_flow_not_running_sends_an_error_frame(kit: Any) -> None:
         await app.wait_idle()
     assert frame["type"] == "error"
     assert "not running" in frame["error"]
+
+
+async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start) -> None:
+    maxsize, total, size = 4, 256, 32 * 1024
+    client_paused, blocked = asyncio.Event(), asyncio.Event()
+    state = {"produced": 0, "at_block": -1}
+    big = "x" * (size - 8)
+
+    async def producer(msg: Message, ctx: Context) -> None:
+        out = StreamWriter(ctx, msg)
+        await out.write("start")
+        await client_paused.wait()
+        for i in range(total):
+            emit = asyncio.ensure_future(out.write(f"{i:07d}{big}"))
+            await asyncio.sleep(0)  # one loop step: an emit with room completes in it
+            if not emit.done() and not blocked.is_set():
+                state["at_block"] = state["produced"]
+                blocked.set()
+            await emit
+            state["produced"] += 1
+        await out.close()
+
+    flow = running(create(Node(producer, name="p").to(), queue_maxsize=maxsize))
+    app = app_for(kit, flow)
+    async with kit.serve(app, sndbuf=32 * 1024) as addr:
+        host, port = addr.split(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        # No permessage-deflate: the filler would compress to nothing.
+        async with connect(
+            f"ws://{addr}/ws", sock=sock, max_queue=1, max_size=None, compression=None
+        ) as ws:
+            await ws.send(json.dumps({"q": "x"}))
+            assert (await recv(ws))["text"] == "start"
+            client_paused.set()  # ... and read nothing more for now
+            await kit.wait_for(blocked.wait())
+            (trace,) = flow.inspect().traces.values()
+            assert trace.queued <= maxsize
+            assert trace.pending <= maxsize + 1
+            assert state["at_block"] <= 64, state  # far below the 8 MiB produced
+            assert state["produced"] == state["at_block"]
+            frames = await until_end(ws)
+        await app.wait_idle()
+    chunks = [f for f in frames if f["type"] == "chunk"]
+    assert [c["seq"] for c in chunks] == list(range(1, total + 2))
+    assert [c["text"][:7] for c in chunks] == [f"{i:07d}" for i in range(total)] + [""]
+    assert frames[-1]["reason"] == "drained"
