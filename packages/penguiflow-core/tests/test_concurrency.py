@@ -6,8 +6,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from penguiflow.core import PenguiFlow
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import WM, FinalAnswer, Headers, Message
@@ -160,14 +158,6 @@ async def test_no_task_per_message(make_flow: MakeFlow) -> None:
     assert max(counts) <= baseline + 2
 
 
-@pytest.mark.xfail(
-    reason=(
-        "core bug (B15): items parked in a node's per-trace backlog (max_concurrency > 1) are "
-        "dropped by stop() (_runtime.py rt.backlogs.clear() in stop, and the worker's "
-        "finally: rt.backlogs.pop) while still counted on the edge and in pending"
-    ),
-    strict=True,
-)
 async def test_stop_restart_keeps_backlogged_items_of_a_trace(make_flow: MakeFlow) -> None:
     """B15: with max_concurrency > 1, items waiting behind their trace survive a restart."""
     tracker = Tracker()

@@ -104,9 +104,7 @@ def _installed(module_name: str) -> bool:
         return False
 
 
-__all__ += sorted(
-    name for name, (module_name, _) in _ADDONS.items() if _installed(module_name)
-)
+__all__ += sorted(name for name, (module_name, _) in _ADDONS.items() if _installed(module_name))
 
 
 def __getattr__(name: str) -> Any:

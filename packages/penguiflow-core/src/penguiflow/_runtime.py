@@ -68,6 +68,9 @@ BUDGET_EXCEEDED_TEXT: Final = "Hop budget exhausted"
 TOKEN_BUDGET_EXCEEDED_TEXT: Final = "Token budget exhausted"
 
 logger = logging.getLogger("penguiflow.core")
+# A library logs, the application decides where to: without logging configured, the
+# events do not spill onto stderr through logging's last-resort handler.
+logging.getLogger("penguiflow").addHandler(logging.NullHandler())
 _enabled = logger.isEnabledFor
 _DEBUG, _INFO, _WARNING, _ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
 
@@ -1426,6 +1429,8 @@ class PenguiFlow:
                         entry = backlog.popleft()
                 finally:
                     rt.backlogs.pop(trace, None)
+                    if backlog:  # interrupted (stop): the trace's next items go back in line
+                        items.extendleft(reversed(backlog))
         except asyncio.CancelledError:
             if self._observed(_DEBUG):
                 await self._event("node_cancelled", rt.ctx, None, None, 0, None, None, _DEBUG)
