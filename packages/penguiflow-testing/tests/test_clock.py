@@ -36,8 +36,12 @@ def test_runs_are_reproducible() -> None:
     async def main() -> list[tuple[int, float]]:
         loop = asyncio.get_running_loop()
         out: list[tuple[int, float]] = []
+
+        def record(i: int) -> None:
+            out.append((i, loop.time()))
+
         for i in range(20):
-            loop.call_later((i * 7) % 5 + 0.5, lambda i=i: out.append((i, loop.time())))
+            loop.call_later((i * 7) % 5 + 0.5, record, i)
         await asyncio.sleep(10)
         return out
 

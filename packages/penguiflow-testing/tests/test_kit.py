@@ -140,7 +140,7 @@ async def test_run_one_rejects_a_running_flow(flow_kit: FlowTestKit) -> None:
     flow = chain()
     flow.run()
     try:
-        with pytest.raises(KitUsageError, match="already running.*collect_trace"):
+        with pytest.raises(KitUsageError, match=r"already running.*collect_trace"):
             await flow_kit.run_one(flow, make_message())
         with pytest.raises(KitUsageError, match="already running"):
             await flow_kit.run_trace(flow, make_message())

@@ -187,8 +187,6 @@ async def test_envelope_check_with_registry_and_real_context() -> None:
     registry.register("shout", Query, Query)
     node = Node(shout)
     message = make_message({"text": "hi"})
-    check = await assert_preserves_message_envelope(
-        node, message, Context(node), registry=registry
-    )
+    check = await assert_preserves_message_envelope(node, message, Context(node), registry=registry)
     assert check.result.payload == Query(text="HI")
     assert check.chunks == ()

@@ -64,7 +64,7 @@ async def test_stopped_flow_with_queued_items_is_reported_per_trace() -> None:
     assert f"trace {waiting.trace_id}: pending=1 queued=1 inflight=0" in text
     assert busy.trace_id not in text  # stop() finished the in-flight item's accounting
     assert "items queued on edges: OpenSea->block: 2 (1 without a trace id)" in text
-    assert "still running" not in text
+    assert "never stopped" not in text
 
 
 async def test_running_flow_probes_and_subscriptions() -> None:
@@ -77,8 +77,8 @@ async def test_running_flow_probes_and_subscriptions() -> None:
         assert "trace t-1: finished in core; held by probes: join_buckets=2" in leaks
         assert not any("t-2" in line for line in leaks)
         assert "subscribe() views still open: 1" in leaks
-        assert any(line.startswith("flow still running (1 worker tasks alive)") for line in leaks)
-        assert not any("still running" in line for line in describe_leaks(flow))
+        assert any(line.startswith("flow never stopped (worker tasks alive: 1)") for line in leaks)
+        assert not any("never stopped" in line for line in describe_leaks(flow))
     finally:
         await sub.aclose()
         remove()

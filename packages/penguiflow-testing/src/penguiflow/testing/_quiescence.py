@@ -71,7 +71,7 @@ def describe_leaks(flow: PenguiFlow, *, require_stopped: bool = False) -> list[s
     if snap.running:
         if require_stopped:
             lines.append(
-                f"flow still running ({snap.workers} worker tasks alive): call `await flow.stop()`"
+                f"flow never stopped (worker tasks alive: {snap.workers}): call `await flow.stop()`"
             )
     elif snap.workers:
         lines.append(f"worker tasks alive after stop(): {snap.workers}")

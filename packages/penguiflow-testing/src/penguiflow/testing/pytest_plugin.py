@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from ._clock import VirtualClock, VirtualEventLoop
+from ._errors import QuiescenceError
 from ._kit import FlowTestKit
 from ._quiescence import assert_flows_quiescent
 
@@ -148,4 +149,10 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if not _quiescence_enabled(item) or item.stash.get(_CALL_FAILED, False):
         return
     flows = {id(flow): flow for kit in item.stash.get(_KITS, []) for flow in kit.flows}
-    assert_flows_quiescent(flows.values(), require_stopped=True)
+    try:
+        assert_flows_quiescent(flows.values(), require_stopped=True)
+    except QuiescenceError as exc:
+        failure = str(exc)
+    else:
+        return
+    pytest.fail(f"penguiflow quiescence check after {item.nodeid}: {failure}", pytrace=False)
