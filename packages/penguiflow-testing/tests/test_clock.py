@@ -8,6 +8,7 @@ import time
 import warnings
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from penguiflow.clock import wall_time
 from penguiflow.testing import VirtualClock, VirtualEventLoop, run_virtual
@@ -197,3 +198,46 @@ def test_cancellation_inside_virtual_time() -> None:
         return task.cancelled(), loop.time()
 
     assert run_virtual(main()) == (True, 3.0)
+
+
+def test_cancelled_timers_do_not_move_time() -> None:
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        far = loop.call_later(1000, lambda: None)
+        far.cancel()
+        await asyncio.sleep(1)
+        return loop.time()
+
+    assert run_virtual(main()) == 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    delays=st.lists(
+        st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False),
+        min_size=1,
+        max_size=12,
+    ),
+    hops=st.integers(min_value=1, max_value=3),
+)
+def test_every_sleeper_wakes_at_its_deadline(delays: list[float], hops: int) -> None:
+    async def main() -> tuple[list[tuple[float, int]], float]:
+        loop = asyncio.get_running_loop()
+        woke: list[tuple[float, int]] = []
+
+        async def sleeper(index: int, delay: float) -> None:
+            for _ in range(hops):  # several consecutive sleeps per task
+                await asyncio.sleep(delay / hops)
+            woke.append((loop.time(), index))
+
+        await asyncio.gather(*(sleeper(i, d) for i, d in enumerate(delays)))
+        return woke, loop.time()
+
+    started = time.perf_counter()
+    woke, end = run_virtual(main())
+    assert time.perf_counter() - started < 1.0
+    for now, index in woke:
+        assert now == pytest.approx(delays[index], rel=1e-9, abs=1e-9)
+    times = [now for now, _ in woke]
+    assert times == sorted(times)
+    assert end == pytest.approx(max(delays), rel=1e-9, abs=1e-9)

@@ -226,3 +226,54 @@ def test_plugin_can_be_disabled(pytester: pytest.Pytester) -> None:
     pytester.runpytest("-p", "no:penguiflow").assert_outcomes(passed=1)
     result = pytester.runpytest("-p", "no:penguiflow", "--penguiflow-quiescent")
     assert result.ret != 0
+
+
+def test_other_loop_factory_hooks_are_respected(pytester: pytest.Pytester) -> None:
+    pytester.makeini(INI.format(mode="auto"))
+    pytester.makeconftest(
+        """
+        import asyncio
+
+        class CustomLoop(asyncio.SelectorEventLoop):
+            pass
+
+        def pytest_asyncio_loop_factories(config, item):
+            return {"custom": CustomLoop}
+        """
+    )
+    pytester.makepyfile(
+        test_loops="""
+        import asyncio
+
+        from penguiflow.testing import VirtualEventLoop
+
+        async def test_custom():
+            assert type(asyncio.get_running_loop()).__name__ == "CustomLoop"
+
+        async def test_virtual(virtual_clock):
+            assert isinstance(asyncio.get_running_loop(), VirtualEventLoop)
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=2)
+
+
+def test_plugin_works_without_pytest_asyncio(pytester: pytest.Pytester) -> None:
+    pytester.makeini(
+        """
+        [pytest]
+        addopts = -p no:asyncio -p no:anyio -p no:cacheprovider -p no:hypothesispytest
+        """
+    )
+    pytester.makepyfile(
+        test_no_asyncio="""
+        import asyncio
+
+        def test_sync(virtual_clock, flow_kit):
+            async def main():
+                await asyncio.sleep(60)
+                return virtual_clock.time()
+
+            assert virtual_clock.run(main()) == 60.0
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
