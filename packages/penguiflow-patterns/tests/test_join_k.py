@@ -196,6 +196,22 @@ async def test_cancel_frees_a_half_filled_bucket(
     kit.assert_clean(flow)
 
 
+async def test_cancel_frees_the_bucket_of_an_idle_trace(
+    running: list[PenguiFlow], kit: Any, recorder: Any, logs: Any
+) -> None:
+    j = join_k("j", 2)
+    flow = start(create(j.to()), running, recorder)
+    msg = kit.message("first part")  # the second part is never sent
+    await flow.emit(msg)
+    await recorder.wait("node_success", "j", msg.trace_id)
+    assert flow.inspect().traces == {}  # nothing of the trace is left in core...
+    assert held(flow) == {msg.trace_id: 1}  # ...but the join still holds its part
+    assert await flow.cancel(msg.trace_id) is False  # contract §5.10: no pending work
+    assert held(flow) == {}  # the hook ran anyway (§13 B2)
+    assert (await logs.wait("join_k_cancel_drop")).trace_id == msg.trace_id
+    kit.assert_clean(flow)
+
+
 async def test_stop_frees_every_bucket_and_restart_is_fresh(
     running: list[PenguiFlow], kit: Any, recorder: Any, logs: Any
 ) -> None:

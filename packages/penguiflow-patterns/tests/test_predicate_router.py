@@ -97,6 +97,7 @@ async def test_drop_decisions(
     record = await logs.wait("router_drop")
     assert record.node_name == "gate"
     assert record.trace_id == msg.trace_id
+    assert record.reason == f"predicate returned {decision!r}"
     kit.assert_clean(flow)
 
 

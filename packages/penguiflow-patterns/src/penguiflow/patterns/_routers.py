@@ -56,8 +56,10 @@ def _is_message(item: object) -> bool:
     return type(item) is Message or isinstance(item, Message)
 
 
-def _dropped(router: str, item: object, reason: str) -> None:
+def _dropped(router: str, item: object, decision: object) -> None:
+    """Log a deliberate drop; costs one level check when DEBUG is off."""
     if _debug_enabled(_DEBUG):
+        reason = "no test matched" if decision is _NO_MATCH else f"predicate returned {decision!r}"
         logger.debug(
             "router_drop",
             extra={
@@ -66,6 +68,9 @@ def _dropped(router: str, item: object, reason: str) -> None:
                 "reason": reason,
             },
         )
+
+
+_NO_MATCH = object()
 
 
 # --------------------------------------------------------------------------- predicate
@@ -137,7 +142,7 @@ def predicate_router(name: str, predicate: Predicate | PredicateMap) -> Node:
     async def route(item: Any, ctx: Context) -> None:
         decision = decide(item)
         if decision is None or decision is False:
-            _dropped(router, item, "predicate returned " + repr(decision))
+            _dropped(router, item, decision)
             return None
         if decision is True:
             await ctx.emit(item)
@@ -153,7 +158,7 @@ def predicate_router(name: str, predicate: Predicate | PredicateMap) -> Node:
         table = tables.get(ctx)
         targets = [table.resolve(target) for target in decision]  # all resolved first
         if not targets:
-            _dropped(router, item, "predicate returned no target")
+            _dropped(router, item, decision)
             return None
         await ctx.emit(item, to=targets)
         return None
@@ -189,7 +194,7 @@ def _mapping_router(router: str, mapping: PredicateMap) -> Node:
                 else:
                     more.append(node)
         if first is None:
-            _dropped(router, item, "no test matched")
+            _dropped(router, item, _NO_MATCH)
             return None
         await ctx.emit(item, to=first if more is None else more)
         return None
