@@ -31,8 +31,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import pytest
-
 from penguiflow import FlowEvent, Headers, Message, Node, NodePolicy, create
 from penguiflow.core import PenguiFlow
 from penguiflow.patterns import join_k, predicate_router
@@ -276,11 +274,6 @@ async def test_cancel_cost_independent_of_queue_length(figure: Any) -> None:
     assert big < 5 * small + 50_000, (small, big)
 
 
-@pytest.mark.xfail(
-    reason="bug: cancel() of an idle trace (pending == 0) returns before the on_trace_cancel "
-    "hooks run, so join_k keeps the trace's partial bucket until stop() (contract §13 B2)",
-    strict=True,
-)
 async def test_cancel_frees_join_bucket_of_idle_trace() -> None:
     """A half-joined trace with nothing queued or in flight: cancel must free its bucket."""
     j = join_k("join", 2)

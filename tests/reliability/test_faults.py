@@ -257,13 +257,6 @@ async def _raise_during_trace_cancel(where: str, recorder: Any) -> None:
         await asyncio.wait_for(flow.stop(), 5)
 
 
-@pytest.mark.xfail(
-    reason="bug: a node that raises an Exception from `except CancelledError` during a "
-    "trace cancel leaves the worker's cancel mark (and task.cancelling()) set, so the next "
-    "item of ANOTHER trace is dropped as node_trace_cancelled (contract §5.10 'other traces "
-    "are not affected')",
-    strict=True,
-)
 @pytest.mark.parametrize("where", ["except", "finally"])
 async def test_raise_during_trace_cancel_does_not_drop_the_next_trace(
     where: str, recorder: Any, virtual_clock: Any
@@ -271,12 +264,6 @@ async def test_raise_during_trace_cancel_does_not_drop_the_next_trace(
     await _raise_during_trace_cancel(where, recorder)
 
 
-@pytest.mark.xfail(
-    reason="bug: stop() hangs forever when an in-flight node turns its CancelledError into "
-    "another exception: the worker treats it as an attempt failure and keeps serving "
-    "(contract §5.3 stop cancels every worker and waits for it)",
-    strict=True,
-)
 async def test_stop_completes_when_node_raises_during_cancellation(virtual_clock: Any) -> None:
     started = asyncio.Event()
 
@@ -339,12 +326,6 @@ async def test_slow_middleware_slows_only_its_node(
     assert virtual_clock.time() >= 20
 
 
-@pytest.mark.xfail(
-    reason="bug: stop() hangs forever when a middleware blocks on the node_cancelled event "
-    "that the worker awaits while being cancelled (contract §5.3: stop cancels and waits "
-    "for every worker; it should not wait on a middleware)",
-    strict=True,
-)
 async def test_stop_completes_when_a_middleware_blocks(virtual_clock: Any) -> None:
     release = asyncio.Event()
 

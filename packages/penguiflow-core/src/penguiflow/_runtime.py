@@ -66,6 +66,8 @@ DEFAULT_QUEUE_MAXSIZE: Final = 64
 DEADLINE_EXCEEDED_TEXT: Final = "Deadline exceeded"
 BUDGET_EXCEEDED_TEXT: Final = "Hop budget exhausted"
 TOKEN_BUDGET_EXCEEDED_TEXT: Final = "Token budget exhausted"
+STOP_GRACE_S: Final = 1.0
+"""How long ``stop()`` lets a cancelled worker clean up before cancelling it again."""
 
 logger = logging.getLogger("penguiflow.core")
 # A library logs, the application decides where to: without logging configured, the
@@ -325,6 +327,7 @@ class _NodeRuntime:
         "inbox",
         "node",
         "outs",
+        "owners",
         "policy",
         "retries",
         "rookery_floe",
@@ -349,6 +352,7 @@ class _NodeRuntime:
         self.validator: Validator | None = None
         self.slots: list[_Slot] = []
         self.backlogs: dict[_Trace, deque[_Entry]] = {}
+        self.owners: dict[_Trace, _Slot] = {}  # max_concurrency > 1: who runs a trace
 
 
 # --------------------------------------------------------------------------- context
@@ -663,6 +667,7 @@ class PenguiFlow:
         self._stop_hooks: list[Callable[[], None]] = []
         self._probes: dict[str, Callable[[], Mapping[str, int]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._generation = 0
         self._background: set[asyncio.Task[None]] = set()
 
     def _build(self, nodes: list[Node], edges: list[tuple[int, int]]) -> None:
@@ -854,6 +859,9 @@ class PenguiFlow:
             return
         self._running = False
         self._stopped = True
+        self._generation += 1  # a worker that swallowed its cancellation exits at once
+        for sub in list(self._subs.values()):
+            sub._finish("stopped")
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -861,23 +869,28 @@ class PenguiFlow:
         try:
             # Wait for every worker even if stop() itself is cancelled meanwhile: a
             # stopped flow never leaves a task behind. The cancellation is re-raised.
-            while any(not task.done() for task in tasks):
+            # A worker still alive after a grace period (a node that swallows
+            # cancellation, a middleware blocking on node_cancelled) is cancelled again.
+            pending = {task for task in tasks if not task.done()}
+            while pending:
                 try:
-                    await asyncio.wait(tasks)
+                    _, pending = await asyncio.wait(pending, timeout=STOP_GRACE_S)
                 except asyncio.CancelledError:
                     interrupted = True
+                    pending = {task for task in pending if not task.done()}
+                for task in pending:
+                    task.cancel()
         finally:
             for rt in self._runtimes:
                 rt.slots = []
                 rt.backlogs.clear()
+                rt.owners.clear()
             for trace in list(self._traces.values()):
                 trace.cancelled = False
                 trace.wm_hops = None
                 trace.deadline_fired = False
                 _wake_all(trace.waiters)
                 trace.waiters = None
-            for sub in list(self._subs.values()):
-                sub._finish("stopped")
             self._call_hooks(self._stop_hooks)
         if interrupted:
             raise asyncio.CancelledError
@@ -1056,6 +1069,9 @@ class PenguiFlow:
             raise FlowNotRunningError("PenguiFlow is not running")
         trace = self._traces.get(trace_id)
         if trace is None or (trace.pending <= 0 and trace.inflight <= 0):
+            # Nothing of the trace runs or waits in core, but components may still hold
+            # state for it (a half-filled join bucket): let them drop it (contract B2).
+            self._call_hooks(self._cancel_hooks, trace_id)
             return False
         if trace.cancelled:
             return True
@@ -1083,8 +1099,15 @@ class PenguiFlow:
             ctx._forget_streams(trace_id)
         self._opensea._forget_streams(trace_id)
         # Abort in-flight invocations: cancel the worker, which survives (uncancel).
+        # O(nodes): a serial node has one slot; a concurrent node runs a trace on at
+        # most one slot at a time (per-trace order), found through its owners map.
         for rt in self._runtimes:
-            for slot in rt.slots:
+            if rt.concurrency == 1:
+                slots: Sequence[_Slot] = rt.slots
+            else:
+                owner = rt.owners.get(trace)
+                slots = () if owner is None else (owner,)
+            for slot in slots:
                 if slot.current is trace and slot.cancel_for is None and slot.task is not None:
                     slot.cancel_for = trace
                     slot.task.cancel()
@@ -1385,8 +1408,11 @@ class PenguiFlow:
         waiters = inbox.waiters
         loop = asyncio.get_running_loop()
         serial = rt.concurrency == 1
+        generation = self._generation
         try:
             while True:
+                if self._generation != generation:
+                    raise asyncio.CancelledError  # stopped, but our cancellation was eaten
                 if not items:
                     fut: asyncio.Future[None] = loop.create_future()
                     waiters.append(fut)
@@ -1416,6 +1442,7 @@ class PenguiFlow:
                     backlog.append(entry)
                     continue
                 backlog = rt.backlogs[trace] = deque()
+                rt.owners[trace] = slot
                 try:
                     while True:
                         try:
@@ -1429,6 +1456,7 @@ class PenguiFlow:
                         entry = backlog.popleft()
                 finally:
                     rt.backlogs.pop(trace, None)
+                    rt.owners.pop(trace, None)
                     if backlog:  # interrupted (stop): the trace's next items go back in line
                         items.extendleft(reversed(backlog))
         except asyncio.CancelledError:
@@ -1519,18 +1547,33 @@ class PenguiFlow:
                 except TraceCancelled:
                     failure = None
                 except Exception as exc:
-                    failure = exc
+                    # A node that raises while being cancelled must not eat the
+                    # cancellation: the trace's or stop()'s, whichever it was.
+                    if slot.cancel_for is not None:
+                        self._absorb_cancel(slot)
+                        failure = None
+                    else:
+                        failure = exc
+                    if _cancelling():
+                        raise asyncio.CancelledError from exc
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except BaseException as exc:
                     # Other BaseExceptions are never retried (contract §5.6), but they must
                     # not kill the worker either: the item fails at once, with an event.
-                    if self._observed(_ERROR):
-                        await self._event(
-                            "node_failed", ctx, trace, tid, attempt,
-                            (loop.time() - started) * 1000.0, {"exception": repr(exc)}, _ERROR,
-                        )  # fmt: skip
-                    return
+                    if slot.cancel_for is not None:
+                        self._absorb_cancel(slot)
+                        failure = None
+                    else:
+                        if _cancelling():
+                            raise asyncio.CancelledError from exc
+                        if self._observed(_ERROR):
+                            await self._event(
+                                "node_failed", ctx, trace, tid, attempt,
+                                (loop.time() - started) * 1000.0, {"exception": repr(exc)},
+                                _ERROR,
+                            )  # fmt: skip
+                        return
                 else:
                     slot.current = None
                     if trace is not None:
@@ -1698,12 +1741,20 @@ class PenguiFlow:
             await self._to_rookery(rt, msg.model_copy(deep=True), trace)
             if trace is not None:
                 trace.wm_hops = nxt
-        floes = (rt.self_floe,)
+        self_floe = rt.self_floe
+        assert self_floe is not None  # only nodes with a self-edge reach this step
+        floes = (self_floe,)
         if not self._offer(floes, msg, trace, 0):
             await self._send_rest(floes, msg, trace, 0)
 
 
 # --------------------------------------------------------------------------- building
+
+
+def _cancelling() -> int:
+    """Cancellation requests pending on the current task (``Task.cancelling()``)."""
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
 
 
 def _room(floe: Floe) -> asyncio.Future[None] | None:
