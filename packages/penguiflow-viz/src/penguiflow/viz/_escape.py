@@ -141,11 +141,12 @@ def dot_text(text: str) -> str:
         text: Raw label text.
 
     Returns:
-        The text with ``\\`` and ``"`` backslash-escaped and line breaks as ``\\n``.
-        Escaping the backslash also disables Graphviz's label macros (``\\N``, ``\\G``,
-        ``\\l``, ...), so a name is always shown literally.
+        The text with ``\\`` and ``"`` backslash-escaped, line breaks as ``\\n`` and
+        ``&`` as ``&amp;``. Escaping the backslash disables Graphviz's label macros
+        (``\\N``, ``\\G``, ``\\l``, ...), and escaping ``&`` its HTML entities
+        (``&amp;``, ``&#35;``, ...), so a name is always shown literally.
     """
-    text = normalise(text)
+    text = normalise(text).replace("&", "&amp;")
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
