@@ -359,3 +359,31 @@ async def test_detached_join_works_with_node_invoke(kit: Any) -> None:
     assert await j.invoke(first, ctx, registry=None) is None
     batch = await j.invoke(part(kit, 2, of=first), ctx, registry=None)
     assert batch.payload == [1, 2]
+
+
+async def test_timeout_drop_is_reported_as_a_flow_event() -> None:
+    from penguiflow import FlowEvent, Headers, Message, create
+
+    seen: list[FlowEvent] = []
+    reported = asyncio.Event()
+
+    async def mw(event: FlowEvent) -> None:
+        if event.event_type == "join_k_timeout_drop":
+            seen.append(event)
+            reported.set()
+
+    join = join_k("join", 2, timeout_s=0.01, on_timeout="drop")
+    flow = create(join.to(), middlewares=[mw])
+    flow.run()
+    try:
+        msg = Message(payload="half", headers=Headers(tenant="t"))
+        await flow.emit(msg)
+        await asyncio.wait_for(reported.wait(), 1.0)
+    finally:
+        await flow.stop()
+    (event,) = seen
+    assert event.trace_id == msg.trace_id
+    assert event.node_name == "join"
+    assert event.extra["held"] == 1
+    assert event.extra["k"] == 2
+    assert flow.inspect().resources.get("join_k:join") in (None, {})

@@ -141,30 +141,24 @@ def test_non_union_model_is_rejected_naming_the_router(model: Any) -> None:
         union_router("bad", model)
 
 
-def test_missing_variant_fails_the_build_check_naming_it() -> None:
+def test_missing_variant_fails_the_build_naming_it() -> None:
     router = union_router("tools", Tool)
-    flow = create(router.to(sink("search")))
-    check = router.func.__penguiflow_check__  # type: ignore[attr-defined]
     with pytest.raises(KeyError) as info:
-        check(flow, router)
+        create(router.to(sink("search")))  # core runs the router's build check
     text = str(info.value)
     assert "No successor named 'calc'" in text
     assert "union_router 'tools'" in text
     assert "'Calc' (kind 'calc')" in text
     assert isinstance(info.value, FlowBuildError)
-    check(create(router.to(sink("search"), sink("calc"))), router)
+    create(router.to(sink("search"), sink("calc")))  # complete wiring builds
 
 
-async def test_missing_variant_fails_on_first_message(
-    running: list[PenguiFlow], kit: Any, recorder: Any
-) -> None:
+def test_missing_variant_check_is_side_effect_free() -> None:
     router = union_router("u", Ping | Search)
-    flow = start(create(router.to(sink("search"))), running, recorder)
-    msg = kit.message({"kind": "search", "query": "routable, but the flow is miswired"})
-    await flow.emit(msg)
-    failed = await recorder.wait("node_failed", "u", msg.trace_id)
-    assert "no successor for variant(s) 'Ping'" in failed.extra["exception"]
-    assert kit.rookery_depth(flow) == 0
+    flow = create(router.to(sink("search"), sink("Ping")))
+    check = router.func.__penguiflow_check__  # type: ignore[attr-defined]
+    check(flow, router)
+    check(flow, router)  # repeatable, raises nothing on good wiring
 
 
 async def test_unroutable_free_kind_is_a_runtime_error(

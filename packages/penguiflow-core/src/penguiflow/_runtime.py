@@ -66,6 +66,8 @@ DEFAULT_QUEUE_MAXSIZE: Final = 64
 DEADLINE_EXCEEDED_TEXT: Final = "Deadline exceeded"
 BUDGET_EXCEEDED_TEXT: Final = "Hop budget exhausted"
 TOKEN_BUDGET_EXCEEDED_TEXT: Final = "Token budget exhausted"
+STREAMS_PROBE: Final = "penguiflow.streams"
+"""``inspect().resources`` key: open stream counters (no ``done`` chunk yet) per trace."""
 STOP_GRACE_S: Final = 1.0
 """How long ``stop()`` lets a cancelled worker clean up before cancelling it again."""
 
@@ -545,6 +547,23 @@ class Context:
             raise asyncio.QueueEmpty("no messages available")
         return runtime._consume(entry, schedule_events=True)
 
+    async def report(
+        self,
+        event_type: str,
+        *,
+        trace_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        level: int = logging.INFO,
+    ) -> None:
+        """Emit a custom ``FlowEvent`` from this context (logged, then passed to middlewares).
+
+        For components that drop or release work on their own (a join bucket that timed
+        out, a router that found no route). Costs nothing when nobody listens.
+        """
+        runtime = self._attached()
+        if runtime._observed(level):
+            await runtime._event(event_type, self, None, trace_id, 0, None, extra, level)
+
     async def call_playbook(
         self, playbook: PlaybookFactory, parent_msg: Any, *, timeout: float | None = None
     ) -> Any:
@@ -669,6 +688,12 @@ class PenguiFlow:
         self._tasks: list[asyncio.Task[None]] = []
         self._generation = 0
         self._background: set[asyncio.Task[None]] = set()
+        for node in self._nodes:
+            # Build-time checks of components (e.g. a union router whose variant has no
+            # successor): a side-effect-free callable attached to the node function.
+            check = getattr(node.func, "__penguiflow_check__", None)
+            if check is not None:
+                check(self, node)
 
     def _build(self, nodes: list[Node], edges: list[tuple[int, int]]) -> None:
         # Index-based: flows are also built per request (playbooks), so this stays cheap.
@@ -766,6 +791,14 @@ class PenguiFlow:
         if not callable(mw):
             raise TypeError(f"middleware {mw!r} is not callable")
         self._mws.append(mw)
+
+    def remove_middleware(self, mw: Middleware) -> bool:
+        """Remove a middleware (its first registration); return False if it was not there."""
+        try:
+            self._mws.remove(mw)
+        except ValueError:
+            return False
+        return True
 
     def on_trace_cancel(self, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call ``callback(trace_id)`` when a cancel of that trace starts."""
@@ -924,6 +957,12 @@ class PenguiFlow:
             for tid, t in self._traces.items()
         }
         resources: dict[str, Mapping[str, int]] = {}
+        streams: dict[str, int] = {}
+        for ctx in (self._opensea, *self._contexts.values()):
+            for tid, sids in ctx._stream_traces.items():
+                if sids:
+                    streams[tid] = streams.get(tid, 0) + len(sids)
+        resources[STREAMS_PROBE] = streams
         for name, probe in self._probes.items():
             try:
                 resources[name] = {k: v for k, v in dict(probe()).items() if v}

@@ -12,6 +12,7 @@ from ._runtime import (
     DEFAULT_QUEUE_MAXSIZE as DEFAULT_QUEUE_MAXSIZE,
     OPEN_SEA as OPEN_SEA,
     ROOKERY as ROOKERY,
+    STREAMS_PROBE as STREAMS_PROBE,
     TOKEN_BUDGET_EXCEEDED_TEXT as TOKEN_BUDGET_EXCEEDED_TEXT,
     Context as Context,
     Endpoint as Endpoint,

@@ -75,7 +75,11 @@ class FlowSnapshot:
 
     @property
     def is_quiescent(self) -> bool:
-        """True when no trace, queued item, worker task, subscription or resource is left."""
+        """True when no trace, queued item, in-flight call, subscription or resource is left.
+
+        Worker tasks are not counted (a running flow has them); check ``workers == 0``
+        after ``stop()`` for that.
+        """
         return (
             not self.traces
             and all(edge.depth == 0 for edge in self.edges)

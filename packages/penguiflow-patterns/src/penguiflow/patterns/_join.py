@@ -84,7 +84,17 @@ class _Bucket:
 class _JoinState:
     """Everything one join node holds for one flow (or for a detached context)."""
 
-    __slots__ = ("buckets", "ctx", "k", "name", "on_timeout", "tasks", "timeout_s", "unhooks")
+    __slots__ = (
+        "buckets",
+        "ctx",
+        "k",
+        "name",
+        "on_timeout",
+        "reports",
+        "tasks",
+        "timeout_s",
+        "unhooks",
+    )
 
     def __init__(
         self,
@@ -100,6 +110,7 @@ class _JoinState:
         self.on_timeout = on_timeout
         self.buckets: dict[str, _Bucket] = {}
         self.tasks: dict[asyncio.Task[None], str] = {}
+        self.reports: set[asyncio.Task[None]] = set()  # FlowEvents of drops, in flight
         self.ctx: Context | None = None
         self.unhooks: tuple[Callable[[], None], ...] = ()
         if flow is not None:
@@ -242,12 +253,26 @@ class _JoinState:
             )
 
     def _log(self, level: int, event: str, trace_id: str, held: int) -> None:
+        """Log a release or drop, and report it as a ``FlowEvent`` to the flow's middlewares."""
         if logger.isEnabledFor(level):
             logger.log(
                 level,
                 event,
                 extra={"node_name": self.name, "trace_id": trace_id, "held": held, "k": self.k},
             )
+        ctx = self.ctx
+        flow = ctx.runtime if ctx is not None else None
+        if ctx is None or flow is None or not flow.is_running:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(
+            ctx.report(event, trace_id=trace_id, extra={"held": held, "k": self.k}, level=level)
+        )
+        self.reports.add(task)
+        task.add_done_callback(self.reports.discard)
 
 
 def join_k(
