@@ -667,7 +667,8 @@ class PenguiFlow:
             raise FlowBuildError(f"queue_maxsize must be an int, got {queue_maxsize!r}")
         self._queue_maxsize = queue_maxsize
         self._allow_cycles = allow_cycles
-        self._mws: list[Middleware] = list(middlewares or ())
+        # A tuple, replaced (never mutated) on add/remove: events iterate it without a copy.
+        self._mws: tuple[Middleware, ...] = tuple(middlewares or ())
         for mw in self._mws:
             if not callable(mw):
                 raise FlowBuildError(f"middleware {mw!r} is not callable")
@@ -790,14 +791,16 @@ class PenguiFlow:
         """Append a middleware; it receives every later event, even while running."""
         if not callable(mw):
             raise TypeError(f"middleware {mw!r} is not callable")
-        self._mws.append(mw)
+        self._mws = (*self._mws, mw)
 
     def remove_middleware(self, mw: Middleware) -> bool:
         """Remove a middleware (its first registration); return False if it was not there."""
+        mws = list(self._mws)
         try:
-            self._mws.remove(mw)
+            mws.remove(mw)
         except ValueError:
             return False
+        self._mws = tuple(mws)
         return True
 
     def on_trace_cancel(self, callback: Callable[[str], None]) -> Callable[[], None]:
@@ -1189,29 +1192,30 @@ class PenguiFlow:
         else:
             pending = 0 if trace_id is not None else None
             inflight, cancelled = 0, False
+        ins, outs = ctx._ins, ctx._outs
         event = FlowEvent(
-            event_type=kind,
-            ts=wall_time(),
-            node_name=owner.name,
-            node_id=owner.node_id if isinstance(owner, Node) else owner.name,
-            trace_id=trace_id,
-            attempt=attempt,
-            latency_ms=latency_ms,
-            queue_depth_in=ctx.queue_depth_in(),
-            queue_depth_out=ctx.queue_depth_out(),
-            outgoing_edges=len(ctx._outs),
-            queue_maxsize=self._queue_maxsize,
-            trace_pending=pending,
-            trace_inflight=inflight,
-            trace_cancelled=cancelled,
-            extra=extra or {},
+            kind,
+            wall_time(),
+            owner.name,
+            owner.node_id if isinstance(owner, Node) else owner.name,
+            trace_id,
+            attempt,
+            latency_ms,
+            ins[0].live if len(ins) == 1 else sum(floe.live for floe in ins),
+            outs[0].live if len(outs) == 1 else sum(floe.live for floe in outs),
+            len(outs),
+            self._queue_maxsize,
+            pending,
+            inflight,
+            cancelled,
+            *((extra,) if extra else ()),
         )
         if _enabled(level):
             try:
                 logger.log(level, kind, extra=event.to_payload())
             except Exception:
                 logger.log(level, kind)
-        for mw in tuple(self._mws):
+        for mw in self._mws:
             try:
                 await mw(event)
             except Exception:

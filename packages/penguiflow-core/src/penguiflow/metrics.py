@@ -7,16 +7,23 @@ logger enabled for the event's level), so an unobserved flow pays nothing for th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
 __all__ = ["FlowEvent"]
 
 
-@dataclass(frozen=True, slots=True)
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class FlowEvent:
-    """A snapshot of what happened, where, and how loaded the flow was at that moment."""
+    """A snapshot of what happened, where, and how loaded the flow was at that moment.
+
+    Frozen: assigning a field raises ``dataclasses.FrozenInstanceError``; ``extra`` is
+    copied into a read-only mapping at construction.
+    """
 
     event_type: str
     ts: float
@@ -33,9 +40,44 @@ class FlowEvent:
     trace_inflight: int
     trace_cancelled: bool
     extra: Mapping[str, Any] = field(default_factory=dict)
+    """Event-specific facts (read-only)."""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+    def __init__(
+        self,
+        event_type: str,
+        ts: float,
+        node_name: str | None,
+        node_id: str | None,
+        trace_id: str | None,
+        attempt: int,
+        latency_ms: float | None,
+        queue_depth_in: int,
+        queue_depth_out: int,
+        outgoing_edges: int,
+        queue_maxsize: int,
+        trace_pending: int | None,
+        trace_inflight: int,
+        trace_cancelled: bool,
+        extra: Mapping[str, Any] = _NO_EXTRA,
+    ) -> None:
+        # Hand-written rather than generated: the generated frozen __init__ costs about
+        # twice as much, and an event is built for every hop someone listens to.
+        s = _SETTERS
+        s[0](self, event_type)
+        s[1](self, ts)
+        s[2](self, node_name)
+        s[3](self, node_id)
+        s[4](self, trace_id)
+        s[5](self, attempt)
+        s[6](self, latency_ms)
+        s[7](self, queue_depth_in)
+        s[8](self, queue_depth_out)
+        s[9](self, outgoing_edges)
+        s[10](self, queue_maxsize)
+        s[11](self, trace_pending)
+        s[12](self, trace_inflight)
+        s[13](self, trace_cancelled)
+        s[14](self, _NO_EXTRA if extra is _NO_EXTRA else MappingProxyType(dict(extra)))
 
     @property
     def queue_depth(self) -> int:
@@ -100,3 +142,6 @@ class FlowEvent:
             if isinstance(value, str | int | float | bool):
                 tags[key] = str(value)
         return tags
+
+
+_SETTERS: tuple[Any, ...] = tuple(FlowEvent.__dict__[f.name].__set__ for f in fields(FlowEvent))
