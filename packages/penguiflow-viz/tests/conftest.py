@@ -258,9 +258,7 @@ def normalised(text: str) -> str:
     def unprintable(ch: str) -> bool:
         code = ord(ch)
         return (
-            (code < 0x20 and ch not in "\n\t")
-            or 0x7F <= code <= 0x9F
-            or 0xD800 <= code <= 0xDFFF
+            (code < 0x20 and ch not in "\n\t") or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF
         )
 
     return "".join("\ufffd" if unprintable(ch) else ch for ch in text)

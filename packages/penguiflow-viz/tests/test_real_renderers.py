@@ -20,9 +20,7 @@ def _expected(case: Any, grammar: Any, declared: Any) -> tuple[dict[str, str], l
     labels = grammar.expected_labels(case)
     assert len(labels) == len(declared.labels)
     ident = dict(zip(labels, declared.labels, strict=True))
-    edges = []
-    for floe in case.flow.floes:
-        edges.append((ident[floe.source], ident[floe.target]))
+    edges = [(ident[floe.source], ident[floe.target]) for floe in case.flow.floes]
     return dict(zip(declared.labels, labels.values(), strict=True)), edges
 
 
@@ -48,9 +46,7 @@ def test_every_rankdir_renders(rankdir: str, cases: Any, graphviz: Any) -> None:
     assert "controller" in svg
 
 
-def test_mermaid_is_accepted_by_the_mermaid_parser(
-    tricky: Any, mermaid: Any, grammar: Any
-) -> None:
+def test_mermaid_is_accepted_by_the_mermaid_parser(tricky: Any, mermaid: Any, grammar: Any) -> None:
     text = flow_to_mermaid(tricky.flow, **tricky.kwargs())
     declared = grammar.mermaid(text)
     labels, edges = _expected(tricky, grammar, declared)
@@ -88,11 +84,11 @@ def test_mermaid_rejects_what_we_avoid(mermaid: Any) -> None:
 
 
 # Random names from an alphabet of every character class the escaping rules care about.
-ALPHABET = (
-    list("abcXYZ019_ -.:;,|/\\\"'`#&<>[](){}%@!?*+=~^$")
-    + ["\n", "\r", "\t", "\x00", "\x7f", "\u2028", "é", "ß", "日", "🐧", "\u200d", "\ufeff"]
-    + ["end", "graph", "node", "style", "class", "classDef", "#quot;", "<br/>", "-->", "%%"]
-)
+ALPHABET = [
+    *"abcXYZ019_ -.:;,|/\\\"'`#&<>[](){}%@!?*+=~^$",
+    *["\n", "\r", "\t", "\x00", "\x7f", "\u2028", "é", "ß", "日", "🐧", "\u200d", "\ufeff"],
+    *["end", "graph", "node", "style", "class", "classDef", "#quot;", "<br/>", "-->", "%%"],
+]
 
 
 def _random_names(seed: int, count: int) -> list[str]:

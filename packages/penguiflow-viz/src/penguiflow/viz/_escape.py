@@ -90,9 +90,7 @@ def normalise(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(
-        "\ufffd"
-        if ch not in "\n\t" and unicodedata.category(ch) in ("Cc", "Cs")
-        else ch
+        "\ufffd" if ch not in "\n\t" and unicodedata.category(ch) in ("Cc", "Cs") else ch
         for ch in text
     )
 

@@ -24,13 +24,15 @@ __all__ = [
     "PLAYBOOK",
     "Graph",
     "Load",
+    "Playbooks",
     "VisualEdge",
     "VisualNode",
     "build_graph",
 ]
 
 Owner: TypeAlias = Node | Endpoint
-Playbooks: TypeAlias = Mapping[Node | str, str]
+# Mapping keys are invariant: accept dict[Node, str] and dict[str, str] as well.
+Playbooks: TypeAlias = Mapping[Node, str] | Mapping[str, str] | Mapping[Node | str, str]
 
 BACKLOG: Final = "backlog"
 CONTROLLER_LOOP: Final = "controller_loop"
@@ -160,7 +162,8 @@ def _resolve_playbooks(nodes: tuple[Node, ...], playbooks: Playbooks) -> dict[No
     for node in nodes:
         by_name.setdefault(node.name, []).append(node)
     resolved: dict[Node, str] = {}
-    for key, label in playbooks.items():
+    items: list[tuple[object, object]] = list(playbooks.items())
+    for key, label in items:
         if not isinstance(label, str):
             raise TypeError(f"playbooks: the label for {key!r} must be a str, got {label!r}")
         if isinstance(key, Node):
@@ -189,8 +192,7 @@ def _loads(
     if {ns.node for ns in snapshot.nodes} != set(flow.nodes):
         raise ValueError("snapshot does not describe this flow (its nodes differ)")
     loads: dict[Owner, Load] = {
-        ns.node: Load(ns.queue_depth_in, ns.inflight, ns.max_concurrency)
-        for ns in snapshot.nodes
+        ns.node: Load(ns.queue_depth_in, ns.inflight, ns.max_concurrency) for ns in snapshot.nodes
     }
     depths = {(es.source, es.target): es.depth for es in snapshot.edges}
     loads[ROOKERY] = Load(sum(es.depth for es in snapshot.edges if es.target == ROOKERY))
