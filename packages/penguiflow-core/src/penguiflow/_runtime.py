@@ -86,6 +86,20 @@ class Endpoint:
     name: str
 
 
+_SPECIAL: Final = (WM, FinalAnswer)  # payloads that change routing (contract §5.5)
+# type -> is it a WM or FinalAnswer (sub)class. ``isinstance`` against pydantic models
+# goes through a Python-level ``__instancecheck__``; this cache keeps it off the hot path.
+_special_types: dict[type, bool] = {}
+
+
+def _is_special(payload: object) -> bool:
+    cls = type(payload)
+    special = _special_types.get(cls)
+    if special is None:
+        special = _special_types[cls] = issubclass(cls, _SPECIAL)
+    return special
+
+
 OPEN_SEA: Final = Endpoint("OpenSea")
 ROOKERY: Final = Endpoint("Rookery")
 
@@ -997,7 +1011,7 @@ class PenguiFlow:
         if type(msg) is not Message and not isinstance(msg, Message):
             return False
         payload = msg.payload
-        if not isinstance(payload, WM):
+        if not _is_special(payload) or not isinstance(payload, WM):
             return False
         trace = self._traces.get(msg.trace_id)
         return trace is not None and trace.wm_hops is not None and trace.wm_hops == payload.hops
@@ -1474,7 +1488,7 @@ class PenguiFlow:
                     continue
                 if serial or entry.trace is None:
                     try:
-                        await self._handle(rt, slot, entry)
+                        await self._handle(rt, slot, entry, loop)
                     except Exception:  # a bug or a broken hook: keep the worker alive
                         logger.exception("worker_error", extra={"node_name": rt.node.name})
                     continue
@@ -1489,7 +1503,7 @@ class PenguiFlow:
                 try:
                     while True:
                         try:
-                            await self._handle(rt, slot, entry)
+                            await self._handle(rt, slot, entry, loop)
                         except Exception:
                             logger.exception("worker_error", extra={"node_name": rt.node.name})
                         while backlog and backlog[0].dead:
@@ -1507,7 +1521,9 @@ class PenguiFlow:
                 await self._event("node_cancelled", rt.ctx, None, None, 0, None, None, _DEBUG)
             raise
 
-    async def _handle(self, rt: _NodeRuntime, slot: _Slot, entry: _Entry) -> None:
+    async def _handle(
+        self, rt: _NodeRuntime, slot: _Slot, entry: _Entry, loop: asyncio.AbstractEventLoop
+    ) -> None:
         """Handle one item: deadline, cancel check, attempts, routing, accounting.
 
         This is the per-hop hot path: one coroutine frame between the worker and the node
@@ -1538,11 +1554,12 @@ class PenguiFlow:
             func = rt.func
             validator = rt.validator
             timeout = rt.timeout
-            loop = asyncio.get_running_loop()
             attempt = 0
             failure: Exception | None
             while True:
-                if self._mws or _enabled(_DEBUG):
+                # INFO disabled implies DEBUG disabled: one check covers node_start/success.
+                watched = bool(self._mws) or _enabled(_INFO)
+                if watched and (self._mws or _enabled(_DEBUG)):
                     await self._event("node_start", ctx, trace, tid, attempt, 0.0, None, _DEBUG)
                 started = loop.time()
                 slot.current = trace
@@ -1565,12 +1582,10 @@ class PenguiFlow:
                         # Routing (contract §5.5), with the common case inline.
                         if type(result) is Message:
                             rtid: str | None = result.trace_id
-                            special = isinstance(result.payload, WM | FinalAnswer)
+                            special = _is_special(result.payload)
                         else:
                             rtid = trace_id_of(result)
-                            special = isinstance(result, Message) and isinstance(
-                                result.payload, WM | FinalAnswer
-                            )
+                            special = isinstance(result, Message) and _is_special(result.payload)
                         if rtid is None:
                             rtrace = None
                         elif trace is not None and rtid == tid:
@@ -1621,7 +1636,7 @@ class PenguiFlow:
                     slot.current = None
                     if trace is not None:
                         trace.inflight -= 1
-                    if self._mws or _enabled(_INFO):
+                    if watched or self._mws:
                         latency = (loop.time() - started) * 1000.0
                         await self._event(
                             "node_success", ctx, trace, tid, attempt, latency, None, _INFO
