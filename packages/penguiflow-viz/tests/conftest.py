@@ -657,5 +657,7 @@ def mermaid() -> Iterator[Mermaid]:
     for build in CASES.values():
         case = build()
         warm.append(flow_to_mermaid(case.flow, **case.kwargs()))
+    controller = CASES["controller"]().flow
+    warm += [flow_to_mermaid(controller, direction=d) for d in ("TD", "TB", "BT", "RL", "LR")]
     parser.warm(warm)
     yield parser

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -259,3 +261,16 @@ def test_a_non_flow_is_rejected(render: Any) -> None:
 def test_options_are_keyword_only(render: Any, cases: Any) -> None:
     with pytest.raises(TypeError):
         render(cases["controller"]().flow, "LR")
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_examples_are_the_real_output(make_node: Any) -> None:
+    planner, summarize = make_node("planner"), make_node("summarize")
+    controller = make_node("controller", allow_cycle=True)
+    flow = create(planner.to(controller), controller.to(controller, summarize), summarize.to())
+    readme = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"```(mermaid|dot)\n(.*?)\n```", readme, flags=re.S)
+    assert blocks[0] == ("mermaid", flow_to_mermaid(flow))
+    assert blocks[1] == ("dot", flow_to_dot(flow))
