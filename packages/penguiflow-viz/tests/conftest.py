@@ -640,7 +640,7 @@ def mermaid() -> Iterator[Mermaid]:
     if node_exe is None:
         pytest.skip(
             "node is not on PATH, so Mermaid output is only checked by our own strict "
-            "grammar (test_grammar.py); install Node.js >= 18 to run the real parser"
+            "grammar (test_properties.py); install Node.js >= 18 to run the real parser"
         )
     workdir = _mermaid_dir()
     reason = _ensure_mermaid(workdir)

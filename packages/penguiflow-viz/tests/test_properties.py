@@ -95,3 +95,12 @@ def _faithful(flow: Any, parsed: Any) -> None:
     for node in flow.nodes:
         looped = node.allow_cycle or any(f.source is node and f.target is node for f in flow.floes)
         assert ("controller_loop" in parsed.classes[ident[node]]) == looped
+
+
+def test_tricky_flows_are_in_grammar_and_show_every_name(tricky: Any, grammar: Any) -> None:
+    """The tricky flows of the real-renderer tests, without needing the renderers."""
+    want = list(grammar.expected_labels(tricky).values())
+    for render, check in ((flow_to_mermaid, grammar.mermaid), (flow_to_dot, grammar.dot)):
+        parsed = check(render(tricky.flow, **tricky.kwargs()))
+        _faithful(tricky.flow, parsed)
+        assert list(parsed.labels.values()) == want
