@@ -40,7 +40,7 @@ from .errors import (
     TraceCancelled,
 )
 from .inspect import EdgeSnapshot, FlowSnapshot, NodeSnapshot, TraceSnapshot
-from .metrics import FlowEvent
+from .metrics import _NO_EXTRA, FlowEvent
 from .middlewares import Middleware
 from .node import Node
 from .types import WM, FinalAnswer, Message, StreamChunk
@@ -383,6 +383,7 @@ class Context:
     """
 
     __slots__ = (
+        "_ident",
         "_inbox",
         "_ins",
         "_out_by_target",
@@ -396,6 +397,8 @@ class Context:
     def __init__(self, owner: Owner, runtime: PenguiFlow | None = None) -> None:
         self._owner = owner
         self._runtime = runtime
+        # (node_name, node_id) as events report them; endpoints use their name for both.
+        self._ident = (owner.name, owner.node_id if isinstance(owner, Node) else owner.name)
         self._outs: list[Floe] = []
         self._ins: list[Floe] = []
         self._out_by_target: dict[Owner, Floe] = {}
@@ -1197,7 +1200,6 @@ class PenguiFlow:
         extra: Mapping[str, Any] | None,
         level: int,
     ) -> None:
-        owner = ctx._owner
         if trace is None and trace_id is not None:
             trace = self._traces.get(trace_id)
         if trace is not None:
@@ -1207,11 +1209,12 @@ class PenguiFlow:
             pending = 0 if trace_id is not None else None
             inflight, cancelled = 0, False
         ins, outs = ctx._ins, ctx._outs
+        name, node_id = ctx._ident
         event = FlowEvent(
             kind,
             wall_time(),
-            owner.name,
-            owner.node_id if isinstance(owner, Node) else owner.name,
+            name,
+            node_id,
             trace_id,
             attempt,
             latency_ms,
@@ -1222,7 +1225,7 @@ class PenguiFlow:
             pending,
             inflight,
             cancelled,
-            *((extra,) if extra else ()),
+            extra if extra else _NO_EXTRA,
         )
         if _enabled(level):
             try:
