@@ -925,6 +925,14 @@ class PenguiFlow:
             # A worker still alive after a grace period (a node that swallows
             # cancellation, a middleware blocking on node_cancelled) is cancelled again.
             pending = {task for task in tasks if not task.done()}
+            if pending:
+                # Idle workers finish within one loop step of their cancellation; yielding
+                # once usually ends them all, without arming the grace timer below.
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    interrupted = True
+                pending = {task for task in pending if not task.done()}
             while pending:
                 try:
                     _, pending = await asyncio.wait(pending, timeout=STOP_GRACE_S)

@@ -78,6 +78,14 @@ _DEFAULT_POLICY = NodePolicy()
 _VARARGS, _VARKEYWORDS = inspect.CO_VARARGS, inspect.CO_VARKEYWORDS
 
 
+def _is_async(func: Any) -> bool:
+    # A plain ``async def`` function is recognised from its code flags; everything else
+    # (partials, marked callables, callable objects) goes through ``inspect``.
+    if type(func) is FunctionType and func.__code__.co_flags & inspect.CO_COROUTINE:
+        return True
+    return inspect.iscoroutinefunction(func)
+
+
 def _arity(func: Any) -> tuple[int, bool]:
     """Return (parameter count, whether the second parameter is positional).
 
@@ -120,7 +128,7 @@ class Node:
 
     def __post_init__(self) -> None:
         func = self.func
-        if not inspect.iscoroutinefunction(func):
+        if not _is_async(func):
             raise TypeError("Node function must be declared with async def")
         name: str | None = self.name
         if name is None:

@@ -11,7 +11,7 @@ an attribute is never forwarded.
 
 from __future__ import annotations
 
-import os
+import random
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -20,15 +20,20 @@ from .clock import wall_time
 
 __all__ = ["FinalAnswer", "Headers", "Message", "PlanStep", "StreamChunk", "Thought", "WM"]
 
-_urandom = os.urandom
+_getrandbits = random.getrandbits
+# uuid4 layout: version nibble 4 at bits 76..79, variant bits 10 at bits 62..63.
+_UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
 
 
 def _new_trace_id() -> str:
-    """Return a fresh uuid4 as 32 lowercase hex characters (cheaper than ``uuid.uuid4``)."""
-    raw = bytearray(_urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return raw.hex()
+    """Return a fresh random uuid4 as 32 lowercase hex characters.
+
+    Drawn from the process's seeded PRNG (reseeded from the OS in every forked child)
+    rather than a syscall per id: ids identify requests, they are not secrets, and one is
+    made for every ``Message``.
+    """
+    return "%032x" % ((_getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
 
 
 class Headers(BaseModel):
