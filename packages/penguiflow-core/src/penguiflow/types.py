@@ -11,6 +11,7 @@ an attribute is never forwarded.
 
 from __future__ import annotations
 
+import os
 import random
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,7 +21,11 @@ from .clock import wall_time
 
 __all__ = ["FinalAnswer", "Headers", "Message", "PlanStep", "StreamChunk", "Thought", "WM"]
 
-_getrandbits = random.getrandbits
+# A private generator: it never disturbs (or is disturbed by) users of the global
+# ``random`` module, such as seeded simulations or hypothesis. Reseeded in forked children.
+_rng = random.Random()
+os.register_at_fork(after_in_child=_rng.seed)
+_getrandbits = _rng.getrandbits
 # uuid4 layout: version nibble 4 at bits 76..79, variant bits 10 at bits 62..63.
 _UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
 _UUID4_SET = (0x4 << 76) | (0x2 << 62)
@@ -29,7 +34,7 @@ _UUID4_SET = (0x4 << 76) | (0x2 << 62)
 def _new_trace_id() -> str:
     """Return a fresh random uuid4 as 32 lowercase hex characters.
 
-    Drawn from the process's seeded PRNG (reseeded from the OS in every forked child)
+    Drawn from a private PRNG seeded from the OS (and reseeded in every forked child)
     rather than a syscall per id: ids identify requests, they are not secrets, and one is
     made for every ``Message``.
     """
