@@ -7,6 +7,7 @@ purpose: with ``--import-mode=importlib`` test modules cannot import each other.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -74,3 +75,12 @@ async def make_flow() -> AsyncIterator[Callable[..., PenguiFlow]]:
     yield make
     for flow in flows:
         await flow.stop()
+
+
+if importlib.util.find_spec("penguiflow.testing") is None:
+    # Core-only environment (no penguiflow-testing): timing tests run on real time, with
+    # durations small enough for that. With the test kit installed, its ``virtual_clock``
+    # fixture runs them on virtual time instead (instant and deterministic).
+    @pytest.fixture
+    def virtual_clock() -> None:
+        return None

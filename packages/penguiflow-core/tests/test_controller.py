@@ -6,11 +6,17 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from penguiflow.clock import use_wall_clock
 from penguiflow.core import PenguiFlow
 from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
 from penguiflow.types import WM, FinalAnswer, Headers, Message
+
+# Timing-dependent: on the test kit's virtual clock when penguiflow-testing is installed.
+pytestmark = pytest.mark.usefixtures("virtual_clock")
+
 
 MakeFlow = Callable[..., PenguiFlow]
 

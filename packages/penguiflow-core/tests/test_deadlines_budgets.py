@@ -14,6 +14,10 @@ from penguiflow.core import PenguiFlow
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import FinalAnswer, Headers, Message
 
+# Timing-dependent: on the test kit's virtual clock when penguiflow-testing is installed.
+pytestmark = pytest.mark.usefixtures("virtual_clock")
+
+
 MakeFlow = Callable[..., PenguiFlow]
 
 

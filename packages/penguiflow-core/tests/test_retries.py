@@ -16,6 +16,10 @@ from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
 from penguiflow.types import Headers, Message
 
+# Timing-dependent: on the test kit's virtual clock when penguiflow-testing is installed.
+pytestmark = pytest.mark.usefixtures("virtual_clock")
+
+
 MakeFlow = Callable[..., PenguiFlow]
 
 
