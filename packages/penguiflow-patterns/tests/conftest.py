@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -158,3 +159,11 @@ async def running() -> AsyncIterator[list[PenguiFlow]]:
     for flow in flows:
         await flow.stop()
         assert flow.inspect().workers == 0
+
+
+if importlib.util.find_spec("penguiflow.testing") is None:
+    # Installed with penguiflow-core alone: timing tests run on real (tiny) durations.
+    # With penguiflow-testing, its ``virtual_clock`` fixture makes them instant.
+    @pytest.fixture
+    def virtual_clock() -> None:
+        return None

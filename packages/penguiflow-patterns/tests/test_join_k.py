@@ -14,6 +14,9 @@ from penguiflow.node import Node
 from penguiflow.patterns import join_k
 from penguiflow.types import Message
 
+# join timeouts and deadlines: on the test kit's virtual clock when it is installed.
+pytestmark = pytest.mark.usefixtures("virtual_clock")
+
 PROBE = "join_k:j"
 
 
