@@ -44,16 +44,21 @@ class ModelRegistry:
             TypeAdapter(out_model),
         )
 
+    def _entry(
+        self, node_name: str
+    ) -> tuple[type[BaseModel], type[BaseModel], TypeAdapter[Any], TypeAdapter[Any]]:
+        try:
+            return self._entries[node_name]
+        except KeyError:
+            raise KeyError(f"Node '{node_name}' not registered") from None
+
     def adapters(self, node_name: str) -> tuple[TypeAdapter[Any], TypeAdapter[Any]]:
         """Return the cached ``(in, out)`` adapters of ``node_name``.
 
         Raises:
             KeyError: ``node_name`` is not registered.
         """
-        try:
-            entry = self._entries[node_name]
-        except KeyError:
-            raise KeyError(f"Node '{node_name}' not registered") from None
+        entry = self._entry(node_name)
         return entry[2], entry[3]
 
     def models(self, node_name: str) -> tuple[type[BaseModel], type[BaseModel]]:
@@ -62,10 +67,7 @@ class ModelRegistry:
         Raises:
             KeyError: ``node_name`` is not registered.
         """
-        try:
-            entry = self._entries[node_name]
-        except KeyError:
-            raise KeyError(f"Node '{node_name}' not registered") from None
+        entry = self._entry(node_name)
         return entry[0], entry[1]
 
     def names(self) -> tuple[str, ...]:
