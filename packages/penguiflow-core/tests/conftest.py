@@ -75,6 +75,19 @@ async def make_flow() -> AsyncIterator[Callable[..., PenguiFlow]]:
     yield make
     for flow in flows:
         await flow.stop()
+    # Leak check after every test: a stopped flow keeps no worker and runs nothing.
+    # (Queued items may legitimately stay on their edges across a stop: contract §5.3.)
+    for flow in flows:
+        snapshot = flow.inspect()
+        assert snapshot.workers == 0, f"{flow!r} left {snapshot.workers} worker task(s)"
+        busy = [node.name for node in snapshot.nodes if node.inflight]
+        assert not busy, f"{flow!r} still runs {busy} after stop()"
+    stray = [
+        task.get_name()
+        for task in asyncio.all_tasks()
+        if task.get_name().startswith("penguiflow:") and not task.done()
+    ]
+    assert not stray, f"worker tasks left running: {stray}"
 
 
 if importlib.util.find_spec("penguiflow.testing") is None:
