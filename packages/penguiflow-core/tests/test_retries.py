@@ -313,3 +313,54 @@ async def test_failures_of_one_trace_never_stop_other_traces(make_flow: MakeFlow
         await flow.emit(msg(i))
     assert [(await fetch(flow)).payload for _ in range(5)] == [0, 2, 4, 6, 8]
     assert flow.inspect().traces == {}
+
+
+async def test_errors_to_rookery_delivers_a_flow_error(make_flow: MakeFlow) -> None:
+    """Contract D7 (opt-in): a node that gives up delivers a FlowError instead of silence."""
+    from penguiflow.errors import FlowError
+
+    async def broken(msg: Any, ctx: Any) -> Any:
+        raise ValueError("nope")
+
+    flow = make_flow(
+        node(broken, "broken", max_retries=1, backoff_base=0).to(), emit_errors_to_rookery=True
+    )
+    flow.run()
+    message = Message(payload="x", headers=Headers(tenant="t"))
+    async with flow.subscribe(message.trace_id) as results:
+        await flow.emit(message)
+        items = [item async for item in results]
+    (error,) = items
+    assert isinstance(error, FlowError)
+    assert error.trace_id == message.trace_id
+    assert error.node_name == "broken"
+    assert error.code == "NODE_EXCEPTION"
+    assert error.attempts == 2
+    assert isinstance(error.original, ValueError)
+    assert results.done == "drained"
+
+
+async def test_errors_to_rookery_reports_timeouts(make_flow: MakeFlow) -> None:
+    from penguiflow.errors import FlowError
+
+    async def hang(msg: Any, ctx: Any) -> Any:
+        await asyncio.Event().wait()
+
+    flow = make_flow(node(hang, "hang", timeout_s=0.01).to(), emit_errors_to_rookery=True)
+    flow.run()
+    await flow.emit(Message(payload="x", headers=Headers(tenant="t")))
+    error = await fetch(flow)
+    assert isinstance(error, FlowError)
+    assert error.code == "NODE_TIMEOUT"
+    assert error.attempts == 1
+
+
+async def test_errors_stay_silent_by_default(make_flow: MakeFlow, recorder: Any) -> None:
+    async def broken(msg: Any, ctx: Any) -> Any:
+        raise ValueError("nope")
+
+    flow = make_flow(node(broken, "broken").to(), middlewares=[recorder])
+    flow.run()
+    await flow.emit(Message(payload="x", headers=Headers(tenant="t")))
+    await recorder.until("node_failed")
+    assert flow.inspect().edges[-1].depth == 0  # nothing reached Rookery

@@ -34,6 +34,7 @@ from .clock import wall_time
 from .errors import (
     CycleError,
     FlowBuildError,
+    FlowError,
     FlowNotRunningError,
     FlowRuntimeError,
     FlowStoppedError,
@@ -671,6 +672,9 @@ class PenguiFlow:
         queue_maxsize: Capacity of every edge; ``<= 0`` means unbounded.
         allow_cycles: Skip the cycle check entirely.
         middlewares: Async callables receiving every ``FlowEvent``.
+        emit_errors_to_rookery: When a node gives up on an item, deliver a
+            :class:`~penguiflow.errors.FlowError` to Rookery instead of dropping it
+            silently (contract D7; ``False`` keeps the contract's behaviour).
     """
 
     def __init__(
@@ -679,11 +683,13 @@ class PenguiFlow:
         queue_maxsize: int = DEFAULT_QUEUE_MAXSIZE,
         allow_cycles: bool = False,
         middlewares: Sequence[Middleware] | None = None,
+        emit_errors_to_rookery: bool = False,
     ) -> None:
         if isinstance(queue_maxsize, bool) or not isinstance(queue_maxsize, int):
             raise FlowBuildError(f"queue_maxsize must be an int, got {queue_maxsize!r}")
         self._queue_maxsize = queue_maxsize
         self._allow_cycles = allow_cycles
+        self._errors_to_rookery = emit_errors_to_rookery
         # A tuple, replaced (never mutated) on add/remove: events iterate it without a copy.
         self._mws: tuple[Middleware, ...] = tuple(middlewares or ())
         for mw in self._mws:
@@ -1636,12 +1642,8 @@ class PenguiFlow:
                     else:
                         if _cancelling():
                             raise asyncio.CancelledError from exc
-                        if self._observed(_ERROR):
-                            await self._event(
-                                "node_failed", ctx, trace, tid, attempt,
-                                (loop.time() - started) * 1000.0, {"exception": repr(exc)},
-                                _ERROR,
-                            )  # fmt: skip
+                        latency = (loop.time() - started) * 1000.0
+                        await self._give_up(rt, trace, tid, attempt, latency, exc)
                         return
                 else:
                     slot.current = None
@@ -1693,11 +1695,7 @@ class PenguiFlow:
                 ctx, trace, tid, attempt, latency, {"exception": repr(failure)}, level,
             )  # fmt: skip
         if attempt >= rt.retries:
-            if self._observed(_ERROR):
-                await self._event(
-                    "node_failed", ctx, trace, tid, attempt, latency,
-                    {"exception": repr(failure)}, _ERROR,
-                )  # fmt: skip
+            await self._give_up(rt, trace, tid, attempt, latency, failure)
             return -1
         attempt += 1
         delay = rt.policy.backoff(attempt)
@@ -1727,6 +1725,32 @@ class PenguiFlow:
         if self._observed(_INFO):
             await self._event("node_trace_cancelled", ctx, trace, tid, 0, None, None, _INFO)
         return -1
+
+    async def _give_up(
+        self,
+        rt: _NodeRuntime,
+        trace: _Trace | None,
+        tid: str | None,
+        attempt: int,
+        latency: float,
+        failure: BaseException,
+    ) -> None:
+        """The item is dropped: ``node_failed``, and a ``FlowError`` to Rookery if asked."""
+        if self._observed(_ERROR):
+            await self._event(
+                "node_failed", rt.ctx, trace, tid, attempt, latency,
+                {"exception": repr(failure)}, _ERROR,
+            )  # fmt: skip
+        if self._errors_to_rookery and self._rookery_floes:
+            error = FlowError(
+                trace_id=tid,
+                node_name=rt.node.name,
+                node_id=rt.node.node_id,
+                code="NODE_TIMEOUT" if isinstance(failure, TimeoutError) else "NODE_EXCEPTION",
+                attempts=attempt + 1,
+                original=failure,
+            )
+            await self._to_rookery(rt, error, trace)
 
     def _absorb_cancel(self, slot: _Slot) -> None:
         """Turn our own trace cancellation of this worker back into a live worker."""
@@ -1934,6 +1958,7 @@ def create(
     queue_maxsize: int = DEFAULT_QUEUE_MAXSIZE,
     allow_cycles: bool = False,
     middlewares: Sequence[Middleware] | None = None,
+    emit_errors_to_rookery: bool = False,
 ) -> PenguiFlow:
     """Build a :class:`PenguiFlow` from ``node.to(...)`` adjacency entries."""
     return PenguiFlow(
@@ -1941,6 +1966,7 @@ def create(
         queue_maxsize=queue_maxsize,
         allow_cycles=allow_cycles,
         middlewares=middlewares,
+        emit_errors_to_rookery=emit_errors_to_rookery,
     )
 
 

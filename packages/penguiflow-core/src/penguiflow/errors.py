@@ -11,7 +11,9 @@ PenguiFlow::
     ├── FlowRuntimeError (RuntimeError)    misuse of a flow at run time
     │   ├── FlowNotRunningError            cancel() on a stopped flow, a detached context
     │   └── FlowStoppedError               emit() after stop(), before the next run()
-    └── TraceCancelled (Exception)         raised inside the runtime for a cancelled trace
+    ├── TraceCancelled (Exception)         raised inside the runtime for a cancelled trace
+    └── FlowError (Exception)              delivered (not raised) to Rookery when a node
+                                           gives up on an item, with emit_errors_to_rookery
     MissingExtraError (ImportError)        an add-on name used without its distribution
 
 ``TraceCancelled`` is deliberately *not* a ``CancelledError``: node code sees
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 __all__ = [
     "CycleError",
+    "FlowError",
     "FlowBuildError",
     "FlowNotRunningError",
     "FlowRuntimeError",
@@ -70,6 +73,44 @@ class TraceCancelled(PenguiFlowError):
 
     def __reduce__(self) -> tuple[type[TraceCancelled], tuple[str | None]]:
         return (type(self), (self.trace_id,))
+
+
+class FlowError(PenguiFlowError):
+    """A node gave up on an item (retries exhausted, or a non-retryable failure).
+
+    With ``create(..., emit_errors_to_rookery=True)`` the runtime *delivers* one of these to
+    Rookery instead of dropping the item silently, so a caller waiting on ``fetch()`` (or on
+    ``subscribe()``) learns that its trace failed. It carries the trace id, so it reaches
+    the trace's subscription like any other result.
+
+    Attributes:
+        trace_id: The failed item's trace, or ``None`` for an untracked item.
+        node_name: The node that gave up.
+        node_id: That node's ``node_id``.
+        code: ``"NODE_TIMEOUT"`` or ``"NODE_EXCEPTION"``.
+        attempts: How many attempts were made.
+        original: The exception of the last attempt.
+    """
+
+    def __init__(
+        self,
+        *,
+        trace_id: str | None,
+        node_name: str,
+        node_id: str,
+        code: str,
+        attempts: int,
+        original: BaseException,
+    ) -> None:
+        super().__init__(
+            f"node {node_name!r} failed ({code}) after {attempts} attempt(s): {original!r}"
+        )
+        self.trace_id = trace_id
+        self.node_name = node_name
+        self.node_id = node_id
+        self.code = code
+        self.attempts = attempts
+        self.original = original
 
 
 class MissingExtraError(ImportError):
