@@ -63,8 +63,14 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-async def make_flow() -> AsyncIterator[Callable[..., PenguiFlow]]:
-    """``create`` that remembers the flow and stops it when the test ends."""
+async def make_flow(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., PenguiFlow]]:
+    """``create`` that remembers the flow, stops it when the test ends, then checks it.
+
+    The check: no worker task and nothing in flight after ``stop()``; and, with the test
+    kit installed, its quiescence check (no trace, queued item, stream counter, probe
+    resource or subscription left), unless the test is marked ``leaves_state``: it leaves
+    queued items or open streams behind on purpose, as the contract allows.
+    """
     flows: list[PenguiFlow] = []
 
     def make(*adjacencies: Any, **kwargs: Any) -> PenguiFlow:
@@ -82,6 +88,10 @@ async def make_flow() -> AsyncIterator[Callable[..., PenguiFlow]]:
         assert snapshot.workers == 0, f"{flow!r} left {snapshot.workers} worker task(s)"
         busy = [node.name for node in snapshot.nodes if node.inflight]
         assert not busy, f"{flow!r} still runs {busy} after stop()"
+    if _describe_leaks is not None and request.node.get_closest_marker("leaves_state") is None:
+        leaks = {repr(flow): _describe_leaks(flow) for flow in flows}
+        leaks = {name: lines for name, lines in leaks.items() if lines}
+        assert not leaks, f"flows not quiescent after the test: {leaks}"
     stray = [
         task.get_name()
         for task in asyncio.all_tasks()
@@ -90,10 +100,20 @@ async def make_flow() -> AsyncIterator[Callable[..., PenguiFlow]]:
     assert not stray, f"worker tasks left running: {stray}"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "leaves_state: the test leaves queued items or open streams on purpose"
+    )
+
+
 if importlib.util.find_spec("penguiflow.testing") is None:
+    _describe_leaks = None
+
     # Core-only environment (no penguiflow-testing): timing tests run on real time, with
     # durations small enough for that. With the test kit installed, its ``virtual_clock``
     # fixture runs them on virtual time instead (instant and deterministic).
     @pytest.fixture
     def virtual_clock() -> None:
         return None
+else:
+    from penguiflow.testing import describe_leaks as _describe_leaks

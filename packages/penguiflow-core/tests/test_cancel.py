@@ -342,6 +342,7 @@ class SpyEntry(runtime_mod._Entry):
         return object.__getattribute__(self, name)
 
 
+@pytest.mark.leaves_state
 @pytest.mark.parametrize("others", [10, 10_000])
 async def test_cancel_touches_only_the_cancelled_traces_items(
     make_flow: MakeFlow, monkeypatch: pytest.MonkeyPatch, others: int

@@ -236,6 +236,7 @@ async def test_emit_waits_while_an_edge_is_full(make_flow: MakeFlow) -> None:
     assert await fetch(flow) == 2
 
 
+@pytest.mark.leaves_state
 async def test_emit_nowait_raises_queue_full(make_flow: MakeFlow) -> None:
     flow = make_flow(node(echo, "a").to(), queue_maxsize=1)
     flow.emit_nowait(msg(1))
@@ -485,6 +486,7 @@ async def test_context_queue_depths_and_fetch(make_flow: MakeFlow) -> None:
 # -- scheduling (§5.14) -------------------------------------------------------------------
 
 
+@pytest.mark.leaves_state
 async def test_enqueue_with_capacity_does_not_suspend(make_flow: MakeFlow) -> None:
     flow = make_flow(node(echo, "a").to(), queue_maxsize=4)
     coro = flow.emit(1)

@@ -66,6 +66,7 @@ async def test_subscription_ends_on_cancel(make_flow: MakeFlow) -> None:
         assert results.done == "cancelled"
 
 
+@pytest.mark.leaves_state
 async def test_subscription_ends_on_stop(make_flow: MakeFlow) -> None:
     async def hang(m: Any, ctx: Any) -> None:
         await asyncio.Event().wait()
