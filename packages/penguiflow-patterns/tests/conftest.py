@@ -152,18 +152,36 @@ def kit() -> type[Kit]:
 
 
 @pytest.fixture
-async def running() -> AsyncIterator[list[PenguiFlow]]:
-    """Collects flows a test started and stops them afterwards (even on failure)."""
+async def running(request: pytest.FixtureRequest) -> AsyncIterator[list[PenguiFlow]]:
+    """Collects flows a test started, stops them afterwards (even on failure), checks them.
+
+    With the test kit installed, its quiescence check runs too (no trace, join bucket or
+    queued item left), unless the test is marked ``leaves_state``.
+    """
     flows: list[PenguiFlow] = []
     yield flows
     for flow in flows:
         await flow.stop()
         assert flow.inspect().workers == 0
+    if _describe_leaks is not None and request.node.get_closest_marker("leaves_state") is None:
+        leaks = {repr(flow): _describe_leaks(flow) for flow in flows}
+        leaks = {name: lines for name, lines in leaks.items() if lines}
+        assert not leaks, f"flows not quiescent after the test: {leaks}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "leaves_state: the test leaves queued items or open streams on purpose"
+    )
 
 
 if importlib.util.find_spec("penguiflow.testing") is None:
+    _describe_leaks = None
+
     # Installed with penguiflow-core alone: timing tests run on real (tiny) durations.
     # With penguiflow-testing, its ``virtual_clock`` fixture makes them instant.
     @pytest.fixture
     def virtual_clock() -> None:
         return None
+else:
+    from penguiflow.testing import describe_leaks as _describe_leaks
