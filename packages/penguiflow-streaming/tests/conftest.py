@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -192,8 +193,14 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-async def running() -> AsyncIterator[Callable[[PenguiFlow], PenguiFlow]]:
-    """``start(flow)`` runs a flow and stops it after the test (even on failure)."""
+async def running(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Callable[[PenguiFlow], PenguiFlow]]:
+    """``start(flow)`` runs a flow and stops it after the test (even on failure).
+
+    With the test kit installed, its quiescence check runs afterwards, unless the test is
+    marked ``leaves_state``.
+    """
     flows: list[PenguiFlow] = []
 
     def start(flow: PenguiFlow) -> PenguiFlow:
@@ -205,3 +212,19 @@ async def running() -> AsyncIterator[Callable[[PenguiFlow], PenguiFlow]]:
     for flow in flows:
         await flow.stop()
         assert flow.inspect().workers == 0
+    if _describe_leaks is not None and request.node.get_closest_marker("leaves_state") is None:
+        leaks = {repr(flow): _describe_leaks(flow) for flow in flows}
+        leaks = {name: lines for name, lines in leaks.items() if lines}
+        assert not leaks, f"flows not quiescent after the test: {leaks}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "leaves_state: the test leaves queued items or open streams on purpose"
+    )
+
+
+if importlib.util.find_spec("penguiflow.testing") is None:
+    _describe_leaks = None
+else:
+    from penguiflow.testing import describe_leaks as _describe_leaks

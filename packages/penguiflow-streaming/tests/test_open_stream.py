@@ -195,6 +195,7 @@ async def test_leaving_early_cancels_the_trace(kit: Any, running: Start, recorde
     assert flow.inspect().is_quiescent
 
 
+@pytest.mark.leaves_state  # the point of the test: the trace keeps running
 async def test_cancel_on_exit_false_leaves_the_trace_running(kit: Any, running: Start) -> None:
     started, cleaned, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
     flow = running(create(blocking_node(started, cleaned, release).to()))
