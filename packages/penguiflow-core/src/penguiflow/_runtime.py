@@ -245,9 +245,6 @@ class _Inbox:
                 fut.set_result(None)
                 return
 
-    def live(self) -> int:
-        return sum(floe.live for floe in self.floes)
-
 
 class _FloeQueue:
     """Read-only, ``asyncio.Queue``-shaped view of an edge (``Floe.queue``)."""
@@ -688,7 +685,6 @@ class PenguiFlow:
         if isinstance(queue_maxsize, bool) or not isinstance(queue_maxsize, int):
             raise FlowBuildError(f"queue_maxsize must be an int, got {queue_maxsize!r}")
         self._queue_maxsize = queue_maxsize
-        self._allow_cycles = allow_cycles
         self._errors_to_rookery = emit_errors_to_rookery
         # A tuple, replaced (never mutated) on add/remove: events iterate it without a copy.
         self._mws: tuple[Middleware, ...] = tuple(middlewares or ())

@@ -17,8 +17,6 @@ from .types import Message
 
 __all__ = ["AdapterSource", "Validator", "copy_with", "with_payload"]
 
-_VALIDATE_MODES = ("both", "in", "out", "none")
-
 
 class AdapterSource(Protocol):
     """Anything with a registry-compatible ``adapters(name)`` method."""
