@@ -88,10 +88,8 @@ async def make_flow(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..
         assert snapshot.workers == 0, f"{flow!r} left {snapshot.workers} worker task(s)"
         busy = [node.name for node in snapshot.nodes if node.inflight]
         assert not busy, f"{flow!r} still runs {busy} after stop()"
-    if _describe_leaks is not None and request.node.get_closest_marker("leaves_state") is None:
-        leaks = {repr(flow): _describe_leaks(flow) for flow in flows}
-        leaks = {name: lines for name, lines in leaks.items() if lines}
-        assert not leaks, f"flows not quiescent after the test: {leaks}"
+    if _assert_quiescent is not None and request.node.get_closest_marker("leaves_state") is None:
+        _assert_quiescent(flows)
     stray = [
         task.get_name()
         for task in asyncio.all_tasks()
@@ -100,14 +98,8 @@ async def make_flow(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..
     assert not stray, f"worker tasks left running: {stray}"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "leaves_state: the test leaves queued items or open streams on purpose"
-    )
-
-
 if importlib.util.find_spec("penguiflow.testing") is None:
-    _describe_leaks = None
+    _assert_quiescent = None
 
     # Core-only environment (no penguiflow-testing): timing tests run on real time, with
     # durations small enough for that. With the test kit installed, its ``virtual_clock``
@@ -116,4 +108,4 @@ if importlib.util.find_spec("penguiflow.testing") is None:
     def virtual_clock() -> None:
         return None
 else:
-    from penguiflow.testing import describe_leaks as _describe_leaks
+    from penguiflow.testing import assert_flows_quiescent as _assert_quiescent

@@ -212,19 +212,11 @@ async def running(
     for flow in flows:
         await flow.stop()
         assert flow.inspect().workers == 0
-    if _describe_leaks is not None and request.node.get_closest_marker("leaves_state") is None:
-        leaks = {repr(flow): _describe_leaks(flow) for flow in flows}
-        leaks = {name: lines for name, lines in leaks.items() if lines}
-        assert not leaks, f"flows not quiescent after the test: {leaks}"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "leaves_state: the test leaves queued items or open streams on purpose"
-    )
+    if _assert_quiescent is not None and request.node.get_closest_marker("leaves_state") is None:
+        _assert_quiescent(flows)
 
 
 if importlib.util.find_spec("penguiflow.testing") is None:
-    _describe_leaks = None
+    _assert_quiescent = None
 else:
-    from penguiflow.testing import describe_leaks as _describe_leaks
+    from penguiflow.testing import assert_flows_quiescent as _assert_quiescent
