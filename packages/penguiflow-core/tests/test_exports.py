@@ -1,4 +1,4 @@
-"""Contract §0-1: the root package's public surface and the lazy add-on names."""
+"""The root package's public surface and the lazy add-on names."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import penguiflow.middlewares
 import penguiflow.node
 import penguiflow.registry
 import penguiflow.types
-from penguiflow.errors import MissingExtraError
+from penguiflow.errors import MissingExtraError, PenguiFlowError
 
 CORE_NAMES = {
     "__version__": None,
@@ -111,9 +111,7 @@ def _isolate_cache(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(ADDONS))
-def test_missing_add_on_raises_import_error_naming_the_distribution(
-    monkeypatch: pytest.MonkeyPatch, name: str
-) -> None:
+def test_missing_add_on_names_the_distribution(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     _, dist = ADDONS[name]
 
     def missing(mod: str, package: str | None = None) -> Any:
@@ -121,19 +119,25 @@ def test_missing_add_on_raises_import_error_naming_the_distribution(
 
     _isolate_cache(monkeypatch, name)
     monkeypatch.setattr(penguiflow, "importlib", types.SimpleNamespace(import_module=missing))
-    with pytest.raises(ImportError, match=dist) as info:
+    # Reading the attribute: an AttributeError (so hasattr() is False) that says what to do.
+    with pytest.raises(AttributeError, match=f"pip install {dist}") as read:
         getattr(penguiflow, name)
-    assert isinstance(info.value, MissingExtraError)
-    assert f"pip install {dist}" in str(info.value)
-    with pytest.raises(ImportError, match=dist):
+    assert isinstance(read.value, PenguiFlowError)
+    assert not hasattr(penguiflow, name)
+    assert getattr(penguiflow, name, None) is None
+    # The import statement: an ImportError with the same words.
+    with pytest.raises(MissingExtraError, match=f"pip install {dist}") as imported:
         exec(f"from penguiflow import {name}", {})
+    assert isinstance(imported.value, ImportError)
 
 
 def test_missing_add_on_via_sys_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     _isolate_cache(monkeypatch, "flow_to_dot")
     monkeypatch.setitem(__import__("sys").modules, "penguiflow.viz", None)
-    with pytest.raises(ImportError, match="penguiflow-viz"):
+    with pytest.raises(AttributeError, match="penguiflow-viz"):
         _ = penguiflow.flow_to_dot  # type: ignore[attr-defined]
+    with pytest.raises(ImportError, match="pip install penguiflow-viz"):
+        from penguiflow import flow_to_dot  # noqa: F401
 
 
 def test_a_broken_dependency_inside_an_add_on_is_not_masked(
@@ -179,7 +183,9 @@ def test_real_environment_add_on_state(module_name: str) -> None:
     dist = ADDONS[names[0]][1]
     if importlib.util.find_spec(module_name) is None:
         for name in names:
-            with pytest.raises(ImportError, match=dist):
+            assert not hasattr(penguiflow, name)
+            assert name not in dir(penguiflow)
+            with pytest.raises(AttributeError, match=dist):
                 getattr(penguiflow, name)
     else:
         module = importlib.import_module(module_name)
@@ -187,5 +193,7 @@ def test_real_environment_add_on_state(module_name: str) -> None:
             assert getattr(penguiflow, name) is getattr(module, name)
 
 
-def test_dir_lists_add_on_names() -> None:
-    assert set(ADDONS) <= set(dir(penguiflow))
+def test_dir_lists_exactly_the_installed_add_on_names() -> None:
+    installed = {name for name in ADDONS if importlib.util.find_spec(ADDONS[name][0]) is not None}
+    assert set(dir(penguiflow)) & set(ADDONS) == installed
+    assert set(CORE_NAMES) <= set(dir(penguiflow))

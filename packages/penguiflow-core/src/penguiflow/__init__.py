@@ -9,8 +9,10 @@ add-on is missing, using the name raises :class:`~penguiflow.errors.MissingExtra
 
 from __future__ import annotations
 
+import dis
 import importlib
 import importlib.util
+import sys
 from pkgutil import extend_path
 from typing import TYPE_CHECKING, Any
 
@@ -80,9 +82,9 @@ __all__ = [
     "create",
 ]
 
-# Optional names: attribute -> (module, distribution). They join __all__ (as the API
-# contract lists them) only when their distribution is installed, so that
-# ``from penguiflow import *`` also works with core alone.
+# Optional names: attribute -> (module, distribution). They join __all__ and dir() only
+# when their distribution is installed, so that ``from penguiflow import *`` also works
+# with core alone.
 _ADDONS: dict[str, tuple[str, str]] = {
     "map_concurrent": ("penguiflow.patterns", "penguiflow-patterns"),
     "join_k": ("penguiflow.patterns", "penguiflow-patterns"),
@@ -97,6 +99,16 @@ _ADDONS: dict[str, tuple[str, str]] = {
 }
 
 
+class MissingAddOnError(PenguiFlowError, AttributeError):
+    """``penguiflow.<name>`` was read, but the add-on that provides ``name`` is missing.
+
+    An ``AttributeError``, so ``hasattr(penguiflow, "join_k")`` is ``False`` and
+    ``getattr(penguiflow, "join_k", None)`` is ``None`` without the add-on. The statement
+    ``from penguiflow import join_k`` raises :class:`~penguiflow.errors.MissingExtraError`
+    (an ``ImportError``) with the same message instead.
+    """
+
+
 def _installed(module_name: str) -> bool:
     try:
         return importlib.util.find_spec(module_name) is not None
@@ -104,7 +116,26 @@ def _installed(module_name: str) -> bool:
         return False
 
 
-__all__ += sorted(name for name, (module_name, _) in _ADDONS.items() if _installed(module_name))
+_INSTALLED_ADDONS = sorted(
+    name for name, (module_name, _) in _ADDONS.items() if _installed(module_name)
+)
+__all__ += _INSTALLED_ADDONS
+
+_IMPORT_FROM = dis.opmap["IMPORT_FROM"]
+
+
+def _read_by_from_import() -> bool:
+    """Whether the attribute access being served is a ``from penguiflow import name``.
+
+    ``ImportError`` and ``AttributeError`` cannot share one exception class (their
+    instance layouts conflict), so the statement is told apart from ``hasattr`` and plain
+    attribute reads by the instruction its frame is executing.
+    """
+    frame = sys._getframe(2)  # 0: this helper, 1: __getattr__, 2: the reader
+    try:
+        return frame.f_code.co_code[frame.f_lasti] == _IMPORT_FROM
+    except IndexError:  # pragma: no cover - defensive
+        return False
 
 
 def __getattr__(name: str) -> Any:
@@ -117,14 +148,14 @@ def __getattr__(name: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise
-        raise MissingExtraError(
-            f"penguiflow.{name} needs the {dist!r} distribution: pip install {dist}",
-            name=module_name,
-        ) from None
+        text = f"penguiflow.{name} needs the {dist!r} distribution: pip install {dist}"
+        if _read_by_from_import():
+            raise MissingExtraError(text, name=module_name) from None
+        raise MissingAddOnError(text, name=name, obj=sys.modules[__name__]) from None
     value = getattr(module, name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_ADDONS))
+    return sorted((set(globals()) - set(_ADDONS)) | set(_INSTALLED_ADDONS))
