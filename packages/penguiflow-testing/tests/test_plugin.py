@@ -277,3 +277,64 @@ def test_plugin_works_without_pytest_asyncio(pytester: pytest.Pytester) -> None:
         """
     )
     pytester.runpytest().assert_outcomes(passed=1)
+
+
+# An async runner that knows nothing of the loop-factory hook, as pytest-asyncio < 1.5.
+OLD_RUNNER = """
+import asyncio
+import inspect
+
+import pytest
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        names = pyfuncitem._fixtureinfo.argnames
+        asyncio.run(pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in names}))
+        return True
+    return None
+"""
+
+
+def test_virtual_clock_without_the_loop_factory_hook_fails_loudly(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeini(
+        """
+        [pytest]
+        addopts = -p no:asyncio -p no:anyio -p no:cacheprovider -p no:hypothesispytest
+        """
+    )
+    pytester.makeconftest(OLD_RUNNER)
+    pytester.makepyfile(
+        test_old="""
+        import asyncio
+
+        async def test_waits_a_long_time(virtual_clock):
+            await asyncio.sleep(3600)  # would take an hour of real time
+
+        async def test_real_loop_without_the_fixture():
+            assert True
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*does not have, so the test would run in real time*"])
+    result.stdout.fnmatch_lines(["*pip install 'penguiflow-testing*pytest*'*"])
+    assert result.duration < 60
+
+
+def test_reading_the_clock_on_a_real_loop_is_an_error() -> None:
+    import asyncio
+
+    from penguiflow.testing import KitUsageError, VirtualClock
+
+    clock = VirtualClock()
+
+    async def main() -> float:
+        return clock.time()
+
+    with pytest.raises(KitUsageError, match="timers run in real time"):
+        asyncio.run(main())
+    assert clock.time() == 0.0  # outside any loop: no virtual loop yet, nothing runs

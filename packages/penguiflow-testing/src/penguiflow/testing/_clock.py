@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack, final
 
 from penguiflow.clock import use_wall_clock
 
+from ._errors import KitUsageError
+
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
@@ -251,10 +253,25 @@ class VirtualClock:
         if isinstance(running, VirtualEventLoop):
             self._loop = running
             return running
+        if running is not None and self._loop is None:
+            # Code runs on a real loop while it expects virtual time: say so instead of
+            # letting timers take real seconds while this clock reads 0.0.
+            raise KitUsageError(
+                f"this VirtualClock is read inside a real event loop ({type(running).__name__})"
+                ", so timers run in real time. In pytest, the 'virtual_clock' fixture "
+                "needs pytest-asyncio >= 1.5 (pip install 'penguiflow-testing[pytest]') and "
+                "a function-scoped loop; elsewhere run the code with clock.run(...) or "
+                "run_virtual(...)"
+            )
         return self._loop
 
     def time(self) -> float:
-        """Virtual monotonic seconds (``loop.time()``; 0.0 before any loop exists)."""
+        """Virtual monotonic seconds (``loop.time()``; 0.0 before any loop exists).
+
+        Raises:
+            KitUsageError: Called inside a running event loop that is not virtual while
+                this clock has no virtual loop (the code would silently run in real time).
+        """
         loop = self._bound()
         return 0.0 if loop is None else loop.time()
 

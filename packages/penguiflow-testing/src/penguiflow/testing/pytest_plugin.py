@@ -21,6 +21,7 @@ are not checked again.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import inspect
 from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
@@ -87,18 +88,32 @@ def virtual_clock(request: pytest.FixtureRequest) -> Iterator[VirtualClock]:
     ``virtual_clock.wall_time()`` for the whole test.
     """
     test_function = getattr(request.node, "obj", None)
-    if inspect.iscoroutinefunction(test_function) and not hasattr(
-        request.config.hook, "pytest_asyncio_loop_factories"
-    ):
+    if inspect.iscoroutinefunction(test_function) and not _loop_factories_supported(request.config):
         pytest.fail(
-            "the virtual_clock fixture needs pytest-asyncio with the "
-            "pytest_asyncio_loop_factories hook (pytest-asyncio >= 1.5) to run an async test "
-            "on a virtual loop; in a sync test, use virtual_clock.run(coro) instead",
+            "the virtual_clock fixture runs an async test on a virtual loop through "
+            f"pytest-asyncio's loop-factory hook, which this pytest-asyncio "
+            f"({_pytest_asyncio_version()}) does not have, so the test would run in real "
+            "time. Install pytest-asyncio >= 1.5 (pip install 'penguiflow-testing[pytest]'), "
+            "or make the test sync and use virtual_clock.run(coro)",
             pytrace=False,
         )
     clock = VirtualClock()
     with clock.install():
         yield clock
+
+
+def _loop_factories_supported(config: pytest.Config) -> bool:
+    # Our own implementation of the hook makes ``config.hook`` grow the attribute even
+    # when no plugin declares it, so look for the declaration (pytest-asyncio >= 1.5).
+    caller = getattr(config.hook, "pytest_asyncio_loop_factories", None)
+    return caller is not None and caller.spec is not None
+
+
+def _pytest_asyncio_version() -> str:
+    try:
+        return "version " + importlib.metadata.version("pytest-asyncio")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _wants_virtual(item: pytest.Item) -> bool:
