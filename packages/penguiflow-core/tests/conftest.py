@@ -16,49 +16,9 @@ import pytest
 from penguiflow import FlowEvent, PenguiFlow, create
 
 
-class Recorder:
-    """A middleware that keeps every event and lets a test await one."""
-
-    def __init__(self) -> None:
-        self.events: list[FlowEvent] = []
-        self._waiters: list[tuple[Callable[[list[FlowEvent]], bool], asyncio.Future[None]]] = []
-
-    async def __call__(self, event: FlowEvent) -> None:
-        self.events.append(event)
-        for pred, fut in list(self._waiters):
-            if not fut.done() and pred(self.events):
-                fut.set_result(None)
-
-    def of(self, event_type: str, trace_id: Any = ...) -> list[FlowEvent]:
-        return [
-            e
-            for e in self.events
-            if e.event_type == event_type and (trace_id is ... or e.trace_id == trace_id)
-        ]
-
-    def names(self, trace_id: Any = ..., node_name: str | None = None) -> list[str]:
-        return [
-            e.event_type
-            for e in self.events
-            if (trace_id is ... or e.trace_id == trace_id)
-            and (node_name is None or e.node_name == node_name)
-        ]
-
-    async def until(
-        self, event_type: str, count: int = 1, trace_id: Any = ..., timeout: float = 1.0
-    ) -> list[FlowEvent]:
-        def pred(_: list[FlowEvent]) -> bool:
-            return len(self.of(event_type, trace_id)) >= count
-
-        if not pred(self.events):
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append((pred, fut))
-            await asyncio.wait_for(fut, timeout)
-        return self.of(event_type, trace_id)
-
-
 @pytest.fixture
 def recorder() -> Recorder:
+    """The test kit's ``Recorder`` (a stand-in with the same methods in core-only runs)."""
     return Recorder()
 
 
@@ -101,6 +61,49 @@ async def make_flow(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..
 if importlib.util.find_spec("penguiflow.testing") is None:
     _assert_quiescent = None
 
+    class Recorder:  # type: ignore[no-redef]
+        """Core-only stand-in for ``penguiflow.testing.Recorder`` (same methods)."""
+
+        def __init__(self, *, timeout_s: float = 5.0) -> None:
+            self.timeout_s = timeout_s
+            self.events: list[FlowEvent] = []
+            self._changed: asyncio.Event | None = None
+
+        async def __call__(self, event: FlowEvent) -> None:
+            self.events.append(event)
+            if self._changed is not None:
+                self._changed.set()
+
+        def matching(
+            self, event_type: str | None = None, node: str | None = None, trace_id: Any = None
+        ) -> list[FlowEvent]:
+            return [
+                e
+                for e in self.events
+                if (event_type is None or e.event_type == event_type)
+                and (node is None or e.node_name == node)
+                and (trace_id is None or e.trace_id == trace_id)
+            ]
+
+        def names(self, node: str | None = None, trace_id: Any = None) -> list[str]:
+            return [e.event_type for e in self.matching(None, node, trace_id)]
+
+        async def wait(
+            self,
+            event_type: str,
+            node: str | None = None,
+            trace_id: Any = None,
+            *,
+            count: int = 1,
+            timeout_s: float | None = None,
+        ) -> FlowEvent:
+            self._changed = self._changed or asyncio.Event()
+            async with asyncio.timeout(self.timeout_s if timeout_s is None else timeout_s):
+                while len(self.matching(event_type, node, trace_id)) < count:
+                    self._changed.clear()
+                    await self._changed.wait()
+            return self.matching(event_type, node, trace_id)[count - 1]
+
     # Core-only environment (no penguiflow-testing): timing tests run on real time, with
     # durations small enough for that. With the test kit installed, its ``virtual_clock``
     # fixture runs them on virtual time instead (instant and deterministic).
@@ -108,4 +111,4 @@ if importlib.util.find_spec("penguiflow.testing") is None:
     def virtual_clock() -> None:
         return None
 else:
-    from penguiflow.testing import assert_flows_quiescent as _assert_quiescent
+    from penguiflow.testing import Recorder, assert_flows_quiescent as _assert_quiescent

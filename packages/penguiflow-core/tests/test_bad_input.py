@@ -175,8 +175,8 @@ async def test_invalid_payload_becomes_events_and_other_traces_are_served(
     await flow.emit(good)
     out = await asyncio.wait_for(flow.fetch(), 1.0)
     assert out.trace_id == good.trace_id
-    errors = recorder.of("node_error", bad.trace_id)
-    failed = recorder.of("node_failed", bad.trace_id)
+    errors = recorder.matching("node_error", trace_id=bad.trace_id)
+    failed = recorder.matching("node_failed", trace_id=bad.trace_id)
     assert len(errors) == 1 and len(failed) == 1
     assert "validation error" in failed[0].extra["exception"]
     assert "x" in failed[0].extra["exception"]
@@ -190,8 +190,8 @@ async def test_nothing_is_dropped_without_an_event(make_flow: MakeFlow, recorder
     flow.run()
     m = msg()
     await flow.emit(m)
-    events = await recorder.until("node_failed", trace_id=m.trace_id)
-    assert "KeyError" in events[0].extra["exception"]
+    failed = await recorder.wait("node_failed", trace_id=m.trace_id)
+    assert "KeyError" in failed.extra["exception"]
 
 
 async def test_emit_to_a_node_of_another_flow(make_flow: MakeFlow) -> None:

@@ -83,22 +83,25 @@ async def test_cancel_in_flight_invocation(make_flow: MakeFlow, recorder: Any) -
     await flow.emit(m)
     await asyncio.wait_for(gate.started.wait(), 1.0)
     assert await flow.cancel(m.trace_id) is True
-    await recorder.until("trace_cancel_finish")
+    await recorder.wait("trace_cancel_finish")
     assert gate.cancelled == ["block"]
     names = [n for n in recorder.names(trace_id=m.trace_id) if n != "node_start"]
     assert names == ["trace_cancel_start", "node_trace_cancelled", "trace_cancel_finish"]
-    start = recorder.of("trace_cancel_start")[0]
+    start = recorder.matching("trace_cancel_start")[0]
     assert (start.node_name, start.node_id) == ("OpenSea", "OpenSea")
     assert start.trace_cancelled is True
     assert start.trace_inflight == 1
     assert start.trace_pending == 1
     assert dict(start.extra) == {"pending": 1}
-    finish = recorder.of("trace_cancel_finish")[0]
+    finish = recorder.matching("trace_cancel_finish")[0]
     assert (finish.node_name, finish.node_id) == ("Rookery", "Rookery")
     assert (finish.trace_pending, finish.trace_inflight, finish.trace_cancelled) == (0, 0, False)
-    cancelled = recorder.of("node_trace_cancelled")[0]
+    cancelled = recorder.matching("node_trace_cancelled")[0]
     assert (cancelled.node_name, cancelled.attempt, cancelled.latency_ms) == ("gate", 0, None)
-    assert recorder.of("node_error") == [] and recorder.of("node_success", m.trace_id) == []
+    assert (
+        recorder.matching("node_error") == []
+        and recorder.matching("node_success", trace_id=m.trace_id) == []
+    )
     assert flow.inspect().traces == {}
     # the worker survived: the flow keeps serving
     await flow.emit("after")
@@ -123,12 +126,12 @@ async def test_cancel_is_idempotent(make_flow: MakeFlow, recorder: Any) -> None:
     await asyncio.wait_for(gate.started.wait(), 1.0)
     assert await flow.cancel(m.trace_id) is True
     assert await flow.cancel(m.trace_id) is True  # still active: True, no second start
-    assert len(recorder.of("trace_cancel_start")) == 1
+    assert len(recorder.matching("trace_cancel_start")) == 1
     gate.release.set()
-    await recorder.until("trace_cancel_finish")
+    await recorder.wait("trace_cancel_finish")
     assert await flow.cancel(m.trace_id) is False
-    assert len(recorder.of("trace_cancel_start")) == 1
-    assert len(recorder.of("trace_cancel_finish")) == 1
+    assert len(recorder.matching("trace_cancel_start")) == 1
+    assert len(recorder.matching("trace_cancel_finish")) == 1
 
 
 async def test_cancel_purges_queued_items_and_spares_other_traces(
@@ -147,11 +150,11 @@ async def test_cancel_purges_queued_items_and_spares_other_traces(
         await flow.emit(other)
     assert flow.inspect().traces[victim.trace_id].queued == 3
     assert await flow.cancel(victim.trace_id) is True
-    await recorder.until("trace_cancel_finish")
+    await recorder.wait("trace_cancel_finish")
     assert flow.context(gate_node_of(flow)).queue_depth_in() == 3
-    start = recorder.of("trace_cancel_start")[0]
+    start = recorder.matching("trace_cancel_start")[0]
     assert start.extra["pending"] == 3 and start.trace_inflight == 0
-    assert recorder.of("trace_cancel_drop") == []  # purged items leave no per-item event
+    assert recorder.matching("trace_cancel_drop") == []  # purged items leave no per-item event
     gate.release.set()
     got = [await fetch(flow) for _ in range(4)]
     assert [g.payload for g in got] == ["block", "o0", "o1", "o2"]
@@ -173,9 +176,9 @@ async def test_cancel_discards_unfetched_results_at_rookery(
     victim, other = msg("v"), msg("o")
     await flow.emit(victim)
     await flow.emit(other)
-    await recorder.until("node_success", count=2)
+    await recorder.wait("node_success", count=2)
     assert await flow.cancel(victim.trace_id) is True
-    await recorder.until("trace_cancel_finish")
+    await recorder.wait("trace_cancel_finish")
     assert await fetch(flow) is other
     assert flow.floes[-1].queue.qsize() == 0
     assert flow.inspect().traces == {}
@@ -206,11 +209,11 @@ async def test_items_reaching_a_node_after_cancel_are_dropped(
     await flow.emit(m)
     await asyncio.wait_for(started.wait(), 1.0)
     await flow.cancel(m.trace_id)
-    await recorder.until("trace_cancel_finish")
-    drops = recorder.of("trace_cancel_drop", trace_id=m.trace_id)
+    await recorder.wait("trace_cancel_finish")
+    drops = recorder.matching("trace_cancel_drop", trace_id=m.trace_id)
     assert [(d.node_name, d.attempt, d.latency_ms) for d in drops] == [("b", 0, None)]
     assert seen_by_b == []
-    assert len(recorder.of("trace_cancel_finish")) == 1
+    assert len(recorder.matching("trace_cancel_finish")) == 1
 
 
 async def test_trace_id_can_be_reused_after_cancel(make_flow: MakeFlow, recorder: Any) -> None:
@@ -221,7 +224,7 @@ async def test_trace_id_can_be_reused_after_cancel(make_flow: MakeFlow, recorder
     await flow.emit(m)
     await asyncio.wait_for(gate.started.wait(), 1.0)
     await flow.cancel(m.trace_id)
-    await recorder.until("trace_cancel_finish")
+    await recorder.wait("trace_cancel_finish")
     again = m.model_copy(update={"payload": "again"})
     await flow.emit(again)
     assert await fetch(flow) is again
@@ -240,16 +243,16 @@ async def test_cancel_interrupts_retry_backoff_sleep(make_flow: MakeFlow, record
     flow.run()
     m = msg(1)
     await flow.emit(m)
-    await recorder.until("node_retry")
+    await recorder.wait("node_retry")
     assert await flow.cancel(m.trace_id) is True
-    await recorder.until("trace_cancel_finish")
+    await recorder.wait("trace_cancel_finish")
     assert len(calls) == 1
     assert [e.event_type for e in recorder.events][-2:] == [
         "node_trace_cancelled",
         "trace_cancel_finish",
     ]
     await flow.emit("next")
-    await recorder.until("node_start", count=2)
+    await recorder.wait("node_start", count=2)
 
 
 async def test_cancel_interrupts_a_put_blocked_on_a_full_edge(
@@ -276,8 +279,8 @@ async def test_cancel_interrupts_a_put_blocked_on_a_full_edge(
     # a is now parked on the full a->b edge with the victim's result
     assert flow.inspect().traces[victim.trace_id].inflight == 1
     assert await flow.cancel(victim.trace_id) is True
-    await recorder.until("trace_cancel_finish")
-    assert recorder.of("node_trace_cancelled", victim.trace_id)[0].node_name == "a"
+    await recorder.wait("trace_cancel_finish")
+    assert recorder.matching("node_trace_cancelled", trace_id=victim.trace_id)[0].node_name == "a"
     assert victim.trace_id not in flow.inspect().traces
     await flow.emit(msg("later"))  # a is free again
     gate.release.set()

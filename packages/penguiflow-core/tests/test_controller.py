@@ -61,7 +61,7 @@ async def test_hop_budget_counts_hops_and_ends_with_one_final_answer(
     assert out.payload == FinalAnswer(text="Hop budget exhausted", citations=[])
     assert (out.trace_id, out.headers, out.meta) == (m.trace_id, m.headers, {"k": 1})
     assert flow.inspect().traces == {}  # exactly one result: nothing else pending
-    assert len(recorder.of("node_success")) == 3
+    assert len(recorder.matching("node_success")) == 3
 
 
 async def test_runtime_does_not_double_count_hops_the_controller_advanced(
@@ -153,7 +153,7 @@ async def test_deadline_on_returned_wm_message(make_flow: MakeFlow, recorder: An
     assert out.payload == FinalAnswer(text="Deadline exceeded")
     assert out.deadline_s == 1500.0
     assert calls == [1]
-    assert recorder.of("deadline_skip") == []  # case (b): no deadline_skip event
+    assert recorder.matching("deadline_skip") == []  # case (b): no deadline_skip event
     assert flow.inspect().traces == {}
 
 
@@ -179,7 +179,7 @@ async def test_controller_message_final_answer_is_delivered_exactly_once(
     assert calls == [0, 1, 2]
     assert flow.inspect().traces == {}
     assert flow.floes[-1].queue.qsize() == 0
-    successes = recorder.of("node_success", trace_id=m.trace_id)
+    successes = recorder.matching("node_success", trace_id=m.trace_id)
     assert len(successes) == 3
     assert recorder.names(trace_id=m.trace_id)[-1] == "node_success"
 
@@ -230,7 +230,7 @@ async def test_bare_final_answer_from_a_typed_controller_is_one_result(
     assert (out.trace_id, out.meta) == (m.trace_id, {"req": "r1"})
     assert calls == [0, 1, 2]
     assert flow.inspect().traces == {}
-    assert recorder.of("node_error") == []
+    assert recorder.matching("node_error") == []
 
 
 async def test_wm_goes_only_to_the_self_edge_and_results_use_any_rookery_edge(

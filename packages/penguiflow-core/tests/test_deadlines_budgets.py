@@ -73,11 +73,11 @@ async def test_expired_message_short_circuits_to_rookery(
         5.0,
     )
     assert m.payload == "p"  # a copy: the original is untouched
-    skip = recorder.of("deadline_skip")
+    skip = recorder.matching("deadline_skip")
     assert [(e.node_name, e.attempt, e.latency_ms, dict(e.extra)) for e in skip] == [
         ("a", 0, None, {"deadline_s": 999.0})
     ]
-    assert recorder.of("node_start") == []
+    assert recorder.matching("node_start") == []
     assert flow.inspect().traces == {}
 
 
@@ -123,7 +123,7 @@ async def test_expired_final_answer_is_forwarded_unchanged(
     m = msg(FinalAnswer(text="already"), deadline_s=1.0)
     await flow.emit(m)
     assert await fetch(flow) is m
-    assert len(recorder.of("deadline_skip")) == 1
+    assert len(recorder.matching("deadline_skip")) == 1
 
 
 async def test_deadline_is_not_checked_between_retries(
@@ -144,7 +144,7 @@ async def test_deadline_is_not_checked_between_retries(
     await flow.emit(m)
     assert await fetch(flow) is m
     assert calls == [1, 1]
-    assert recorder.of("deadline_skip") == []
+    assert recorder.matching("deadline_skip") == []
 
 
 async def test_deadline_never_interrupts_a_running_node(
@@ -163,8 +163,8 @@ async def test_deadline_never_interrupts_a_running_node(
     await flow.emit(msg("p", deadline_s=2000.0))
     out = await fetch(flow)
     assert out.payload.text == "Deadline exceeded"
-    assert [e.node_name for e in recorder.of("node_success")] == ["a"]
-    assert [e.node_name for e in recorder.of("deadline_skip")] == ["b"]
+    assert [e.node_name for e in recorder.matching("node_success")] == ["a"]
+    assert [e.node_name for e in recorder.matching("deadline_skip")] == ["b"]
 
 
 async def test_one_deadline_answer_per_trace_on_fan_out(
@@ -186,8 +186,8 @@ async def test_one_deadline_answer_per_trace_on_fan_out(
     await flow.emit(m)
     out = await fetch(flow)
     assert out.payload.text == "Deadline exceeded"
-    await recorder.until("deadline_skip", count=2)
-    assert sorted(e.node_name for e in recorder.of("deadline_skip")) == ["b", "c"]
+    await recorder.wait("deadline_skip", count=2)
+    assert sorted(e.node_name for e in recorder.matching("deadline_skip")) == ["b", "c"]
     assert flow.inspect().traces == {}
     assert all(f.queue.qsize() == 0 for f in flow.floes)
 
@@ -203,4 +203,4 @@ async def test_far_future_deadline_lets_everything_through(
     m = msg("p", deadline_s=clock.now + 10**9)
     await flow.emit(m)
     assert await fetch(flow) is m
-    assert recorder.of("deadline_skip") == []
+    assert recorder.matching("deadline_skip") == []

@@ -252,7 +252,7 @@ async def test_stop_emits_node_cancelled(make_flow: MakeFlow, recorder: Any) -> 
     await flow.emit("warm-up")
     await asyncio.wait_for(flow.fetch(), 1.0)  # the worker is now parked on its inbox
     await flow.stop()
-    cancelled = recorder.of("node_cancelled")
+    cancelled = recorder.matching("node_cancelled")
     assert [(e.node_name, e.trace_id, e.attempt, e.latency_ms) for e in cancelled] == [
         ("a", None, 0, None)
     ]

@@ -179,11 +179,11 @@ async def test_parent_cancel_is_mirrored_into_the_subflow(
     await flow.emit(parent)
     await asyncio.wait_for(started.wait(), 1.0)
     assert await flow.cancel(parent.trace_id) is True
-    await recorder.until("trace_cancel_finish")
+    await recorder.wait("trace_cancel_finish")
     assert sub_cancelled.is_set()
     assert not pb.flows[0].is_running
     assert pb.flows[0].inspect().workers == 0
-    assert len(recorder.of("node_trace_cancelled")) == 1
+    assert len(recorder.matching("node_trace_cancelled")) == 1
 
 
 async def test_already_cancelled_parent_raises_without_running_the_subflow(

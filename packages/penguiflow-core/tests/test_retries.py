@@ -88,10 +88,10 @@ async def test_one_failure_then_success_event_sequence(
         ("node_start", 1),
         ("node_success", 1),
     ]
-    error = recorder.of("node_error")[0]
+    error = recorder.matching("node_error")[0]
     assert error.extra["exception"] == "RuntimeError('boom 1')"
     assert isinstance(error.latency_ms, float) and error.latency_ms >= 0
-    retry = recorder.of("node_retry")[0]
+    retry = recorder.matching("node_retry")[0]
     assert retry.latency_ms is None
     assert dict(retry.extra) == {"sleep_s": 0.25, "exception": "RuntimeError('boom 1')"}
     assert sleeps == [0.25]
@@ -115,11 +115,11 @@ async def test_exhausted_retries_drop_the_item_and_keep_serving(
     await flow.emit(good)
     assert await fetch(flow) is good
     assert calls == ["bad", "bad", "bad", "good"]  # max_retries + 1 invocations
-    failed = recorder.of("node_failed", trace_id=bad.trace_id)
+    failed = recorder.matching("node_failed", trace_id=bad.trace_id)
     assert [(e.attempt, e.extra["exception"]) for e in failed] == [(2, "ValueError('bad input')")]
     assert isinstance(failed[0].latency_ms, float)
-    assert [e.attempt for e in recorder.of("node_error", trace_id=bad.trace_id)] == [0, 1, 2]
-    assert [e.attempt for e in recorder.of("node_retry", trace_id=bad.trace_id)] == [1, 2]
+    assert [e.attempt for e in recorder.matching("node_error", trace_id=bad.trace_id)] == [0, 1, 2]
+    assert [e.attempt for e in recorder.matching("node_retry", trace_id=bad.trace_id)] == [1, 2]
     assert flow.inspect().traces == {}  # the dropped item completed its accounting
     assert flow.floes[-1].queue.qsize() == 0
 
@@ -130,7 +130,7 @@ async def test_no_retries_means_failed_right_away(make_flow: MakeFlow, recorder:
     flow.run()
     m = msg(1)
     await flow.emit(m)
-    await recorder.until("node_failed")
+    await recorder.wait("node_failed")
     assert len(calls) == 1
     assert recorder.names(trace_id=m.trace_id) == ["node_start", "node_error", "node_failed"]
 
@@ -145,8 +145,8 @@ async def test_backoff_is_exponential_and_capped(
     await flow.emit(1)
     assert await fetch(flow) == 1
     assert sleeps == [0.5, 1.5, 2.0, 2.0]
-    assert [e.extra["sleep_s"] for e in recorder.of("node_retry")] == [0.5, 1.5, 2.0, 2.0]
-    assert [e.attempt for e in recorder.of("node_retry")] == [1, 2, 3, 4]
+    assert [e.extra["sleep_s"] for e in recorder.matching("node_retry")] == [0.5, 1.5, 2.0, 2.0]
+    assert [e.attempt for e in recorder.matching("node_retry")] == [1, 2, 3, 4]
 
 
 async def test_backoff_without_cap(make_flow: MakeFlow, sleeps: list[float]) -> None:
@@ -195,7 +195,7 @@ async def test_timeout_cancels_the_attempt_and_counts_as_timeout(
     flow.run()
     m = msg(1)
     await flow.emit(m)
-    await recorder.until("node_failed")
+    await recorder.wait("node_failed")
     assert cancelled == [1, 1]
     assert recorder.names(trace_id=m.trace_id) == [
         "node_start",
@@ -205,10 +205,10 @@ async def test_timeout_cancels_the_attempt_and_counts_as_timeout(
         "node_timeout",
         "node_failed",
     ]
-    timeout = recorder.of("node_timeout")[0]
+    timeout = recorder.matching("node_timeout")[0]
     assert "TimeoutError" in timeout.extra["exception"]
     assert timeout.latency_ms is not None and timeout.latency_ms >= 5.0
-    assert "TimeoutError" in recorder.of("node_failed")[0].extra["exception"]
+    assert "TimeoutError" in recorder.matching("node_failed")[0].extra["exception"]
 
 
 async def test_user_raised_timeout_error_counts_as_timeout(
@@ -220,7 +220,7 @@ async def test_user_raised_timeout_error_counts_as_timeout(
     flow = make_flow(node(nested, "n").to(), middlewares=[recorder])
     flow.run()
     await flow.emit(msg(1))
-    await recorder.until("node_failed")
+    await recorder.wait("node_failed")
     assert [e.event_type for e in recorder.events] == ["node_start", "node_timeout", "node_failed"]
 
 
@@ -248,11 +248,11 @@ async def test_validation_error_is_an_error_and_is_retried(
     out = await fetch(flow)
     assert out.payload == In(x=2) and out.trace_id == good.trace_id
     assert calls == [In(x=2)]  # the function never saw the bad payload
-    errors = recorder.of("node_error", trace_id=bad.trace_id)
+    errors = recorder.matching("node_error", trace_id=bad.trace_id)
     assert len(errors) == 2
     # repr() of a pydantic ValidationError is pydantic's own message
     assert "validation error for In" in errors[0].extra["exception"]
-    assert "validation error for In" in recorder.of("node_failed")[0].extra["exception"]
+    assert "validation error for In" in recorder.matching("node_failed")[0].extra["exception"]
 
 
 async def test_timeout_does_not_cover_routing(make_flow: MakeFlow, recorder: Any) -> None:
@@ -274,8 +274,8 @@ async def test_timeout_does_not_cover_routing(make_flow: MakeFlow, recorder: Any
     await asyncio.sleep(0.05)  # deliberately longer than a's timeout
     release.set()
     assert [await fetch(flow) for _ in range(3)] == [0, 1, 2]
-    assert recorder.of("node_timeout") == []
-    assert len(recorder.of("node_success")) == 6
+    assert recorder.matching("node_timeout") == []
+    assert len(recorder.matching("node_success")) == 6
 
 
 async def test_no_timeout_machinery_when_timeout_is_none(
@@ -293,8 +293,8 @@ async def test_no_timeout_machinery_when_timeout_is_none(
     assert await fetch(flow, from_=untimed) == "x"
     # control: a node with a timeout does go through asyncio.timeout
     await flow.emit("y", to=timed)
-    await recorder.until("node_failed")
-    assert "asyncio.timeout entered" in recorder.of("node_failed")[0].extra["exception"]
+    await recorder.wait("node_failed")
+    assert "asyncio.timeout entered" in recorder.matching("node_failed")[0].extra["exception"]
 
 
 async def lambda_echo(m: Any, ctx: Any) -> Any:
@@ -362,5 +362,5 @@ async def test_errors_stay_silent_by_default(make_flow: MakeFlow, recorder: Any)
     flow = make_flow(node(broken, "broken").to(), middlewares=[recorder])
     flow.run()
     await flow.emit(Message(payload="x", headers=Headers(tenant="t")))
-    await recorder.until("node_failed")
+    await recorder.wait("node_failed")
     assert flow.inspect().edges[-1].depth == 0  # nothing reached Rookery

@@ -71,7 +71,7 @@ async def test_final_answer_message_from_a_middle_node_reaches_rookery_once(
     assert out.payload.text == "ok"
     assert called == []
     assert flow.inspect().traces == {}
-    assert recorder.names(trace_id=m.trace_id, node_name="a") == ["node_start", "node_success"]
+    assert recorder.names(trace_id=m.trace_id, node="a") == ["node_start", "node_success"]
 
 
 async def test_bare_final_answer_is_routed_normally(make_flow: MakeFlow) -> None:
@@ -113,7 +113,7 @@ async def test_wm_message_from_a_node_without_self_edge_routes_normally(
     out = await fetch(flow)
     assert out.payload == WM(query="q", hops=0)  # hops untouched: no controller step
     assert seen == [WM(query="q")]
-    assert recorder.of("node_error") == []
+    assert recorder.matching("node_error") == []
     assert [e.event_type for e in recorder.events if e.node_name == "a"] == [
         "node_start",
         "node_success",

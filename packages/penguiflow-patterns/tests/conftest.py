@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from penguiflow.core import PenguiFlow
-from penguiflow.metrics import FlowEvent
+from penguiflow.testing import Recorder
 from penguiflow.types import Headers, Message
 
 WAIT_S = 5.0  # upper bound for any awaited condition, so a bug fails instead of hanging
@@ -21,52 +21,6 @@ def message(payload: Any, **kwargs: Any) -> Message:
     """A Message for tenant "t"."""
     return Message(
         payload=payload, headers=Headers(tenant="t", **kwargs.pop("headers", {})), **kwargs
-    )
-
-
-class Recorder:
-    """Middleware that keeps every FlowEvent and lets a test await one."""
-
-    def __init__(self) -> None:
-        self.events: list[FlowEvent] = []
-        self._waiters: list[tuple[Callable[[FlowEvent], bool], asyncio.Future[FlowEvent]]] = []
-
-    async def __call__(self, event: FlowEvent) -> None:
-        self.events.append(event)
-        for pred, fut in list(self._waiters):
-            if not fut.done() and pred(event):
-                fut.set_result(event)
-                self._waiters.remove((pred, fut))
-
-    def matching(
-        self, event_type: str, node: str | None = None, trace_id: str | None = None
-    ) -> list[FlowEvent]:
-        return [e for e in self.events if _matches(e, event_type, node, trace_id)]
-
-    async def wait(
-        self,
-        event_type: str,
-        node: str | None = None,
-        trace_id: str | None = None,
-        *,
-        count: int = 1,
-    ) -> FlowEvent:
-        """Wait until ``count`` matching events have been seen; return the last."""
-        async with asyncio.timeout(WAIT_S):
-            while True:
-                seen = self.matching(event_type, node, trace_id)
-                if len(seen) >= count:
-                    return seen[count - 1]
-                fut: asyncio.Future[FlowEvent] = asyncio.get_running_loop().create_future()
-                self._waiters.append((lambda e: _matches(e, event_type, node, trace_id), fut))
-                await fut
-
-
-def _matches(e: FlowEvent, event_type: str, node: str | None, trace_id: str | None) -> bool:
-    return (
-        e.event_type == event_type
-        and (node is None or e.node_name == node)
-        and (trace_id is None or e.trace_id == trace_id)
     )
 
 
@@ -97,7 +51,7 @@ class LogCatcher(logging.Handler):
 
 @pytest.fixture
 def recorder() -> Recorder:
-    return Recorder()
+    return Recorder(timeout_s=WAIT_S)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 
 from penguiflow.core import PenguiFlow
-from penguiflow.metrics import FlowEvent
+from penguiflow.testing import Recorder
 from penguiflow.types import Headers, Message
 
 WAIT_S = 10.0
@@ -27,34 +27,6 @@ WAIT_S = 10.0
 def message(payload: Any = "hi", **kwargs: Any) -> Message:
     """A Message for tenant "t"."""
     return Message(payload=payload, headers=Headers(tenant="t"), **kwargs)
-
-
-class Recorder:
-    """Middleware that keeps every FlowEvent and lets a test await one."""
-
-    def __init__(self) -> None:
-        self.events: list[FlowEvent] = []
-        self._changed = asyncio.Event()
-
-    async def __call__(self, event: FlowEvent) -> None:
-        self.events.append(event)
-        self._changed.set()
-
-    def matching(self, event_type: str, trace_id: str | None = None) -> list[FlowEvent]:
-        return [
-            e
-            for e in self.events
-            if e.event_type == event_type and (trace_id is None or e.trace_id == trace_id)
-        ]
-
-    async def wait(self, event_type: str, trace_id: str | None = None) -> FlowEvent:
-        async with asyncio.timeout(WAIT_S):
-            while True:
-                found = self.matching(event_type, trace_id)
-                if found:
-                    return found[0]
-                self._changed.clear()
-                await self._changed.wait()
 
 
 @dataclass
@@ -189,7 +161,7 @@ def kit() -> type[Kit]:
 
 @pytest.fixture
 def recorder() -> Recorder:
-    return Recorder()
+    return Recorder(timeout_s=WAIT_S)
 
 
 @pytest.fixture

@@ -118,7 +118,7 @@ async def test_client_disconnect_cancels_the_trace(kit: Any, running: Start, rec
         # Leaving the block closed the connection mid-stream.
         async with asyncio.timeout(5.0):  # the bound on disconnect-to-cancel
             await cleaned.wait()
-        await recorder.wait("trace_cancel_finish", trace_ids[0])
+        await recorder.wait("trace_cancel_finish", trace_id=trace_ids[0])
         await app.wait_idle()
     assert app.finished == [None]  # the handler returned normally
     assert flow.inspect().is_quiescent

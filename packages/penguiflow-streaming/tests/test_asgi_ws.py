@@ -121,7 +121,7 @@ async def test_disconnect_mid_stream_cancels_the_trace(
         # The client closed the connection mid-stream.
         async with asyncio.timeout(5.0):
             await cleaned.wait()
-        await recorder.wait("trace_cancel_finish", trace_ids[0])
+        await recorder.wait("trace_cancel_finish", trace_id=trace_ids[0])
         await app.wait_idle()
     assert app.finished == [None]
     assert flow.inspect().is_quiescent

@@ -190,7 +190,7 @@ async def test_leaving_early_cancels_the_trace(kit: Any, running: Start, recorde
             assert chunk.text == "t0"
             break
     await kit.wait_for(cleaned.wait())
-    await recorder.wait("trace_cancel_finish", msg.trace_id)
+    await recorder.wait("trace_cancel_finish", trace_id=msg.trace_id)
     assert stream.ended == "cancelled"
     assert flow.inspect().is_quiescent
 
@@ -231,7 +231,7 @@ async def test_cleanup_runs_when_the_consumer_task_is_cancelled(
     trace = flow.inspect().traces.get(msg.trace_id)
     assert trace is None or trace.cancelled
     await kit.wait_for(cleaned.wait())
-    await recorder.wait("trace_cancel_finish", msg.trace_id)
+    await recorder.wait("trace_cancel_finish", trace_id=msg.trace_id)
     assert flow.inspect().is_quiescent
 
 

@@ -3,6 +3,8 @@
 - :class:`FlowTestKit` runs flows (``run_one``, ``run_trace``, ``collect_trace``),
   records their events per trace through the public middleware API, and asserts on them
   (``assert_node_sequence``, ``get_recorded_events``, ``assert_quiescent``).
+- :class:`Recorder` is a plain middleware that keeps every event and lets a test await
+  one (``await recorder.wait("node_failed", node="fetch")``) instead of sleeping.
 - :func:`simulate_error` builds flaky nodes; :class:`StubContext` and
   :func:`assert_preserves_message_envelope` test one node in isolation.
 - :class:`VirtualEventLoop` / :class:`VirtualClock` / :func:`run_virtual` make every
@@ -40,6 +42,7 @@ from ._quiescence import (
     assert_flows_quiescent as assert_flows_quiescent,
     describe_leaks as describe_leaks,
 )
+from ._recorder import Recorder as Recorder
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "KitAssertionError",
     "KitUsageError",
     "QuiescenceError",
+    "Recorder",
     "SimulatedErrorNode",
     "StubContext",
     "TraceRun",
