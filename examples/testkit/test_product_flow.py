@@ -73,7 +73,8 @@ def build_flow(search: Any = search_kb) -> tuple[PenguiFlow, ModelRegistry]:
 
 # --------------------------------------------------------------------------- tests
 
-pytestmark = pytest.mark.penguiflow_quiescent
+# asyncio: pytest-asyncio's default strict mode runs only marked async tests.
+pytestmark = [pytest.mark.asyncio, pytest.mark.penguiflow_quiescent]
 
 
 def ticket(text: str = "Where is my invoice?", **fields: Any) -> Message:
