@@ -12,7 +12,11 @@ Beyond the contract (importable from here, not in ``__all__``):
 
 - :func:`open_stream` / :class:`FlowStream`: one request's chunks and final result as an
   async iterator, on a per-trace, bounded, back-pressured subscription; leaving early
-  cancels the trace.
+  cancels the trace; a node that gives up raises its ``FlowError``.
+- :class:`EventSourceEncoder`: the framing of the SSE responses (one JSON object per
+  event, increasing ids, ``start``/``chunk``/``result``/``error``/``end`` events).
+- :class:`ErrorEvent`, :class:`ErrorCode`, :func:`error_event`: what a client is told
+  when a stream fails (a stable code, the node or component, a message; no traceback).
 - :class:`StreamWriter`, :func:`emit_node_chunk`, :func:`provenance`: chunks that carry
   the producing node's name next to ``stream_id`` and ``seq``.
 - :mod:`penguiflow.streaming.asgi` (extra ``penguiflow-streaming[asgi]``): an SSE
@@ -28,9 +32,20 @@ from ._contract import (
     emit_stream_events as emit_stream_events,
     stream_flow as stream_flow,
 )
-from ._errors import StreamingPathError as StreamingPathError
+from ._errors import (
+    ErrorCode as ErrorCode,
+    ErrorEvent as ErrorEvent,
+    StreamingArgumentError as StreamingArgumentError,
+    StreamingPathError as StreamingPathError,
+    StreamingUsageError as StreamingUsageError,
+    error_event as error_event,
+)
 from ._format import (
+    EventSourceEncoder as EventSourceEncoder,
+    chunk_event_data as chunk_event_data,
+    chunk_node as chunk_node,
     chunk_to_ws_json as chunk_to_ws_json,
+    dumps as dumps,
     format_sse_comment as format_sse_comment,
     format_sse_event as format_sse_event,
     format_sse_json as format_sse_json,
@@ -58,6 +73,15 @@ for _obj in (
     emit_stream_events,
     stream_flow,
     StreamingPathError,
+    StreamingUsageError,
+    StreamingArgumentError,
+    ErrorCode,
+    ErrorEvent,
+    error_event,
+    EventSourceEncoder,
+    chunk_event_data,
+    chunk_node,
+    dumps,
     chunk_to_ws_json,
     format_sse_comment,
     format_sse_event,

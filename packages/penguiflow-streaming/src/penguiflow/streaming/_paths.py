@@ -9,7 +9,7 @@ from penguiflow.errors import FlowNotRunningError
 from penguiflow.node import Node
 from penguiflow.types import Message
 
-from ._errors import StreamingPathError
+from ._errors import StreamingArgumentError, StreamingPathError
 
 __all__ = ["check_running", "check_streaming_path", "require_message"]
 
@@ -17,9 +17,10 @@ __all__ = ["check_running", "check_streaming_path", "require_message"]
 def require_message(message: object, func: str) -> Message:
     """Return ``message`` if it is a ``Message``; a bare payload has no trace to follow."""
     if not isinstance(message, Message):
-        raise TypeError(
+        raise StreamingArgumentError(
             f"{func}() needs a penguiflow.types.Message (its trace_id identifies the "
-            f"stream), got {type(message).__name__}"
+            f"stream), got {type(message).__name__}; wrap the payload: "
+            "Message(payload=..., headers=Headers(tenant=...))"
         )
     return message
 

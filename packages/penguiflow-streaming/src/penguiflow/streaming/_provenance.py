@@ -1,9 +1,10 @@
 """Provenance: which node produced a chunk, in which stream, at which position.
 
-Core adds nothing to a chunk beyond ``stream_id`` and ``seq`` (contract §5.11), so the
-producing node's name travels in the chunk's ``meta`` under :data:`NODE_META_KEY`,
-written by :class:`StreamWriter` (or :func:`emit_node_chunk`). A client then tells the
-streams of one trace apart by ``stream_id`` and knows who wrote each by ``meta["node"]``.
+The producing node's name travels with the chunk: in its ``node`` attribute where core
+sets one, else in ``meta`` under :data:`NODE_META_KEY`, which :class:`StreamWriter` (or
+:func:`emit_node_chunk`) writes. ``StreamWriter`` is optional sugar: one stream per node
+with its own id, a ``done`` chunk on exit. A client tells the streams of one trace apart
+by ``stream_id`` and knows who wrote each by the node name.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from penguiflow.core import Context, Endpoint
 from penguiflow.node import Node
 from penguiflow.types import Message, StreamChunk
 
+from ._errors import StreamingUsageError
+from ._format import NODE_META_KEY, chunk_node
+
 __all__ = ["NODE_META_KEY", "Provenance", "StreamWriter", "emit_node_chunk", "provenance"]
-
-NODE_META_KEY = "node"
-"""The ``StreamChunk.meta`` key holding the name of the node that emitted the chunk."""
-
 
 class Provenance(NamedTuple):
     """Where a chunk comes from."""
@@ -34,14 +34,13 @@ class Provenance(NamedTuple):
 
 
 def provenance(chunk: StreamChunk) -> Provenance:
-    """Return the chunk's producing node (if stamped), stream id and sequence number."""
-    node = chunk.meta.get(NODE_META_KEY)
-    return Provenance(node if isinstance(node, str) else None, chunk.stream_id, chunk.seq)
+    """Return the chunk's producing node (if known), stream id and sequence number."""
+    return Provenance(chunk_node(chunk), chunk.stream_id, chunk.seq)
 
 
 def _owner_name(ctx: Context) -> str:
     owner = ctx.owner
-    return owner.name
+    return str(owner.name)
 
 
 async def emit_node_chunk(
@@ -129,7 +128,7 @@ class StreamWriter:
         """Emit the next chunk; waits while the trace's consumer lags (backpressure).
 
         Raises:
-            RuntimeError: The stream was already closed.
+            StreamingUsageError: The stream was already closed.
         """
         return await self._emit(text, False, meta)
 
@@ -137,13 +136,16 @@ class StreamWriter:
         """Emit the last chunk (``done=True``).
 
         Raises:
-            RuntimeError: The stream was already closed.
+            StreamingUsageError: The stream was already closed.
         """
         return await self._emit(text, True, meta)
 
     async def _emit(self, text: str, done: bool, meta: Mapping[str, Any] | None) -> StreamChunk:
         if self._closed:
-            raise RuntimeError(f"stream {self._stream_id!r} is closed")
+            raise StreamingUsageError(
+                f"StreamWriter: stream {self._stream_id!r} is closed (its done chunk was "
+                "written); open a new StreamWriter with another stream_id to write more"
+            )
         merged = {**self._meta, **meta} if meta else self._meta
         chunk = await emit_node_chunk(
             self._ctx,

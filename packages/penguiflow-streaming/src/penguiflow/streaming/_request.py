@@ -11,46 +11,18 @@ being cancelled.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Any, Literal, Protocol, final
+from typing import Any, final
 
 from penguiflow.core import PenguiFlow
-from penguiflow.errors import FlowStoppedError, TraceCancelled
 from penguiflow.node import Node
 from penguiflow.types import Message, StreamChunk
 
-from ._paths import check_running, check_streaming_path, require_message
-from ._shield import finish
+from ._paths import require_message
+from ._source import StreamEnd, StreamResult, TraceSource
 
 __all__ = ["FlowStream", "StreamEnd", "StreamResult", "open_stream"]
-
-StreamEnd = Literal["drained", "cancelled", "stopped", "closed"]
-"""Why a stream ended: the trace finished (``drained``), was cancelled, the flow stopped,
-or the stream was closed before the trace finished (``closed``)."""
-
-
-class _Subscription(Protocol):
-    """What ``flow.subscribe(trace_id)`` returns (core documents the behaviour, not a type)."""
-
-    @property
-    def done(self) -> str | None: ...
-
-    async def get(self, timeout: float | None = None) -> Any: ...
-
-    async def aclose(self) -> None: ...
-
-
-@final
-@dataclasses.dataclass(frozen=True, slots=True)
-class StreamResult:
-    """A non-chunk item of the trace that reached Rookery (normally the final answer)."""
-
-    value: Any
-    """The payload (``item.payload`` for a ``Message``, else the item itself)."""
-    item: Any
-    """The item exactly as it reached Rookery."""
 
 
 @final
@@ -87,8 +59,9 @@ class FlowStream:
     in arrival order. Several streams of one trace (fan-out) arrive interleaved, each in
     its own ``seq`` order; :func:`~penguiflow.streaming.provenance` tells them apart.
 
-    Iteration ends when the trace has no work left. If the trace is cancelled by someone
-    else it raises ``TraceCancelled``; if the flow stops it raises ``FlowStoppedError``;
+    Iteration ends when the trace has no work left. If a node gives up on the request it
+    raises that ``FlowError`` (flows created with ``emit_errors_to_rookery=True``); if
+    the trace is cancelled by someone else it raises ``TraceCancelled``; if the flow stops it raises ``FlowStoppedError``;
     if nothing arrives within ``idle_timeout`` it raises ``TimeoutError``.
 
     Leaving the ``async with`` (or :meth:`aclose`) before the trace finished cancels the
@@ -97,18 +70,7 @@ class FlowStream:
     completes even when the task leaving the block is being cancelled.
     """
 
-    __slots__ = (
-        "_cancel_on_exit",
-        "_cancelling",
-        "_closed",
-        "_flow",
-        "_idle_timeout",
-        "_message",
-        "_sub",
-        "_to",
-        "ended",
-        "results",
-    )
+    __slots__ = ("_cancel_on_exit", "_idle_timeout", "_source", "results")
 
     def __init__(
         self,
@@ -119,33 +81,31 @@ class FlowStream:
         idle_timeout: float | None = None,
         cancel_on_exit: bool = True,
     ) -> None:
-        self._flow = flow
-        self._message = message
-        self._to = to
+        self._source = TraceSource(flow, message, to=to)
         self._idle_timeout = idle_timeout
         self._cancel_on_exit = cancel_on_exit
-        self._sub: _Subscription | None = None
-        self._closed = False
-        self._cancelling = False
-        self.ended: StreamEnd | None = None
-        """Why the stream ended, or ``None`` while it may still produce items."""
         self.results: list[Any] = []
         """Payloads of the non-chunk items seen so far, in arrival order."""
 
     @property
     def trace_id(self) -> str:
         """The trace this stream follows (the message's ``trace_id``)."""
-        return self._message.trace_id
+        return self._source.trace_id
 
     @property
     def flow(self) -> PenguiFlow:
         """The flow the request runs in."""
-        return self._flow
+        return self._source.flow
 
     @property
     def started(self) -> bool:
         """True once the message was emitted."""
-        return self._sub is not None
+        return self._source.started
+
+    @property
+    def ended(self) -> StreamEnd | None:
+        """Why the stream ended, or ``None`` while it may still produce items."""
+        return self._source.ended
 
     async def start(self) -> None:
         """Subscribe to the trace and emit the message (``async with`` does this).
@@ -156,22 +116,9 @@ class FlowStream:
             FlowNotRunningError: The flow is not running.
             StreamingPathError: No path leads from the ingress node(s) to Rookery.
             FlowRuntimeError: The trace id already has a subscriber.
-            RuntimeError: The stream was already started or closed.
+            StreamingUsageError: The stream was already started or closed.
         """
-        if self._sub is not None or self._closed:
-            raise RuntimeError("the stream was already started")
-        flow = self._flow
-        check_running(flow, "open_stream")
-        check_streaming_path(flow, self._to, "open_stream")
-        sub = flow.subscribe(self.trace_id)
-        self._sub = sub
-        try:
-            await flow.emit(self._message, to=self._to)
-        except BaseException:
-            self._closed = True
-            self.ended = "closed"
-            await finish(sub.aclose())
-            raise
+        await self._source.start("open_stream")
 
     def __aiter__(self) -> FlowStream:
         return self
@@ -193,6 +140,8 @@ class FlowStream:
         non-chunk item.
 
         Raises:
+            FlowError: A node gave up on the request (flows created with
+                ``emit_errors_to_rookery=True``).
             TraceCancelled: The trace was cancelled by someone else.
             FlowStoppedError: The flow stopped before the trace finished.
             TimeoutError: Nothing arrived within ``idle_timeout``.
@@ -207,40 +156,13 @@ class FlowStream:
         Returns:
             True if the trace still had work.
         """
-        if self._sub is None or not self._flow.is_running:
-            return False
-        self._cancelling = True  # our own cancel: iteration ends quietly
-        return await self._flow.cancel(self.trace_id)
+        return await self._source.cancel()
 
     async def _next_event(self) -> StreamChunk | StreamResult:
-        sub = self._sub
-        if sub is None:
-            raise RuntimeError(
-                "the stream is not started; use 'async with open_stream(...)' or start()"
-            )
-        if self._closed or self.ended is not None:
-            raise StopAsyncIteration
-        try:
-            item = await sub.get(self._idle_timeout)
-        except StopAsyncIteration:
-            reason = _end_reason(sub.done)
-            if reason == "drained" and not self._flow.is_running:
-                # stop() completes the in-flight items of the trace while it cancels the
-                # workers, so core reports "drained" for a trace that stop() cut short.
-                reason = "stopped"
-            self.ended = reason
-            if reason == "cancelled" and not self._cancelling:
-                raise TraceCancelled(self.trace_id) from None
-            if reason == "stopped":
-                raise FlowStoppedError(
-                    f"the flow stopped while streaming trace {self.trace_id}"
-                ) from None
-            raise
-        payload = item.payload if isinstance(item, Message) else item
-        if isinstance(payload, StreamChunk):
-            return payload
-        self.results.append(payload)
-        return StreamResult(payload, item)
+        event = await self._source.next(self._idle_timeout)
+        if isinstance(event, StreamResult):
+            self.results.append(event.value)
+        return event
 
     async def aclose(self) -> None:
         """End the stream: cancel the unfinished trace (if asked to), then unsubscribe.
@@ -248,23 +170,7 @@ class FlowStream:
         Idempotent, and shielded: it completes even if the calling task is being
         cancelled (the ``CancelledError`` is re-raised afterwards).
         """
-        if self._closed:
-            return
-        self._closed = True
-        sub = self._sub
-        if sub is None:
-            self.ended = self.ended or "closed"
-            return
-        await finish(self._cleanup(sub))
-
-    async def _cleanup(self, sub: _Subscription) -> None:
-        try:
-            if self._cancel_on_exit and sub.done is None and self._flow.is_running:
-                await self._flow.cancel(self.trace_id)
-        finally:
-            await sub.aclose()
-            if self.ended is None:
-                self.ended = _end_reason(sub.done)
+        await self._source.aclose(cancel=self._cancel_on_exit)
 
     async def __aenter__(self) -> FlowStream:
         await self.start()
@@ -277,16 +183,6 @@ class FlowStream:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-def _end_reason(done: str | None) -> StreamEnd:
-    if done == "drained":
-        return "drained"
-    if done == "cancelled":
-        return "cancelled"
-    if done == "stopped":
-        return "stopped"
-    return "closed"
 
 
 def open_stream(
