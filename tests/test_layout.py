@@ -16,6 +16,7 @@ ADDONS = [p for p in PACKAGES if p.name != "penguiflow-core"]
 def test_every_distribution_is_here() -> None:
     assert [p.name for p in PACKAGES] == [
         "penguiflow-core",
+        "penguiflow-otel",
         "penguiflow-patterns",
         "penguiflow-streaming",
         "penguiflow-testing",
