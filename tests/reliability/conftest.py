@@ -1,7 +1,7 @@
 """Shared fixtures of the reliability suite (soak, cancel storms, faults, properties, stop).
 
 Sizes: every test runs at a CI size by default (the whole suite stays well under a
-minute on a loaded 2-core machine). ``--soak`` switches to the issue-9 sizes (the
+minute on a loaded 2-core machine). ``--soak`` switches to the full sizes (the
 1,000,000-message soak of the 3-node chain and friends, a 20,000-trace cancel storm).
 Measured figures are printed in a "reliability figures" section of the terminal summary.
 
@@ -27,7 +27,7 @@ _FIGURES = pytest.StashKey[list[tuple[str, dict[str, Any]]]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """Register ``--soak`` (issue-9 sizes: the 1M-message soak and bigger storms)."""
+    """Register ``--soak`` (full sizes: the 1M-message soak and bigger storms)."""
     parser.addoption(
         "--soak",
         action="store_true",
@@ -60,7 +60,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 @dataclass(frozen=True)
 class Sizes:
-    """How big each scenario is; CI defaults, or issue-9 sizes with ``--soak``."""
+    """How big each scenario is; CI defaults, or the full sizes with ``--soak``."""
 
     soak: bool
     chain_messages: int

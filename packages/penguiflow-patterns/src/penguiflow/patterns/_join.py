@@ -1,6 +1,6 @@
 """``join_k``: collect ``k`` items of a trace, then release them as one batch.
 
-Lifetime of a bucket (contract §13 B2: buckets never outlive their trace):
+Lifetime of a bucket (buckets never outlive their trace):
 
 - it belongs to one flow: a join node wired into several flows keeps one set of buckets
   per flow (keyed by ``ctx.runtime``);

@@ -73,9 +73,10 @@ async def map_concurrent(
     Args:
         items: The inputs.
         worker: An async callable taking **one** item.
-        max_concurrency: The most calls in flight at once. Unlike upstream, which clamps
-            with ``max(1, ...)``, a value below 1 is an error: it is almost always a bug
-            (an empty pool size computed upstream, for instance).
+        max_concurrency: The most calls in flight at once. Unlike earlier PenguiFlow
+            versions, which clamped with ``max(1, ...)``, a value below 1 is an error: it
+            is almost always a bug (an empty pool size computed by the caller, for
+            instance).
         return_exceptions: Collect per-item failures in place instead of raising.
 
     Returns:

@@ -49,7 +49,7 @@ class RoutingError(FlowBuildError, KeyError):
     """A router names a successor the flow does not wire.
 
     It is a ``FlowBuildError`` (hence a ``ValueError``): a wiring mistake. It is also a
-    ``KeyError``, the type the contract promises for ``No successor named '<name>'``.
+    ``KeyError``, the type earlier PenguiFlow versions raised for ``No successor named '<name>'``.
     """
 
     def __str__(self) -> str:

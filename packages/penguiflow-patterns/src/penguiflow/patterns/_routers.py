@@ -280,7 +280,7 @@ def union_router(name: str, union_model: Any) -> Node:
     - A bare item (a dict or a variant instance) is forwarded as the validated variant.
     - A ``Message`` is routed on its validated payload and forwarded as the same envelope
       (trace id, headers, meta, deadline) carrying the validated payload; when the payload
-      already was that variant, the very same message is forwarded (contract §14 D2).
+      already was that variant, the very same message is forwarded.
 
     Every union member must have a matching successor. This is checked once per flow, on
     the router's first message, and by ``node.func.__penguiflow_check__(flow, node)``,

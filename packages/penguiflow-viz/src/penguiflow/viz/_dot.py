@@ -1,4 +1,4 @@
-"""Graphviz DOT output (contract §10, with the escaping fixes of §13 B12)."""
+"""Graphviz DOT output, with names escaped so that any node name renders."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mermaid flowchart output (contract §10, with the escaping fixes of §13 B12)."""
+"""Mermaid flowchart output, with names escaped so that any node name renders."""
 
 from __future__ import annotations
 

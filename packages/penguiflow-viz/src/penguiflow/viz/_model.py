@@ -1,4 +1,4 @@
-"""The graph model shared by the Mermaid and DOT renderers (contract §10).
+"""The graph model shared by the Mermaid and DOT renderers.
 
 Built only from core's public topology (``flow.nodes``, ``flow.floes``) and, for the
 overlay, from a :class:`~penguiflow.inspect.FlowSnapshot`.
@@ -255,7 +255,7 @@ def build_graph(
             classes.add(BACKLOG)
         visual.append(VisualNode(owner, ident, label, tuple(sorted(classes)), playbook, load))
 
-    # flow.floes is already in this order; the stable sort only guards the contract.
+    # flow.floes is already in this order; the stable sort only guards that order.
     def rank(source: Owner, target: Owner) -> int:
         return 0 if source == OPEN_SEA else 2 if target == ROOKERY else 1
 
