@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import socket
 from collections.abc import Callable, MutableMapping
@@ -17,7 +18,7 @@ from starlette.routing import Route
 
 from penguiflow.core import Context, PenguiFlow, create
 from penguiflow.node import Node
-from penguiflow.streaming import StreamingPathError, StreamWriter, format_sse_json
+from penguiflow.streaming import StreamingPathError, StreamWriter, format_sse_event
 from penguiflow.streaming.asgi import EventStreamResponse, sse_endpoint
 from penguiflow.types import FinalAnswer, Headers, Message
 
@@ -62,6 +63,7 @@ async def test_tokens_arrive_in_order_and_incrementally(kit: Any, running: Start
             assert resp.status_code == 200
             assert resp.headers["content-type"].startswith("text/event-stream")
             assert resp.headers["cache-control"] == "no-cache"
+            header_trace = resp.headers["x-trace-id"]
             raw: list[str] = []
 
             async def lines() -> Any:
@@ -72,26 +74,88 @@ async def test_tokens_arrive_in_order_and_incrementally(kit: Any, running: Start
             events = []
             async for event in kit.sse_events(lines()):
                 events.append(event)
-                if len(events) == 1:
-                    assert event.data_lines[0] == "t0"
+                if event.event == "chunk" and not first_read.is_set():
+                    assert json.loads(event.data)["text"] == "t0"
                     first_read.set()
         await app.wait_idle()
     assert raw[0] == "retry: 1500"
-    chunks, result, end = events[:-2], events[-2], events[-1]
-    assert [(e.event, e.id, e.data_lines[0]) for e in chunks] == [
-        ("chunk", "0", "t0"),
-        ("chunk", "1", "t1"),
-        ("chunk", "2", "t2"),
-        ("chunk", "3", "t3"),
-        ("chunk", "4", "t4"),
-        ("done", "5", ""),
+    start, chunks, result, end = events[0], events[1:-2], events[-2], events[-1]
+    assert start.event == "start"
+    assert json.loads(start.data) == {"trace_id": header_trace}
+    # One JSON object per event, as EventSource hands it over; ids increase per response.
+    assert [e.id for e in events] == [str(i) for i in range(1, len(events) + 1)]
+    assert all(len(e.data_lines) == 1 for e in events)
+    datas = [json.loads(e.data) for e in chunks]
+    assert [
+        (e.event, d["text"], d["seq"], d["done"]) for e, d in zip(chunks, datas, strict=True)
+    ] == [
+        ("chunk", "t0", 0, False),
+        ("chunk", "t1", 1, False),
+        ("chunk", "t2", 2, False),
+        ("chunk", "t3", 3, False),
+        ("chunk", "t4", 4, False),
+        ("chunk", "", 5, True),
     ]
-    assert all(json.loads(e.data_lines[1]) == {"node": "llm"} for e in chunks)
+    assert all(d["node"] == "llm" for d in datas)
+    assert all(d["trace_id"] == header_trace for d in datas)
+    assert all(d["stream_id"] == f"{header_trace}:llm" for d in datas)
+    assert all(d["meta"] == {"node": "llm"} for d in datas)
     assert result.event == "result"
-    assert json.loads(result.data) == {"text": "answer to hello", "citations": []}
+    assert json.loads(result.data) == {
+        "trace_id": header_trace,
+        "result": {"text": "answer to hello", "citations": []},
+    }
     assert end.event == "end"
-    assert json.loads(end.data)["reason"] == "drained"
+    assert json.loads(end.data) == {"trace_id": header_trace, "reason": "drained"}
     assert flow.inspect().is_quiescent
+
+
+async def test_text_that_looks_like_meta_stays_text(kit: Any, running: Start) -> None:
+    async def llm(msg: Message, ctx: Context) -> None:
+        await ctx.emit_chunk(parent=msg, text='hello\n{"node": "x"}')
+        await ctx.emit_chunk(parent=msg, text="hello", meta={"node": "x"}, done=True)
+
+    flow = running(create(Node(llm, name="llm").to()))
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr, client(addr) as http:
+        async with http.stream("GET", "/stream") as resp:
+            events = [e async for e in kit.sse_events(resp.aiter_lines())]
+        await app.wait_idle()
+    first, second = (json.loads(e.data) for e in events if e.event == "chunk")
+    assert (first["text"], first["meta"]) == ('hello\n{"node": "x"}', {})
+    assert (second["text"], second["meta"], second["node"]) == ("hello", {"node": "x"}, "x")
+
+
+async def test_results_use_the_json_encoder(kit: Any, running: Start) -> None:
+    when = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
+
+    async def llm(msg: Message, ctx: Context) -> Message:
+        await ctx.emit_chunk(parent=msg, text="t", meta={"at": when}, done=True)
+        return msg.model_copy(update={"payload": {"at": when, "tags": {"a"}}})
+
+    flow = running(create(Node(llm, name="llm").to()))
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr, client(addr) as http:
+        async with http.stream("GET", "/stream") as resp:
+            events = [e async for e in kit.sse_events(resp.aiter_lines())]
+        await app.wait_idle()
+    by_name = {e.event: json.loads(e.data) for e in events}
+    assert by_name["chunk"]["meta"] == {"at": "2026-11-30T12:00:00Z"}
+    assert by_name["result"]["result"] == {"at": "2026-11-30T12:00:00Z", "tags": ["a"]}
+
+
+async def test_legacy_chunk_format_keeps_the_documented_frame(kit: Any, running: Start) -> None:
+    async def llm(msg: Message, ctx: Context) -> None:
+        await ctx.emit_chunk(parent=msg, text="a", meta={"k": 1}, done=True)
+
+    flow = running(create(Node(llm, name="llm").to()))
+    app = app_for(kit, flow, chunk_format=format_sse_event)
+    async with kit.serve(app) as addr, client(addr) as http:
+        async with http.stream("GET", "/stream") as resp:
+            events = [e async for e in kit.sse_events(resp.aiter_lines())]
+        await app.wait_idle()
+    assert [e.event for e in events] == ["start", "done", "end"]
+    assert (events[1].id, events[1].data_lines) == ("0", ["a", '{"k": 1}'])
 
 
 async def test_client_disconnect_cancels_the_trace(kit: Any, running: Start, recorder: Any) -> None:
@@ -113,8 +177,9 @@ async def test_client_disconnect_cancels_the_trace(kit: Any, running: Start, rec
     async with kit.serve(app) as addr, client(addr) as http:
         async with http.stream("GET", "/stream") as resp:
             async for event in kit.sse_events(resp.aiter_lines()):
-                assert event.data_lines == ["t0"]
-                break
+                if event.event == "chunk":
+                    assert json.loads(event.data)["text"] == "t0"
+                    break
         # Leaving the block closed the connection mid-stream.
         async with asyncio.timeout(5.0):  # the bound on disconnect-to-cancel
             await cleaned.wait()
@@ -156,8 +221,9 @@ async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start)
     ):
         async with http.stream("GET", "/stream") as resp:
             events = kit.sse_events(resp.aiter_lines())
+            assert (await anext(events)).event == "start"
             first = await anext(events)
-            assert first.data_lines[0] == "start"
+            assert json.loads(first.data)["text"] == "start"
             client_paused.set()  # ... and read nothing more for now
             await kit.wait_for(blocked.wait())
             (trace,) = flow.inspect().traces.values()
@@ -168,9 +234,10 @@ async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start)
             assert state["produced"] == state["at_block"]  # parked, not running ahead
             seqs, texts = [], []
             async for event in events:
-                if event.event in ("chunk", "done"):
-                    seqs.append(int(event.id or -1))
-                    texts.append(event.data_lines[0][:7])
+                if event.event == "chunk":
+                    data = json.loads(event.data)
+                    seqs.append(data["seq"])
+                    texts.append(data["text"][:7])
                 else:
                     assert event.event in ("result", "end")
         await app.wait_idle()
@@ -179,7 +246,7 @@ async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start)
     assert state["produced"] == total
 
 
-async def test_fan_out_provenance_with_json_frames(kit: Any, running: Start) -> None:
+async def test_fan_out_provenance(kit: Any, running: Start) -> None:
     async def split(msg: Message, ctx: Context) -> Message:
         return msg
 
@@ -193,16 +260,18 @@ async def test_fan_out_provenance_with_json_frames(kit: Any, running: Start) -> 
 
     s, left, right = Node(split, name="split"), branch("left"), branch("right")
     flow = running(create(s.to(left, right), left.to(), right.to()))
-    app = app_for(kit, flow, chunk_format=format_sse_json)
+    app = app_for(kit, flow)
     async with kit.serve(app) as addr, client(addr) as http:
         async with http.stream("GET", "/stream") as resp:
             events = [e async for e in kit.sse_events(resp.aiter_lines())]
         await app.wait_idle()
     assert events[-1].event == "end"
-    frames = [json.loads(e.data) for e in events[:-1]]
+    # ids never repeat across the two streams of the trace.
+    assert [e.id for e in events] == [str(i) for i in range(1, len(events) + 1)]
+    frames = [json.loads(e.data) for e in events if e.event == "chunk"]
     streams: dict[str, list[dict[str, Any]]] = {}
     for f in frames:
-        streams.setdefault(f["meta"]["node"], []).append(f)
+        streams.setdefault(f["node"], []).append(f)
     assert set(streams) == {"left", "right"}
     for name, frs in streams.items():
         assert [f["seq"] for f in frs] == [0, 1, 2, 3]
@@ -228,21 +297,39 @@ async def test_idle_timeout_reports_an_error_event_and_cancels(kit: Any, running
         async with http.stream("GET", "/stream") as resp:
             events = [e async for e in kit.sse_events(resp.aiter_lines())]
         await app.wait_idle()
-    assert [e.event for e in events] == ["chunk", "error"]
-    assert json.loads(events[-1].data)["error"] == "timeout"
+    assert [e.event for e in events] == ["start", "chunk", "error"]
+    error = json.loads(events[-1].data)
+    assert error["code"] == "IDLE_TIMEOUT"
+    assert error["component"] == "stream"
+    assert error["node"] is None
     await kit.wait_for(cleaned.wait())
 
 
-async def test_flow_not_running_answers_503(kit: Any) -> None:
+@pytest.mark.parametrize("entry", ["sse_endpoint", "EventStreamResponse"])
+@pytest.mark.parametrize("state", ["never run", "stopped"])
+async def test_flow_not_running_answers_503(kit: Any, entry: str, state: str) -> None:
     async def llm(msg: Message, ctx: Context) -> None:
         return None
 
-    flow = create(Node(llm, name="llm").to())  # never run
-    app = app_for(kit, flow)
+    flow = create(Node(llm, name="llm").to())
+    if state == "stopped":
+        flow.run()
+        await flow.stop()
+    if entry == "sse_endpoint":
+        app = app_for(kit, flow)
+    else:
+
+        async def endpoint(request: Request) -> EventStreamResponse:
+            return EventStreamResponse(flow, make_message(request))
+
+        app = kit.Tracked(Starlette(routes=[Route("/stream", endpoint)]))
     async with kit.serve(app) as addr, client(addr) as http:
         resp = await http.get("/stream")
+        await app.wait_idle()
     assert resp.status_code == 503
     assert "not running" in resp.text
+    assert "Traceback" not in resp.text
+    assert app.finished == [None]
 
 
 async def test_endpoint_for_a_flow_without_a_streaming_path() -> None:
@@ -339,3 +426,80 @@ async def test_cleanup_survives_an_anyio_cancel_scope(kit: Any, running: Start) 
     trace = flow.inspect().traces.get(msg.trace_id)
     assert trace is None or trace.cancelled
     await kit.wait_for(cleaned.wait())
+
+
+# Core keeps the sequence counter of a stream whose node failed before its done chunk
+# (reported to core); everything else of the trace is gone.
+@pytest.mark.leaves_state
+async def test_a_node_that_gives_up_ends_with_an_error_event(kit: Any, running: Start) -> None:
+    async def llm(msg: Message, ctx: Context) -> None:
+        await ctx.emit_chunk(parent=msg, text="partial")
+        raise ValueError("db password is hunter2")
+
+    node = Node(llm, name="llm")
+    flow = running(create(node.to(), emit_errors_to_rookery=True))
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr, client(addr) as http:
+        async with http.stream("GET", "/stream") as resp:
+            body = [line async for line in resp.aiter_lines()]
+        await app.wait_idle()
+    events = [e async for e in kit.sse_events(_aiter(body))]
+    assert [e.event for e in events] == ["start", "chunk", "error"]
+    error = json.loads(events[-1].data)
+    assert error == {
+        "trace_id": resp.headers["x-trace-id"],
+        "code": "NODE_EXCEPTION",
+        "node": "llm",
+        "component": "llm",
+        "message": "node 'llm' failed after 1 attempt",
+    }
+    text = "\n".join(body)
+    assert "hunter2" not in text
+    assert "Traceback" not in text
+    assert "ValueError" not in text
+
+
+async def _aiter(items: list[str]) -> Any:
+    for item in items:
+        yield item
+
+
+async def test_keep_alive_comments_while_idle(kit: Any, running: Start) -> None:
+    release = asyncio.Event()
+
+    async def llm(msg: Message, ctx: Context) -> None:
+        await ctx.emit_chunk(parent=msg, text="thinking")
+        await release.wait()  # the model thinks; the client must still see traffic
+        await ctx.emit_chunk(parent=msg, text="done", done=True)
+
+    flow = running(create(Node(llm, name="llm").to()))
+    app = app_for(kit, flow, ping_interval=0.02)
+    pings = 0
+    lines: list[str] = []
+    async with kit.serve(app) as addr, client(addr) as http:
+        async with http.stream("GET", "/stream") as resp:
+            async for line in resp.aiter_lines():
+                lines.append(line)
+                if line.startswith(":"):
+                    pings += 1
+                    if pings == 3:
+                        release.set()
+        await app.wait_idle()
+    assert pings >= 3
+    events = [e async for e in kit.sse_events(_aiter(lines))]
+    assert [e.event for e in events] == ["start", "chunk", "chunk", "end"]
+
+
+async def test_pings_can_be_disabled(kit: Any, running: Start) -> None:
+    async def llm(msg: Message, ctx: Context) -> None:
+        await asyncio.Event().wait()
+
+    flow = running(create(Node(llm, name="llm").to()))
+    # Idle for 0.3 s, which is fifteen ping intervals of the other test: none is sent.
+    app = app_for(kit, flow, ping_interval=None, idle_timeout=0.3)
+    async with kit.serve(app) as addr, client(addr) as http:
+        async with http.stream("GET", "/stream") as resp:
+            lines = [line async for line in resp.aiter_lines()]
+        await app.wait_idle()
+    assert not [line for line in lines if line.startswith(":")]
+    assert "event: error" in lines

@@ -8,9 +8,11 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from penguiflow.core import Context, PenguiFlow, create
 from penguiflow.node import Node
@@ -41,6 +43,14 @@ async def recv(ws: ClientConnection) -> dict[str, Any]:
     return data
 
 
+async def started(ws: ClientConnection) -> str:
+    """Read the start frame of a request; return its trace id."""
+    frame = await recv(ws)
+    assert frame["type"] == "start"
+    trace_id: str = frame["trace_id"]
+    return trace_id
+
+
 async def until_end(ws: ClientConnection) -> list[dict[str, Any]]:
     frames = []
     while True:
@@ -67,22 +77,34 @@ async def test_tokens_in_order_incrementally_then_result_and_end(kit: Any, runni
     async with kit.serve(app) as addr:
         async with connect(f"ws://{addr}/ws") as ws:
             await ws.send(json.dumps({"q": "a"}))
+            tid = await started(ws)
             first = await recv(ws)
             assert (first["type"], first["text"], first["seq"]) == ("chunk", "a0", 0)
             first_read.set()
             frames = [first, *await until_end(ws)]
             # The connection serves the next request too.
             await ws.send(json.dumps({"q": "b"}))
+            await started(ws)
             second = await until_end(ws)
         await app.wait_idle()
     chunks = [f for f in frames if f["type"] == "chunk"]
     assert [c["text"] for c in chunks] == ["a0", "a1", "a2", "a3", ""]
     assert [c["seq"] for c in chunks] == [0, 1, 2, 3, 4]
     assert chunks[-1]["done"] is True
-    tid = chunks[0]["trace_id"]
+    assert all(c["trace_id"] == tid for c in chunks)
+    assert all(c["node"] == "llm" for c in chunks)
     assert all(c["meta"] == {"node": "llm"} for c in chunks)
     assert all(c["stream_id"] == f"{tid}:llm" for c in chunks)
-    assert list(chunks[0]) == ["stream_id", "seq", "text", "done", "meta", "type", "trace_id"]
+    assert list(chunks[0]) == [
+        "stream_id",
+        "seq",
+        "text",
+        "done",
+        "meta",
+        "type",
+        "trace_id",
+        "node",
+    ]
     assert frames[-2] == {
         "type": "result",
         "trace_id": tid,
@@ -117,6 +139,7 @@ async def test_disconnect_mid_stream_cancels_the_trace(
     async with kit.serve(app) as addr:
         async with connect(f"ws://{addr}/ws") as ws:
             await ws.send(json.dumps({"q": "x"}))
+            await started(ws)
             assert (await recv(ws))["text"] == "t0"
         # The client closed the connection mid-stream.
         async with asyncio.timeout(5.0):
@@ -134,6 +157,7 @@ async def test_abrupt_disconnect_cancels_the_trace(kit: Any, running: Start) -> 
     async with kit.serve(app) as addr:
         ws = await connect(f"ws://{addr}/ws")
         await ws.send(json.dumps({"q": "x"}))
+        await started(ws)
         assert (await recv(ws))["text"] == "t0"
         ws.transport.abort()  # no close handshake: the TCP connection just drops
         await ws.wait_closed()
@@ -150,6 +174,7 @@ async def test_client_cancel_frame_and_busy(kit: Any, running: Start) -> None:
     async with kit.serve(app) as addr:
         async with connect(f"ws://{addr}/ws") as ws:
             await ws.send(json.dumps({"q": "x"}))
+            await started(ws)
             assert (await recv(ws))["text"] == "t0"
             await ws.send(json.dumps({"q": "too early"}))
             await ws.send(json.dumps({"type": "cancel"}))
@@ -157,7 +182,8 @@ async def test_client_cancel_frame_and_busy(kit: Any, running: Start) -> None:
             assert end == {"type": "end", "trace_id": trace_ids[0], "reason": "cancelled"}
             busy = await recv(ws)
             assert busy["type"] == "error"
-            assert busy["error"] == "busy"
+            assert busy["code"] == "BUSY"
+            assert busy["component"] == "request"
             await kit.wait_for(cleaned.wait())
         await app.wait_idle()
     assert len(trace_ids) == 1  # the request sent while busy was not run
@@ -174,7 +200,8 @@ async def test_flow_not_running_sends_an_error_frame(kit: Any) -> None:
             frame = await recv(ws)
         await app.wait_idle()
     assert frame["type"] == "error"
-    assert "not running" in frame["error"]
+    assert frame["code"] == "FLOW_NOT_RUNNING"
+    assert "not running" in frame["message"]
 
 
 async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start) -> None:
@@ -210,6 +237,7 @@ async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start)
             f"ws://{addr}/ws", sock=sock, max_queue=1, max_size=None, compression=None
         ) as ws:
             await ws.send(json.dumps({"q": "x"}))
+            await started(ws)
             assert (await recv(ws))["text"] == "start"
             client_paused.set()  # ... and read nothing more for now
             await kit.wait_for(blocked.wait())
@@ -224,3 +252,90 @@ async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start)
     assert [c["seq"] for c in chunks] == list(range(1, total + 2))
     assert [c["text"][:7] for c in chunks] == [f"{i:07d}" for i in range(total)] + [""]
     assert frames[-1]["reason"] == "drained"
+
+
+# Core keeps the sequence counter of a stream whose node failed before its done chunk
+# (reported to core); everything else of the trace is gone.
+@pytest.mark.leaves_state
+async def test_a_node_that_gives_up_sends_an_error_frame(kit: Any, running: Start) -> None:
+    async def llm(msg: Message, ctx: Context) -> None:
+        await ctx.emit_chunk(parent=msg, text="partial")
+        raise ValueError("secret internals")
+
+    flow = running(create(Node(llm, name="llm").to(), emit_errors_to_rookery=True))
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr:
+        async with connect(f"ws://{addr}/ws") as ws:
+            await ws.send(json.dumps({"q": "x"}))
+            tid = await started(ws)
+            frames = await until_end(ws)
+        await app.wait_idle()
+    assert [f["type"] for f in frames] == ["chunk", "error"]
+    assert frames[-1] == {
+        "type": "error",
+        "trace_id": tid,
+        "code": "NODE_EXCEPTION",
+        "node": "llm",
+        "component": "llm",
+        "message": "node 'llm' failed after 1 attempt",
+    }
+
+
+async def test_a_bad_request_gets_an_error_frame(kit: Any, running: Start) -> None:
+    cleaned, trace_ids = asyncio.Event(), list[str]()
+    flow = running(create(forever_node(cleaned, trace_ids).to()))
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr:
+        async with connect(f"ws://{addr}/ws") as ws:
+            await ws.send("not json, no q")
+            frame = await recv(ws)
+        await app.wait_idle()
+    assert frame["type"] == "error"
+    assert frame["code"] == "BAD_REQUEST"
+    assert "Traceback" not in json.dumps(frame)
+    assert trace_ids == []
+
+
+async def test_a_client_that_stops_reading_is_cut_off(kit: Any, running: Start) -> None:
+    loop = asyncio.get_running_loop()
+    cancelled_at: list[float] = []
+    flooding = asyncio.Event()
+    filler = "x" * (32 * 1024)
+
+    async def llm(msg: Message, ctx: Context) -> None:
+        flooding.set()
+        try:
+            while True:
+                await ctx.emit_chunk(parent=msg, text=filler)
+        except asyncio.CancelledError:
+            cancelled_at.append(loop.time())
+            raise
+
+    flow = running(create(Node(llm, name="llm").to()))
+    app = app_for(kit, flow, send_timeout=0.3)
+    async with kit.serve(app, sndbuf=32 * 1024) as addr:
+        host, port = addr.split(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, int(port)))
+        async with connect(
+            f"ws://{addr}/ws", sock=sock, max_queue=1, max_size=None, compression=None
+        ) as ws:
+            sent = loop.time()
+            await ws.send(json.dumps({"q": "x"}))
+            await kit.wait_for(flooding.wait())
+            await app.wait_idle()  # the handler gave up on the stalled client ...
+            assert len(cancelled_at) == 1  # ... and cancelled its trace
+            assert cancelled_at[0] - sent <= 0.3 + 1.0
+            # Reading again: the frames that were in flight, then the connection ends.
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    frame = json.loads(await recv_raw(ws))
+                    assert frame["type"] in ("start", "chunk")
+    assert flow.inspect().is_quiescent
+
+
+async def recv_raw(ws: ClientConnection) -> str | bytes:
+    async with asyncio.timeout(10.0):
+        return await ws.recv()

@@ -16,15 +16,24 @@ import penguiflow.streaming as streaming
 SRC = Path(__file__).resolve().parents[1] / "src"
 CONTRACT = ["format_sse_event", "chunk_to_ws_json", "stream_flow", "emit_stream_events"]
 EXTRA = [
+    "ErrorCode",
+    "ErrorEvent",
     "EventAdapter",
+    "EventSourceEncoder",
     "FlowStream",
     "NODE_META_KEY",
     "Provenance",
     "StreamEnd",
     "StreamResult",
     "StreamWriter",
+    "StreamingArgumentError",
     "StreamingPathError",
+    "StreamingUsageError",
+    "chunk_event_data",
+    "chunk_node",
+    "dumps",
     "emit_node_chunk",
+    "error_event",
     "format_sse_comment",
     "format_sse_json",
     "format_sse_message",
@@ -112,3 +121,19 @@ def test_asgi_without_the_extra_names_what_to_install() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "pip install 'penguiflow-streaming[asgi]'" in proc.stdout
+
+
+def test_misuse_errors_belong_to_the_penguiflow_tree() -> None:
+    from penguiflow.errors import FlowRuntimeError, PenguiFlowError
+
+    assert issubclass(streaming.StreamingUsageError, FlowRuntimeError)
+    assert issubclass(streaming.StreamingPathError, FlowRuntimeError)
+    assert issubclass(streaming.StreamingArgumentError, PenguiFlowError)
+    assert issubclass(streaming.StreamingArgumentError, TypeError)
+    assert issubclass(streaming.StreamingArgumentError, ValueError)
+
+
+def test_the_trace_source_uses_cores_subscription_type() -> None:
+    text = (SRC / "penguiflow" / "streaming" / "_source.py").read_text()
+    assert "from penguiflow.core import PenguiFlow, Subscription" in text
+    assert "Protocol" not in text

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
 import pytest
 
+from penguiflow.errors import FlowError, FlowNotRunningError, FlowStoppedError, TraceCancelled
 from penguiflow.streaming import (
+    ErrorCode,
+    ErrorEvent,
+    EventSourceEncoder,
+    StreamingArgumentError,
+    chunk_event_data,
     chunk_to_ws_json,
+    dumps,
+    error_event,
     format_sse_comment,
     format_sse_event,
     format_sse_json,
@@ -179,4 +188,90 @@ def test_to_jsonable() -> None:
         "citations": ["c"],
     }
     assert to_jsonable({"a": [1, 2]}) == {"a": [1, 2]}
-    assert to_jsonable({1, 2}) in ("{1, 2}", "{2, 1}")
+    assert sorted(to_jsonable({1, 2})) == [1, 2]
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    assert to_jsonable({"at": when}) == {"at": "2026-01-02T03:04:05Z"}
+    assert to_jsonable(object()).startswith("<object object")  # last resort: str()
+
+
+def test_one_encoder_for_meta_everywhere() -> None:
+    when = datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
+    c = chunk(meta={"at": when})
+    assert json.loads(chunk_to_ws_json(c))["meta"] == {"at": "2026-01-02T00:00:00Z"}
+    assert format_sse_event(c).endswith('data: {"at": "2026-01-02T00:00:00Z"}\n\n')
+    assert dumps({"at": when}) == '{"at": "2026-01-02T00:00:00Z"}'
+
+
+def test_event_source_framing() -> None:
+    frames = EventSourceEncoder("tr")
+    out = "".join(
+        [
+            frames.start(),
+            frames.chunk(chunk(text="a\nb", stream_id="s1", seq=0, meta={"node": "llm"})),
+            frames.chunk(chunk(text="c", stream_id="s2", seq=0)),
+            frames.result(FinalAnswer(text="ok")),
+            frames.error(ErrorEvent("NODE_EXCEPTION", "node 'llm' failed", "llm", "llm", "tr")),
+            frames.end("drained"),
+            frames.ping(),
+        ]
+    )
+    events = parse_sse(out)
+    assert [e["event"] for e in events] == ["start", "chunk", "chunk", "result", "error", "end"]
+    assert [e["id"] for e in events] == ["1", "2", "3", "4", "5", "6"]
+    assert frames.last_id == 6
+    datas = [json.loads(e["data"]) for e in events]  # what EventSource hands to listeners
+    assert datas[0] == {"trace_id": "tr"}
+    assert datas[1] == {
+        "trace_id": "tr",
+        "stream_id": "s1",
+        "seq": 0,
+        "node": "llm",
+        "text": "a\nb",
+        "done": False,
+        "meta": {"node": "llm"},
+    }
+    assert datas[2]["node"] is None
+    assert datas[3] == {"trace_id": "tr", "result": {"text": "ok", "citations": []}}
+    assert datas[4] == {
+        "trace_id": "tr",
+        "code": "NODE_EXCEPTION",
+        "node": "llm",
+        "component": "llm",
+        "message": "node 'llm' failed",
+    }
+    assert datas[5] == {"trace_id": "tr", "reason": "drained"}
+    assert out.endswith(": ping\n\n")
+    assert chunk_event_data(chunk(), "tr") == datas[2] | {
+        "stream_id": "s",
+        "seq": 2,
+        "text": "hi",
+    }
+
+
+def test_error_events_never_carry_exception_text() -> None:
+    failure = FlowError(
+        trace_id="tr",
+        node_name="llm",
+        node_id="n1",
+        code="NODE_TIMEOUT",
+        attempts=3,
+        original=TimeoutError("internal host db-7"),
+    )
+    described = error_event(failure)
+    assert described == ErrorEvent(
+        "NODE_TIMEOUT", "node 'llm' timed out after 3 attempts", "llm", "llm", "tr"
+    )
+    assert error_event(TraceCancelled("tr"), "tr").code == ErrorCode.TRACE_CANCELLED
+    assert error_event(FlowStoppedError("x"), "tr").code == ErrorCode.FLOW_STOPPED
+    assert error_event(FlowNotRunningError("x"), "tr").code == ErrorCode.FLOW_NOT_RUNNING
+    assert error_event(TimeoutError(), "tr").code == ErrorCode.IDLE_TIMEOUT
+    internal = error_event(KeyError("api key sk-123"), "tr")
+    assert internal == ErrorEvent("INTERNAL", "internal server error", "server", None, "tr")
+    assert "sk-123" not in json.dumps(internal.to_dict())
+
+
+def test_bad_input_errors_belong_to_the_penguiflow_tree() -> None:
+    with pytest.raises(StreamingArgumentError):
+        format_sse_event("text")  # type: ignore[arg-type]
+    with pytest.raises(StreamingArgumentError):
+        format_sse_message("x", event="a\nb")

@@ -10,6 +10,7 @@ import pytest
 
 from penguiflow.core import Context, PenguiFlow, create
 from penguiflow.errors import (
+    FlowError,
     FlowNotRunningError,
     FlowRuntimeError,
     FlowStoppedError,
@@ -19,7 +20,9 @@ from penguiflow.node import Node, NodePolicy
 from penguiflow.streaming import (
     NODE_META_KEY,
     Provenance,
+    StreamingArgumentError,
     StreamingPathError,
+    StreamingUsageError,
     StreamResult,
     StreamWriter,
     emit_node_chunk,
@@ -299,7 +302,7 @@ async def test_idle_timeout(kit: Any, running: Start) -> None:
 
 async def test_bad_input(kit: Any, running: Start) -> None:
     node = llm_node(["a"])
-    with pytest.raises(TypeError, match=r"needs a penguiflow\.types\.Message"):
+    with pytest.raises(StreamingArgumentError, match=r"needs a penguiflow\.types\.Message"):
         open_stream(create(node.to()), "not a message")  # type: ignore[arg-type]
     never_run = create(llm_node(["a"]).to())
     with pytest.raises(FlowNotRunningError, match="not running"):
@@ -309,11 +312,11 @@ async def test_bad_input(kit: Any, running: Start) -> None:
     async with open_stream(flow, msg) as stream:
         with pytest.raises(FlowRuntimeError, match="already has a subscription"):
             await open_stream(flow, msg).start()
-        with pytest.raises(RuntimeError, match="already started"):
+        with pytest.raises(StreamingUsageError, match="already started"):
             await stream.start()
         await stream.result()
     unstarted = open_stream(flow, kit.message())
-    with pytest.raises(RuntimeError, match="not started"):
+    with pytest.raises(StreamingUsageError, match="not started"):
         await anext(unstarted)
     await unstarted.aclose()
     assert unstarted.ended == "closed"
@@ -370,3 +373,43 @@ async def test_slow_consumer_back_pressures_the_producer(kit: Any, running: Star
     texts = [first.text] + [c.text for c in rest]
     assert texts == [f"t{i}" for i in range(total)] + [""]
     assert state["produced"] == total
+
+
+# Core keeps the sequence counter of a stream whose node failed before its done chunk
+# (reported to core); everything else of the trace is gone.
+@pytest.mark.leaves_state
+async def test_a_node_that_gives_up_raises_its_flow_error(kit: Any, running: Start) -> None:
+    async def llm(msg: Message, ctx: Context) -> None:
+        await ctx.emit_chunk(parent=msg, text="partial")
+        raise ValueError("boom")
+
+    flow = running(create(Node(llm, name="llm").to(), emit_errors_to_rookery=True))
+    msg = kit.message()
+    async with open_stream(flow, msg) as stream:
+        first = await anext(stream)
+        with pytest.raises(FlowError) as info:
+            await stream.result()
+    assert first.text == "partial"
+    assert info.value.node_name == "llm"
+    assert info.value.trace_id == msg.trace_id
+    assert stream.ended == "failed"
+
+
+async def test_a_closed_writer_names_itself_and_the_fix(kit: Any, running: Start) -> None:
+    errors: list[BaseException] = []
+
+    async def llm(msg: Message, ctx: Context) -> None:
+        out = StreamWriter(ctx, msg)
+        await out.close()
+        try:
+            await out.write("late")
+        except StreamingUsageError as exc:
+            errors.append(exc)
+
+    flow = running(create(Node(llm, name="llm").to()))
+    async with open_stream(flow, kit.message()) as stream:
+        await stream.result()
+    (error,) = errors
+    assert isinstance(error, FlowRuntimeError)
+    assert "StreamWriter" in str(error)
+    assert "new StreamWriter" in str(error)

@@ -86,8 +86,7 @@ def _field(name: str, value: str) -> str:
 def _single_line(name: str, value: str) -> str:
     if _LINE_BREAK.search(value):
         raise StreamingArgumentError(
-            f"SSE {name} must be a single line (a line break would end the field), "
-            f"got {value!r}"
+            f"SSE {name} must be a single line (a line break would end the field), got {value!r}"
         )
     return value
 

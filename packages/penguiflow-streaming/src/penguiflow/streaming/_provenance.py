@@ -22,6 +22,7 @@ from ._format import NODE_META_KEY, chunk_node
 
 __all__ = ["NODE_META_KEY", "Provenance", "StreamWriter", "emit_node_chunk", "provenance"]
 
+
 class Provenance(NamedTuple):
     """Where a chunk comes from."""
 

@@ -61,8 +61,9 @@ class FlowStream:
 
     Iteration ends when the trace has no work left. If a node gives up on the request it
     raises that ``FlowError`` (flows created with ``emit_errors_to_rookery=True``); if
-    the trace is cancelled by someone else it raises ``TraceCancelled``; if the flow stops it raises ``FlowStoppedError``;
-    if nothing arrives within ``idle_timeout`` it raises ``TimeoutError``.
+    the trace is cancelled by someone else it raises ``TraceCancelled``; if the flow
+    stops it raises ``FlowStoppedError``; if nothing arrives within ``idle_timeout`` it
+    raises ``TimeoutError``.
 
     Leaving the ``async with`` (or :meth:`aclose`) before the trace finished cancels the
     trace when ``cancel_on_exit`` is true (the default): in-flight node invocations see
