@@ -13,10 +13,11 @@ import dis
 import importlib
 import importlib.util
 import sys
-from pkgutil import extend_path
 from typing import TYPE_CHECKING, Any
 
-__path__ = extend_path(__path__, __name__)
+# Add-ons install penguiflow/<sub>/ in their own directories. This exact spelling is the
+# one documentation tools (griffe, for the API reference) recognise as a namespace package.
+__path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
 from ._version import __version__ as __version__
 from .core import (
