@@ -111,7 +111,6 @@ async def test_example_serves_clients_at_the_same_time() -> None:
         httpx.AsyncClient(base_url=f"http://{addr}", timeout=10) as http,
         contextlib.AsyncExitStack() as streams,
     ):
-
         readers: list[AsyncIterator[str]] = []  # kept alive: dropping one closes its stream
 
         async def first_token(q: str) -> str:

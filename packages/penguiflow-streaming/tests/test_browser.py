@@ -131,9 +131,7 @@ async def dump_dom(url: str) -> str:
 @pytest.mark.leaves_state
 async def test_event_source_in_a_real_browser(kit: Any, running: Start) -> None:
     flow = running(build_flow())
-    app = Starlette(
-        routes=[Route("/", page), Route("/stream", sse_endpoint(flow, make_message))]
-    )
+    app = Starlette(routes=[Route("/", page), Route("/stream", sse_endpoint(flow, make_message))])
     async with kit.serve(app) as addr:
         dom = await dump_dom(f"http://{addr}/")
     assert "<title>finished</title>" in dom, dom[-2000:]

@@ -42,7 +42,11 @@ def load_bench() -> ModuleType:
 async def test_twenty_clients_and_a_stalled_one(kit: Any) -> None:
     bench = load_bench()
     send_timeout = 1.0
-    figures = await bench.measure(clients=20, stalled=1, send_timeout=send_timeout)
+    # A node of about 0.3 s (a fast model); serving 20 connections at once costs a few
+    # milliseconds each on one event loop, which must stay within that latency.
+    figures = await bench.measure(
+        clients=20, stalled=1, send_timeout=send_timeout, think_s=0.1, token_s=0.02
+    )
     assert len(figures.loaded_s) == 20
     # Every healthy client's first token within one node latency of an unloaded run.
     bound = figures.unloaded_median_s + figures.node_latency_s

@@ -1,6 +1,6 @@
 """PenguiFlow streaming: get ``StreamChunk``s from a flow to real clients.
 
-The contract names (``__all__``):
+The four core helpers (``__all__``, also exported from ``penguiflow``):
 
 - :func:`format_sse_event`, :func:`chunk_to_ws_json`: wire formats for a chunk
   (Server-Sent Events frame, WebSocket JSON); multi-line text is split into one
@@ -8,7 +8,7 @@ The contract names (``__all__``):
 - :func:`stream_flow`: emit a message and yield what reaches Rookery until the answer.
 - :func:`emit_stream_events`: turn an async iterable (an LLM's tokens) into chunks.
 
-Beyond the contract (importable from here, not in ``__all__``):
+More (importable from here, not in ``__all__``):
 
 - :func:`open_stream` / :class:`FlowStream`: one request's chunks and final result as an
   async iterator, on a per-trace, bounded, back-pressured subscription; leaving early

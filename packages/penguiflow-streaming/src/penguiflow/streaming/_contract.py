@@ -1,4 +1,4 @@
-"""The two flow helpers of the API contract (§9): ``stream_flow`` and ``emit_stream_events``."""
+"""The two flow helpers: ``stream_flow`` and ``emit_stream_events``."""
 
 from __future__ import annotations
 
