@@ -1,4 +1,4 @@
-"""Per-node validation, built once per ``run()`` (contract §3.2 and §14 D1).
+"""Per-node validation, built once per ``run()``.
 
 A node registered with a bare pydantic in-model that receives a ``Message`` sees the
 validated *payload*; its bare return value is out-validated and re-wrapped into the

@@ -1,7 +1,7 @@
 """PenguiFlow's exception tree.
 
 Every error PenguiFlow raises on purpose derives from :class:`PenguiFlowError`, and also
-from the builtin type that the API contract promises (``ValueError``, ``RuntimeError``,
+from the builtin type that earlier PenguiFlow versions raised (``ValueError``, ``RuntimeError``,
 ``ImportError``), so ``except ValueError`` keeps working for callers who never heard of
 PenguiFlow::
 

@@ -1,4 +1,4 @@
-"""``FlowEvent``: one structured runtime event (contract §6).
+"""``FlowEvent``: one structured runtime event.
 
 Events are built only when someone listens (a middleware, or the ``penguiflow.core``
 logger enabled for the event's level), so an unobserved flow pays nothing for them.

@@ -10,7 +10,7 @@ from typing import Any
 
 from ._validation import AdapterSource, Validator
 from .errors import FlowBuildError, FlowTypeError
-from .types import _new_trace_id
+from .types import new_trace_id
 
 __all__ = ["Node", "NodePolicy"]
 
@@ -152,7 +152,7 @@ class Node:
             raise FlowTypeError(
                 f"Node '{self.name}': policy must be a NodePolicy, got {type(self.policy).__name__}"
             )
-        self.node_id = _new_trace_id()
+        self.node_id = new_trace_id()
 
     def __hash__(self) -> int:
         return hash(self.node_id)
