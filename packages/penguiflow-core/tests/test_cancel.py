@@ -330,7 +330,7 @@ async def test_trace_cancelled_is_not_a_cancelled_error() -> None:
 # -- cost ---------------------------------------------------------------------------------
 
 
-class SpyEntry(runtime_mod._Entry):
+class SpyEntry(runtime_mod.Entry):
     """Counts attribute reads of queued entries while ``watching`` is on."""
 
     __slots__ = ()
@@ -350,7 +350,7 @@ class SpyEntry(runtime_mod._Entry):
 async def test_cancel_touches_only_the_cancelled_traces_items(
     make_flow: MakeFlow, monkeypatch: pytest.MonkeyPatch, others: int
 ) -> None:
-    monkeypatch.setattr(runtime_mod, "_Entry", SpyEntry)
+    monkeypatch.setattr(runtime_mod, "Entry", SpyEntry)
     monkeypatch.setattr(SpyEntry, "touched", {})
     gate = Gate()
     flow = make_flow(gate_node(gate).to(), queue_maxsize=0)

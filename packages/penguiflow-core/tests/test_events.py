@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-import penguiflow._runtime as runtime_mod
+import penguiflow._events as events_mod
 import penguiflow.metrics as metrics_mod
 from penguiflow.core import PenguiFlow
 from penguiflow.metrics import FlowEvent
@@ -262,13 +262,13 @@ async def test_no_flow_event_is_built_when_nobody_listens(
     make_flow: MakeFlow, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built: list[str] = []
-    real = runtime_mod.FlowEvent
+    real = events_mod.FlowEvent
 
     def counting(*args: Any, **kwargs: Any) -> FlowEvent:
         built.append(kwargs.get("event_type", args[0] if args else "?"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runtime_mod, "FlowEvent", counting)
+    monkeypatch.setattr(events_mod, "FlowEvent", counting)
     monkeypatch.setattr(logging.getLogger("penguiflow.core"), "disabled", True)
     calls: list[int] = []
 

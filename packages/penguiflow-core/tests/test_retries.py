@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+import penguiflow._retries as retries_mod
 import penguiflow._runtime as runtime_mod
 from penguiflow.core import PenguiFlow
 from penguiflow.node import Node, NodePolicy
@@ -36,7 +37,7 @@ async def fetch(flow: PenguiFlow, **kw: Any) -> Any:
 
 
 def asyncio_proxy(**overrides: Any) -> types.SimpleNamespace:
-    """The ``asyncio`` module as seen by ``penguiflow._runtime``, with some names replaced."""
+    """The ``asyncio`` module as seen by one runtime module, with some names replaced."""
     ns = types.SimpleNamespace(**vars(asyncio))
     for name, value in overrides.items():
         setattr(ns, name, value)
@@ -54,7 +55,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         await real_sleep(0)
         return result
 
-    monkeypatch.setattr(runtime_mod, "asyncio", asyncio_proxy(sleep=fake_sleep))
+    monkeypatch.setattr(retries_mod, "asyncio", asyncio_proxy(sleep=fake_sleep))
     return recorded
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from penguiflow.clock import use_wall_clock, wall_time
 from penguiflow.core import PenguiFlow, create
+from penguiflow.errors import FlowBuildError
 from penguiflow.node import Node
 from penguiflow.patterns import join_k
 from penguiflow.types import Message
@@ -55,8 +56,9 @@ def pattern_tasks() -> set[asyncio.Task[Any]]:
 
 @pytest.mark.parametrize("k", [0, -3])
 def test_k_must_be_positive(k: int) -> None:
-    with pytest.raises(ValueError, match=r"^k must be positive$"):
+    with pytest.raises(ValueError, match=r"^join_k 'j': k must be positive") as info:
         join_k("j", k)
+    assert isinstance(info.value, FlowBuildError)
 
 
 @pytest.mark.parametrize("k", [1.0, True, "2"])

@@ -1,4 +1,4 @@
-"""Per-node validation, built once per ``run()`` (contract §3.2 and §14 D1).
+"""Per-node validation, built once per ``run()``.
 
 A node registered with a bare pydantic in-model that receives a ``Message`` sees the
 validated *payload*; its bare return value is out-validated and re-wrapped into the
@@ -9,13 +9,17 @@ Bare items, and in-models that are ``Message`` types, are validated as they are.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
+from .errors import FlowRuntimeError
 from .types import Message
 
-__all__ = ["AdapterSource", "Validator", "copy_with", "with_payload"]
+if TYPE_CHECKING:
+    from .node import Node
+
+__all__ = ["AdapterSource", "Validator", "build_validators", "copy_with", "with_payload"]
 
 
 class AdapterSource(Protocol):
@@ -125,3 +129,32 @@ class Validator:
                 return result if checked is payload else with_payload(result, checked)
             return with_payload(item, result if out is None else out(result))
         return result if out is None else out(result)
+
+
+def build_validators(nodes: list[Node], registry: AdapterSource | None) -> list[Validator | None]:
+    """One validator per node (``None`` where nothing is validated), checked up front.
+
+    Raises:
+        FlowRuntimeError: ``registry`` lacks nodes that validate, all named at once.
+    """
+    if registry is None:
+        return [None] * len(nodes)
+    missing = []
+    for node in nodes:
+        if node.policy.validate == "none":
+            continue
+        try:
+            registry.adapters(node.name)
+        except KeyError:
+            missing.append(node.name)
+    if missing:
+        raise FlowRuntimeError(
+            "ModelRegistry is missing entries for nodes requiring validation: "
+            + ", ".join(sorted(set(missing)))
+        )
+    return [
+        None
+        if node.policy.validate == "none"
+        else Validator(node.name, node.policy.validate, registry)
+        for node in nodes
+    ]

@@ -6,26 +6,28 @@ See ``PenguiFlow`` for the lifecycle, ``Context`` for what nodes receive, and
 
 from __future__ import annotations
 
-from ._runtime import (
+from ._chunks import STREAMS_PROBE as STREAMS_PROBE
+from ._context import Context as Context, Runtime as Runtime
+from ._controller import (
     BUDGET_EXCEEDED_TEXT as BUDGET_EXCEEDED_TEXT,
     DEADLINE_EXCEEDED_TEXT as DEADLINE_EXCEEDED_TEXT,
-    DEFAULT_QUEUE_MAXSIZE as DEFAULT_QUEUE_MAXSIZE,
-    OPEN_SEA as OPEN_SEA,
-    ROOKERY as ROOKERY,
-    STREAMS_PROBE as STREAMS_PROBE,
     TOKEN_BUDGET_EXCEEDED_TEXT as TOKEN_BUDGET_EXCEEDED_TEXT,
-    Context as Context,
-    Endpoint as Endpoint,
-    Floe as Floe,
+)
+from ._edges import OPEN_SEA as OPEN_SEA, ROOKERY as ROOKERY, Endpoint as Endpoint, Floe as Floe
+from ._playbook import PlaybookFactory as PlaybookFactory, Subflow as Subflow
+from ._runtime import (
+    DEFAULT_QUEUE_MAXSIZE as DEFAULT_QUEUE_MAXSIZE,
     PenguiFlow as PenguiFlow,
-    PlaybookFactory as PlaybookFactory,
-    Subscription as Subscription,
     call_playbook as call_playbook,
     create as create,
-    trace_id_of as trace_id_of,
 )
+from ._subscription import Subscription as Subscription, SubscriptionEnd as SubscriptionEnd
+from ._trace import trace_id_of as trace_id_of
+from ._wiring import CHECK_HOOK as CHECK_HOOK
 from .errors import CycleError as CycleError, TraceCancelled as TraceCancelled
 
+# Exactly the names earlier PenguiFlow versions exported; the others above are public
+# too (documented in docs/core-public-api.md) and imported by name.
 __all__ = [
     "Context",
     "Floe",

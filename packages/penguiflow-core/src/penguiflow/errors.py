@@ -1,24 +1,28 @@
 """PenguiFlow's exception tree.
 
 Every error PenguiFlow raises on purpose derives from :class:`PenguiFlowError`, and also
-from the builtin type that the API contract promises (``ValueError``, ``RuntimeError``,
+from the builtin type that earlier PenguiFlow versions raised (``ValueError``, ``RuntimeError``,
 ``ImportError``), so ``except ValueError`` keeps working for callers who never heard of
 PenguiFlow::
 
     PenguiFlowError
-    ├── FlowBuildError (ValueError)        a graph or node that cannot be built
-    │   └── CycleError (RuntimeError)      a cycle without allow_cycle / allow_cycles
+    ├── FlowBuildError (ValueError)        a graph, node or policy that cannot be built
+    │   ├── CycleError (RuntimeError)      a cycle without allow_cycle / allow_cycles
+    │   └── FlowTypeError (TypeError)      a sync node function, a middleware that is
+    │                                      not callable, a policy of the wrong type
     ├── FlowRuntimeError (RuntimeError)    misuse of a flow at run time
     │   ├── FlowNotRunningError            cancel() on a stopped flow, a detached context
     │   └── FlowStoppedError               emit() after stop(), before the next run()
+    ├── UnknownNodeError (KeyError)        emit/fetch naming a node that is not a
+    │                                      neighbour; the message lists the valid ones
     ├── TraceCancelled (Exception)         raised inside the runtime for a cancelled trace
     └── FlowError (Exception)              delivered (not raised) to Rookery when a node
                                            gives up on an item, with emit_errors_to_rookery
     MissingExtraError (ImportError)        an add-on name used without its distribution
 
 ``TraceCancelled`` is deliberately *not* a ``CancelledError``: node code sees
-``asyncio.CancelledError`` at its current ``await``; the runtime turns that into a
-``TraceCancelled`` outcome for the item (contract §14 D4).
+``asyncio.CancelledError`` at its current ``await``, as any asyncio code does when it
+is cancelled; the runtime turns that into a ``TraceCancelled`` outcome for the item.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ __all__ = [
     "FlowNotRunningError",
     "FlowRuntimeError",
     "FlowStoppedError",
+    "FlowTypeError",
     "MissingExtraError",
     "PenguiFlowError",
     "TraceCancelled",
+    "UnknownNodeError",
 ]
 
 
@@ -46,6 +52,18 @@ class FlowBuildError(PenguiFlowError, ValueError):
 
 class CycleError(FlowBuildError, RuntimeError):
     """The graph has a cycle that no ``allow_cycle`` / ``allow_cycles`` permits."""
+
+
+class FlowTypeError(FlowBuildError, TypeError):
+    """Something of the wrong kind was given where a flow is built (e.g. a sync function)."""
+
+
+class UnknownNodeError(PenguiFlowError, KeyError):
+    """``emit``/``fetch`` named a node that is not a neighbour; the message lists the valid ones."""
+
+    def __str__(self) -> str:
+        # KeyError's own __str__ quotes its argument; this one is a sentence.
+        return str(self.args[0]) if self.args else ""
 
 
 class FlowRuntimeError(PenguiFlowError, RuntimeError):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .core import Endpoint
+    from ._edges import Endpoint
     from .node import Node
 
 __all__ = ["EdgeSnapshot", "FlowSnapshot", "NodeSnapshot", "TraceSnapshot"]

@@ -1,4 +1,4 @@
-"""``FlowEvent``: one structured runtime event (contract §6).
+"""``FlowEvent``: one structured runtime event.
 
 Events are built only when someone listens (a middleware, or the ``penguiflow.core``
 logger enabled for the event's level), so an unobserved flow pays nothing for them.
@@ -14,7 +14,7 @@ from typing import Any
 __all__ = ["FlowEvent"]
 
 
-_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -58,7 +58,7 @@ class FlowEvent:
         trace_pending: int | None,
         trace_inflight: int,
         trace_cancelled: bool,
-        extra: Mapping[str, Any] = _NO_EXTRA,
+        extra: Mapping[str, Any] = NO_EXTRA,
     ) -> None:
         # Hand-written rather than generated: the generated frozen __init__ costs about
         # twice as much, and an event is built for every hop someone listens to.
@@ -77,7 +77,7 @@ class FlowEvent:
         s[11](self, trace_pending)
         s[12](self, trace_inflight)
         s[13](self, trace_cancelled)
-        s[14](self, _NO_EXTRA if extra is _NO_EXTRA else MappingProxyType(dict(extra)))
+        s[14](self, NO_EXTRA if extra is NO_EXTRA else MappingProxyType(dict(extra)))
 
     @property
     def queue_depth(self) -> int:

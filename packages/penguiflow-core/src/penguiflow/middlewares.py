@@ -1,4 +1,4 @@
-"""Middlewares: async observers of every ``FlowEvent`` (contract §7).
+"""Middlewares: async observers of every ``FlowEvent``.
 
 A middleware is any async callable taking one positional ``FlowEvent``. It is awaited
 inline, in registration order, so a slow middleware slows the node it reports on. An

@@ -9,8 +9,8 @@ from types import FunctionType
 from typing import Any
 
 from ._validation import AdapterSource, Validator
-from .errors import FlowBuildError
-from .types import _new_trace_id
+from .errors import FlowBuildError, FlowTypeError
+from .types import new_trace_id
 
 __all__ = ["Node", "NodePolicy"]
 
@@ -46,7 +46,9 @@ class NodePolicy:
 
     def __post_init__(self) -> None:
         if self.validate not in _VALIDATE_MODES:
-            raise ValueError("validate must be one of 'both', 'in', 'out', 'none'")
+            raise FlowBuildError(
+                f"validate must be one of 'both', 'in', 'out', 'none'; got {self.validate!r}"
+            )
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise FlowBuildError(f"timeout_s must be positive or None, got {self.timeout_s!r}")
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
@@ -128,21 +130,29 @@ class Node:
 
     def __post_init__(self) -> None:
         func = self.func
-        if not _is_async(func):
-            raise TypeError("Node function must be declared with async def")
         name: str | None = self.name
         if name is None:
             self.name = getattr(func, "__name__", None) or type(func).__name__
+        if not _is_async(func):
+            raise FlowTypeError(
+                f"Node function must be declared with async def (node '{self.name}'); "
+                f"write it as `async def {self.name}(message, ctx): ...`"
+            )
         count, ctx_positional = _arity(func)
         if count != 2:
-            raise ValueError(
+            raise FlowBuildError(
                 f"Node '{self.name}' must accept exactly two parameters (message, ctx); got {count}"
             )
         if not ctx_positional:
-            raise ValueError("Context parameter must be positional")
+            raise FlowBuildError(
+                f"Context parameter must be positional (node '{self.name}'); drop the `*` "
+                "before ctx"
+            )
         if not isinstance(self.policy, NodePolicy):
-            raise TypeError(f"Node '{self.name}': policy must be a NodePolicy")
-        self.node_id = _new_trace_id()
+            raise FlowTypeError(
+                f"Node '{self.name}': policy must be a NodePolicy, got {type(self.policy).__name__}"
+            )
+        self.node_id = new_trace_id()
 
     def __hash__(self) -> int:
         return hash(self.node_id)

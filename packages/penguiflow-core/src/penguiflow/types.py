@@ -5,7 +5,8 @@ keys ignored). ``Message`` is the envelope: a payload plus the routing facts tha
 survive every hop (``trace_id``, ``headers``, ``deadline_s``, ``meta``).
 
 ``Message`` reads through to its payload: ``msg.prompt`` returns ``msg.payload.prompt``
-when ``Message`` itself has no public attribute of that name (contract §14 D1 b). Setting
+when ``Message`` itself has no public attribute of that name, so code written for a bare
+payload keeps working on its envelope. Setting
 an attribute is never forwarded.
 """
 
@@ -31,7 +32,7 @@ _UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
 _UUID4_SET = (0x4 << 76) | (0x2 << 62)
 
 
-def _new_trace_id() -> str:
+def new_trace_id() -> str:
     """Return a fresh random uuid4 as 32 lowercase hex characters.
 
     Drawn from a private PRNG seeded from the OS (and reseeded in every forked child)
@@ -66,7 +67,7 @@ class Message(BaseModel):
     """The business object."""
     headers: Headers
     """Routing headers; a dict is coerced."""
-    trace_id: str = Field(default_factory=_new_trace_id)
+    trace_id: str = Field(default_factory=new_trace_id)
     """Identifies the request across every hop; a fresh uuid4 hex by default."""
     ts: float = Field(default_factory=wall_time)
     """Wall-clock creation time (epoch seconds)."""

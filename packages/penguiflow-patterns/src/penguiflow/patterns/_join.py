@@ -34,13 +34,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from penguiflow.clock import wall_time
+from penguiflow.errors import FlowBuildError, FlowTypeError
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Message
 
 from ._perflow import PerFlow
 
 if TYPE_CHECKING:
-    from penguiflow.core import Context, PenguiFlow
+    from penguiflow.core import Context, Runtime
 
 __all__ = ["join_k"]
 
@@ -98,7 +99,7 @@ class _JoinState:
 
     def __init__(
         self,
-        flow: PenguiFlow | None,
+        flow: Runtime | None,
         node: Node,
         k: int,
         timeout_s: float | None,
@@ -309,23 +310,29 @@ def join_k(
         A ``Node`` with ``NodePolicy(validate="none")``.
 
     Raises:
-        ValueError: ``k < 1`` (``"k must be positive"``), ``timeout_s <= 0`` or an
-            unknown ``on_timeout``.
-        TypeError: ``k`` is not an ``int``.
+        FlowBuildError: ``k < 1`` (``"k must be positive"``), ``timeout_s <= 0`` or an
+            unknown ``on_timeout`` (a ``ValueError``).
+        FlowTypeError: ``name`` is not a string or ``k`` is not an ``int`` (a
+            ``TypeError``).
 
     At run time, an item without a ``trace_id`` raises
     ``ValueError("join_k requires messages with trace_id")`` inside the node.
     """
     if not isinstance(name, str) or not name:
-        raise TypeError(f"join_k: name must be a non-empty str, got {name!r}")
+        raise FlowTypeError(f"join_k: name must be a non-empty str, got {name!r}")
     if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"join_k '{name}': k must be an int, got {k!r}")
+        raise FlowTypeError(f"join_k '{name}': k must be an int, got {k!r}")
     if k < 1:
-        raise ValueError("k must be positive")
+        raise FlowBuildError(
+            f"join_k '{name}': k must be positive, got {k}; k is how many items of a "
+            "trace make one batch"
+        )
     if timeout_s is not None and not timeout_s > 0:
-        raise ValueError(f"join_k '{name}': timeout_s must be positive or None, got {timeout_s!r}")
+        raise FlowBuildError(
+            f"join_k '{name}': timeout_s must be positive or None, got {timeout_s!r}"
+        )
     if on_timeout not in ("emit", "drop"):
-        raise ValueError(
+        raise FlowBuildError(
             f"join_k '{name}': on_timeout must be 'emit' or 'drop', got {on_timeout!r}"
         )
 

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar, overload
 
+from penguiflow.errors import FlowBuildError, FlowTypeError
+
 __all__ = ["map_concurrent"]
 
 T = TypeVar("T")
@@ -83,14 +85,16 @@ async def map_concurrent(
         One result per item, in input order (``[]`` for no items).
 
     Raises:
-        ValueError: ``max_concurrency`` is below 1.
-        TypeError: ``max_concurrency`` is not an ``int``.
+        FlowBuildError: ``max_concurrency`` is below 1 (a ``ValueError``).
+        FlowTypeError: ``max_concurrency`` is not an ``int`` (a ``TypeError``).
         Exception: The first failure of ``worker`` (unless ``return_exceptions``).
     """
     if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
-        raise TypeError(f"max_concurrency must be an int, got {max_concurrency!r}")
+        raise FlowTypeError(
+            f"map_concurrent: max_concurrency must be an int, got {max_concurrency!r}"
+        )
     if max_concurrency < 1:
-        raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        raise FlowBuildError(f"map_concurrent: max_concurrency must be >= 1, got {max_concurrency}")
     inputs = list(items)
     count = len(inputs)
     results: list[Any] = [None] * count

@@ -10,8 +10,8 @@ flow*, keyed by ``ctx.runtime``:
   from fresh state;
 - a lookup is one dict access keyed by the flow object: nothing is allocated per message.
 
-Until core calls the check hook at build time (see ``CHECK_HOOK``), the first message is
-also where a router validates its wiring.
+Routers also check their wiring when the flow is built: core calls each node function's
+``CHECK_HOOK`` attribute from ``create()``.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from penguiflow.errors import FlowBuildError, FlowNotRunningError
+from penguiflow.core import CHECK_HOOK
+from penguiflow.errors import FlowBuildError, FlowNotRunningError, FlowTypeError
 from penguiflow.node import Node
 
 if TYPE_CHECKING:
-    from penguiflow.core import Context, PenguiFlow
+    from penguiflow.core import Context, Runtime
 
 __all__ = [
-    "CHECK_HOOK",
     "FlowState",
     "PerFlow",
     "RoutingError",
@@ -34,15 +34,6 @@ __all__ = [
     "attach_check",
     "owner_node",
 ]
-
-CHECK_HOOK = "__penguiflow_check__"
-"""Attribute set on the function of pattern nodes that can validate their wiring.
-
-``node.func.__penguiflow_check__(flow, node)`` raises a ``FlowBuildError`` (a
-``ValueError``) naming the node when ``flow`` wires it wrongly (for example a union
-variant without a successor). It needs no event loop and has no side effect, so core can
-call it for every node when a flow is built.
-"""
 
 
 class RoutingError(FlowBuildError, KeyError):
@@ -71,11 +62,14 @@ def owner_node(ctx: Context) -> Node:
     """Return the node that owns ``ctx``.
 
     Raises:
-        TypeError: ``ctx`` belongs to an endpoint, not a node.
+        FlowTypeError: ``ctx`` belongs to an endpoint, not a node (a ``TypeError``).
     """
     owner = ctx.owner
     if not isinstance(owner, Node):
-        raise TypeError(f"pattern node called with the context of {owner!r}")
+        raise FlowTypeError(
+            f"a pattern node was called with the context of {owner!r}; call it with its "
+            "own node's context (Context(node) or the one the flow passes in)"
+        )
     return owner
 
 
@@ -89,10 +83,10 @@ class PerFlow(Generic[S]):
 
     __slots__ = ("_detached", "_make", "_states", "_unhooks")
 
-    def __init__(self, make: Callable[[PenguiFlow | None, Node], S]) -> None:
+    def __init__(self, make: Callable[[Runtime | None, Node], S]) -> None:
         self._make = make
-        self._states: dict[PenguiFlow, S] = {}
-        self._unhooks: dict[PenguiFlow, Callable[[], None]] = {}
+        self._states: dict[Runtime, S] = {}
+        self._unhooks: dict[Runtime, Callable[[], None]] = {}
         self._detached: dict[Node, S] = {}
 
     def get(self, ctx: Context) -> S:
@@ -104,11 +98,11 @@ class PerFlow(Generic[S]):
                 return state
         return self._bind(flow, owner_node(ctx))
 
-    def peek(self, flow: PenguiFlow) -> S | None:
+    def peek(self, flow: Runtime) -> S | None:
         """Return the state kept for ``flow``, if any (for tests and introspection)."""
         return self._states.get(flow)
 
-    def _bind(self, flow: PenguiFlow | None, node: Node) -> S:
+    def _bind(self, flow: Runtime | None, node: Node) -> S:
         if flow is None:
             state = self._detached.get(node)
             if state is None:
@@ -119,7 +113,7 @@ class PerFlow(Generic[S]):
         self._unhooks[flow] = flow.on_stop(lambda: self._release(flow))
         return state
 
-    def _release(self, flow: PenguiFlow) -> None:
+    def _release(self, flow: Runtime) -> None:
         state = self._states.pop(flow, None)
         unhook = self._unhooks.pop(flow, None)
         if unhook is not None:
@@ -139,7 +133,7 @@ class Successors:
 
     __slots__ = ("by_name", "kind", "members", "router")
 
-    def __init__(self, flow: PenguiFlow | None, node: Node, kind: str) -> None:
+    def __init__(self, flow: Runtime | None, node: Node, kind: str) -> None:
         if flow is None:
             raise FlowNotRunningError(
                 f"Context is not attached to a running flow ({kind} '{node.name}' needs "
@@ -194,6 +188,6 @@ class Successors:
         )
 
 
-def attach_check(func: Callable[..., Any], check: Callable[[PenguiFlow, Node], None]) -> None:
+def attach_check(func: Callable[..., Any], check: Callable[[Runtime, Node], None]) -> None:
     """Expose ``check`` as ``func.__penguiflow_check__`` (see ``CHECK_HOOK``)."""
     func.__dict__[CHECK_HOOK] = check

@@ -27,7 +27,7 @@ from penguiflow.types import Message
 from ._perflow import PerFlow, RoutingError, Successors, attach_check
 
 if TYPE_CHECKING:
-    from penguiflow.core import Context, PenguiFlow
+    from penguiflow.core import Context, Runtime
 
 __all__ = ["predicate_router", "union_router"]
 
@@ -50,10 +50,6 @@ def _check_name(name: object, factory: str) -> str:
     if not isinstance(name, str) or not name:
         raise TypeError(f"{factory}: name must be a non-empty str, got {name!r}")
     return name
-
-
-def _is_message(item: object) -> bool:
-    return type(item) is Message or isinstance(item, Message)
 
 
 def _dropped(router: str, item: object, decision: object) -> None:
@@ -82,7 +78,7 @@ class _PredicateTable(Successors):
     __slots__ = ("pairs",)
 
     def __init__(
-        self, flow: PenguiFlow | None, node: Node, tests: tuple[tuple[Any, Any], ...]
+        self, flow: Runtime | None, node: Node, tests: tuple[tuple[Any, Any], ...]
     ) -> None:
         super().__init__(flow, node, "predicate_router")
         self.pairs: tuple[tuple[Callable[[Any], object], Node], ...] = tuple(
@@ -108,7 +104,7 @@ def predicate_router(name: str, predicate: Predicate | PredicateMap) -> Node:
     - or a mapping ``{successor node or name: item -> bool}``: the item goes to every
       successor whose test is truthy, in mapping order. All tests run before anything is
       emitted. The names are checked against the flow's wiring once per flow (and by
-      ``node.func.__penguiflow_check__(flow, node)``, which core may call at build time).
+      ``node.func.__penguiflow_check__(flow, node)``, which core calls when the flow is built).
 
     The item is forwarded **unchanged**. Names are resolved once per flow against the
     router's successors (first match by ``Node.name``).
@@ -199,7 +195,7 @@ def _mapping_router(router: str, mapping: PredicateMap) -> Node:
         await ctx.emit(item, to=first if more is None else more)
         return None
 
-    def check(flow: PenguiFlow, node: Node) -> None:
+    def check(flow: Runtime, node: Node) -> None:
         _PredicateTable(flow, node, frozen)
 
     route.__name__ = route.__qualname__ = router
@@ -284,7 +280,7 @@ def union_router(name: str, union_model: Any) -> Node:
 
     Every union member must have a matching successor. This is checked once per flow, on
     the router's first message, and by ``node.func.__penguiflow_check__(flow, node)``,
-    which core may call when the flow is built. The error names the missing variants.
+    which core calls when the flow is built. The error names the missing variants.
 
     Args:
         name: The node's name.
@@ -327,7 +323,7 @@ def union_router(name: str, union_model: Any) -> Node:
             mode = modes[cls] = _KIND if has_kind else _CLASS
         return mode
 
-    def check_flow(flow: PenguiFlow | None, node: Node) -> Successors:
+    def check_flow(flow: Runtime | None, node: Node) -> Successors:
         table = Successors(flow, node, "union_router")
         missing = [(label, n) for label, names in variants for n in names if n not in table.by_name]
         if missing:
@@ -362,7 +358,7 @@ def union_router(name: str, union_model: Any) -> Node:
         await ctx.emit(out, to=target)
         return None
 
-    def check(flow: PenguiFlow, node: Node) -> None:
+    def check(flow: Runtime, node: Node) -> None:
         check_flow(flow, node)
 
     route.__name__ = route.__qualname__ = router

@@ -1,0 +1,304 @@
+"""``Context``: what a node function receives as ``ctx``.
+
+A context is one owner's handle on its flow: it emits on the owner's outgoing edges,
+fetches from its incoming ones, streams chunks, reports events and calls playbooks. It
+reaches the kernel only through a ``KernelPort``, the small set of calls the kernel hands
+to each context it builds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._chunks import StreamCounters, chunk_envelope
+from ._edges import Floe, Inbox, Owner, Ports, name_of
+from .errors import FlowNotRunningError
+from .node import Node
+from .types import Message, StreamChunk
+
+if TYPE_CHECKING:
+    from ._edges import Entry
+    from ._events import Hooks
+    from .inspect import FlowSnapshot
+
+__all__ = ["Context", "Ending", "KernelPort", "Runtime", "stream_counters", "wired_context"]
+
+
+class Runtime(Protocol):
+    """The running flow as nodes and components see it through ``ctx.runtime``.
+
+    ``PenguiFlow`` is the implementation; this names what a node may rely on.
+    """
+
+    @property
+    def is_running(self) -> bool: ...
+
+    @property
+    def queue_maxsize(self) -> int: ...
+
+    async def emit(self, msg: Any, to: Node | Sequence[Node] | None = None) -> None: ...
+
+    def emit_nowait(self, msg: Any, to: Node | Sequence[Node] | None = None) -> None: ...
+
+    async def fetch(self, from_: Node | Sequence[Node] | None = None) -> Any: ...
+
+    async def cancel(self, trace_id: str) -> bool: ...
+
+    async def stop(self) -> None: ...
+
+    def inspect(self) -> FlowSnapshot: ...
+
+    def on_trace_cancel(self, callback: Callable[[str], None]) -> Callable[[], None]: ...
+
+    def on_trace_done(self, callback: Callable[[str], None]) -> Callable[[], None]: ...
+
+    def on_stop(self, callback: Callable[[], None]) -> Callable[[], None]: ...
+
+    def register_probe(
+        self, name: str, probe: Callable[[], Mapping[str, int]]
+    ) -> Callable[[], None]: ...
+
+    def context(self, owner: Owner) -> Context: ...
+
+    def successors(self, node: Node) -> tuple[Owner, ...]: ...
+
+    def predecessors(self, node: Node) -> tuple[Owner, ...]: ...
+
+
+class Ending(Protocol):
+    """A reader that stops once ``done`` is set (a ``Subscription``)."""
+
+    @property
+    def done(self) -> str | None: ...
+
+
+class KernelPort:
+    """The kernel's calls a ``Context`` (or a ``Subscription``) makes; built once per flow.
+
+    Attributes are bound methods of the kernel, so a call through the port costs what a
+    method call on the flow would.
+    """
+
+    __slots__ = (
+        "consume",
+        "fetch",
+        "flow",
+        "hooks",
+        "play",
+        "queue_maxsize",
+        "send",
+        "send_nowait",
+        "take",
+        "wait_trace_capacity",
+    )
+
+    def __init__(
+        self,
+        *,
+        flow: Runtime,
+        hooks: Hooks,
+        queue_maxsize: int,
+        send: Callable[[Sequence[Floe], Any], Awaitable[None]],
+        send_nowait: Callable[[Sequence[Floe], Any], None],
+        fetch: Callable[[Inbox, set[Floe] | None, Ending | None], Awaitable[Any]],
+        take: Callable[[Inbox, set[Floe] | None], Entry | None],
+        consume: Callable[[Entry], Any],
+        wait_trace_capacity: Callable[[str], Awaitable[None]],
+        play: Callable[[Any, Any, float | None], Awaitable[Any]],
+    ) -> None:
+        self.flow = flow
+        self.hooks = hooks
+        self.queue_maxsize = queue_maxsize
+        self.send = send
+        self.send_nowait = send_nowait
+        self.fetch = fetch
+        self.take = take
+        self.consume = consume
+        """Complete a fetched entry's accounting; events of a finished cancel are scheduled."""
+        self.wait_trace_capacity = wait_trace_capacity
+        self.play = play
+        """Run a playbook under this flow (cancel mirrored): (factory, message, timeout)."""
+
+
+class Context:
+    """What a node function receives as ``ctx``: emit, stream, fetch, call playbooks.
+
+    The runtime creates one context per node and one for each of OpenSea and Rookery.
+    A context built by hand (``Context(node)``) has no runtime; it is useful to call
+    ``Node.invoke`` directly, and its ``emit`` raises.
+    """
+
+    __slots__ = ("_kernel", "_outs", "_ports", "_streams")
+
+    def __init__(self, owner: Owner, runtime: Runtime | None = None) -> None:
+        if runtime is None:
+            self._ports = Ports(owner)
+            self._kernel: KernelPort | None = None
+        else:
+            wired = runtime.context(owner)
+            self._ports = wired._ports
+            self._kernel = wired._kernel
+        self._outs = self._ports.outs
+        self._streams = StreamCounters()
+
+    def __repr__(self) -> str:
+        return f"Context({name_of(self._ports.owner)})"
+
+    @property
+    def owner(self) -> Owner:
+        """The node or endpoint this context belongs to."""
+        return self._ports.owner
+
+    @property
+    def runtime(self) -> Runtime | None:
+        """The flow this context belongs to, or ``None`` for a detached context."""
+        kernel = self._kernel
+        return None if kernel is None else kernel.flow
+
+    # -- topology ---------------------------------------------------------------
+
+    def outgoing_count(self) -> int:
+        """Number of outgoing edges."""
+        return len(self._outs)
+
+    def queue_depth_in(self) -> int:
+        """Items queued on the incoming edges."""
+        return sum(floe.live for floe in self._ports.ins)
+
+    def queue_depth_out(self) -> int:
+        """Items queued on the outgoing edges."""
+        return sum(floe.live for floe in self._outs)
+
+    def _attached(self) -> KernelPort:
+        kernel = self._kernel
+        if kernel is None:
+            raise FlowNotRunningError(
+                "Context is not attached to a running flow; contexts built by hand "
+                "(Context(node)) can call Node.invoke but cannot emit or fetch"
+            )
+        return kernel
+
+    # -- emitting ----------------------------------------------------------------
+
+    async def emit(self, msg: Any, to: Owner | Sequence[Owner] | None = None) -> None:
+        """Send ``msg`` on the outgoing edges (all of them, or those towards ``to``).
+
+        Waits while a destination edge is full (backpressure).
+
+        Raises:
+            UnknownNodeError: A target is not an outgoing neighbour (a ``KeyError``).
+            FlowNotRunningError: The context is detached.
+        """
+        kernel = self._attached()
+        await kernel.send(self._outs if to is None else self._ports.targets(to), msg)
+
+    def emit_nowait(self, msg: Any, to: Owner | Sequence[Owner] | None = None) -> None:
+        """Like ``emit``, but raise ``asyncio.QueueFull`` instead of waiting.
+
+        Every target is checked before anything is enqueued, so a failed call enqueues
+        nothing.
+        """
+        kernel = self._attached()
+        kernel.send_nowait(self._outs if to is None else self._ports.targets(to), msg)
+
+    async def emit_chunk(
+        self,
+        *,
+        parent: Message,
+        text: str,
+        stream_id: str | None = None,
+        seq: int | None = None,
+        done: bool = False,
+        meta: Mapping[str, Any] | None = None,
+        to: Owner | Sequence[Owner] | None = None,
+    ) -> StreamChunk:
+        """Emit one ``StreamChunk`` of the stream ``stream_id`` (default: the trace id).
+
+        Follow-up chunks wait for per-trace capacity: the producer stays at most about one
+        queue's worth ahead of the unconsumed output of its trace, so a slow reader slows
+        its own producer and nobody else's.
+        """
+        kernel = self._attached()
+        trace_id = parent.trace_id
+        sid = stream_id or trace_id
+        streams = self._streams
+        seq, first = streams.advance(trace_id, sid, seq)
+        chunk, envelope = chunk_envelope(parent, sid, seq, text, done, meta)
+        if not first and kernel.queue_maxsize > 0:
+            await kernel.wait_trace_capacity(trace_id)
+        await kernel.send(self._outs if to is None else self._ports.targets(to), envelope)
+        if done:
+            streams.close(trace_id, sid)
+        return chunk
+
+    # -- fetching ------------------------------------------------------------------
+
+    async def fetch(self, from_: Owner | Sequence[Owner] | None = None) -> Any:
+        """Return the next item from the incoming edges (optionally only from ``from_``)."""
+        kernel = self._attached()
+        ports = self._ports
+        return await kernel.fetch(ports.inbox, ports.sources(from_), None)
+
+    async def fetch_any(self, from_: Owner | Sequence[Owner] | None = None) -> Any:
+        """Return whichever incoming item is available first (same as ``fetch``)."""
+        return await self.fetch(from_)
+
+    def fetch_nowait(self, from_: Owner | Sequence[Owner] | None = None) -> Any:
+        """Return an item available now, or raise ``asyncio.QueueEmpty``."""
+        kernel = self._attached()
+        ports = self._ports
+        entry = kernel.take(ports.inbox, ports.sources(from_))
+        if entry is None:
+            raise asyncio.QueueEmpty("no messages available")
+        return kernel.consume(entry)
+
+    async def report(
+        self,
+        event_type: str,
+        *,
+        trace_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        level: int = logging.INFO,
+    ) -> None:
+        """Emit a custom ``FlowEvent`` from this context (logged, then passed to middlewares).
+
+        For components that drop or release work on their own (a join bucket that timed
+        out, a router that found no route). Costs nothing when nobody listens.
+        """
+        hooks = self._attached().hooks
+        if hooks.observed(level):
+            await hooks.emit(
+                event_type, ports=self._ports, level=level, trace_id=trace_id, extra=extra
+            )
+
+    async def call_playbook(
+        self, playbook: Any, parent_msg: Any, *, timeout: float | None = None
+    ) -> Any:
+        """Run ``playbook`` as a subflow for ``parent_msg``; see :func:`call_playbook`.
+
+        Cancelling the trace in this flow cancels it in the subflow too.
+        """
+        kernel = self._kernel
+        if kernel is None:
+            from ._playbook import run_playbook
+
+            return await run_playbook(playbook, parent_msg, timeout)
+        return await kernel.play(playbook, parent_msg, timeout)
+
+
+def wired_context(ports: Ports, kernel: KernelPort) -> Context:
+    """The context of a wired owner; the kernel builds one per node and endpoint."""
+    ctx = Context.__new__(Context)
+    ctx._ports = ports
+    ctx._kernel = kernel
+    ctx._outs = ports.outs
+    ctx._streams = StreamCounters()
+    return ctx
+
+
+def stream_counters(ctx: Context) -> StreamCounters:
+    """The stream counters of one producer (each context numbers its own streams)."""
+    return ctx._streams

@@ -1,0 +1,159 @@
+"""Routing of special payloads: controller loops, final answers, budgets and deadlines.
+
+A ``Message`` whose payload is a ``WM`` loops a controller node on its own edge; a
+``FinalAnswer`` goes straight to Rookery. Budgets (hops, tokens) and the message deadline
+end a loop with a ``FinalAnswer`` whose text says why, at most one deadline answer per
+trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+from ._edges import Floe, Trace
+from ._events import INFO, Hooks
+from ._slots import NodeRuntime
+from ._validation import copy_with, with_payload
+from .clock import wall_time
+from .errors import FlowRuntimeError
+from .types import WM, FinalAnswer, Message
+
+__all__ = [
+    "BUDGET_EXCEEDED_TEXT",
+    "DEADLINE_EXCEEDED_TEXT",
+    "TOKEN_BUDGET_EXCEEDED_TEXT",
+    "Router",
+    "is_special",
+]
+
+DEADLINE_EXCEEDED_TEXT: Final = "Deadline exceeded"
+BUDGET_EXCEEDED_TEXT: Final = "Hop budget exhausted"
+TOKEN_BUDGET_EXCEEDED_TEXT: Final = "Token budget exhausted"
+
+_SPECIAL: Final = (WM, FinalAnswer)
+# type -> is it a WM or FinalAnswer (sub)class. ``isinstance`` against pydantic models
+# goes through a Python-level ``__instancecheck__``; this cache keeps it off the hot path.
+_special_types: dict[type, bool] = {}
+
+
+def is_special(payload: object) -> bool:
+    """Does this payload change routing (a ``WM`` or a ``FinalAnswer``)?"""
+    cls = type(payload)
+    special = _special_types.get(cls)
+    if special is None:
+        special = _special_types[cls] = issubclass(cls, _SPECIAL)
+    return special
+
+
+Offer = Callable[[Sequence[Floe], Any, "Trace | None", int], int]
+SendRest = Callable[[Sequence[Floe], Any, "Trace | None", int], Awaitable[None]]
+
+
+class Router:
+    """Sends special results where they belong, through the kernel's enqueue path.
+
+    Args:
+        hooks: The flow's hooks, for ``deadline_skip`` events.
+        offer: Enqueue without waiting; returns where a full edge stopped it.
+        send_rest: Finish a send stopped at a full edge, waiting for room.
+        rookery_floes: The flow's egress edges.
+    """
+
+    __slots__ = ("hooks", "offer", "rookery_floes", "send_rest")
+
+    def __init__(
+        self, hooks: Hooks, offer: Offer, send_rest: SendRest, rookery_floes: list[Floe]
+    ) -> None:
+        self.hooks = hooks
+        self.offer = offer
+        self.send_rest = send_rest
+        self.rookery_floes = rookery_floes
+
+    async def send(self, floe: Floe, item: Any, trace: Trace | None) -> None:
+        floes = (floe,)
+        if not self.offer(floes, item, trace, 0):
+            await self.send_rest(floes, item, trace, 0)
+
+    async def to_rookery(self, rt: NodeRuntime | None, item: Any, trace: Trace | None) -> None:
+        """Send ``item`` to Rookery: on the node's own egress edge, else the first one."""
+        floe = rt.rookery_floe if rt is not None else None
+        if floe is None:
+            if not self.rookery_floes:
+                name = rt.node.name if rt is not None else "?"
+                raise FlowRuntimeError(
+                    f"node {name!r} has a result for Rookery, but the flow has no exit "
+                    "node; give the flow a node without successors"
+                )
+            floe = self.rookery_floes[0]
+        await self.send(floe, item, trace)
+
+    async def special(
+        self, rt: NodeRuntime, item: Any, result: Message, rtrace: Trace | None
+    ) -> bool:
+        """Route a ``Message`` carrying a WM or FinalAnswer; False means route normally."""
+        payload = result.payload
+        if isinstance(payload, WM):
+            if rt.self_floe is None:
+                return False  # a WM from a node that is not a controller is plain data
+            await self.controller_step(rt, item, result, payload, rtrace)
+            return True
+        await self.to_rookery(rt, result, rtrace)
+        return True
+
+    async def deadline_skip(self, rt: NodeRuntime, item: Message, trace: Trace | None) -> None:
+        """An item arrived past its deadline: answer "Deadline exceeded" instead of running."""
+        tid = trace.trace_id if trace is not None else None
+        hooks = self.hooks
+        if hooks.observed(INFO):
+            await hooks.emit(
+                "deadline_skip", ports=rt.ports, level=INFO, trace=trace, trace_id=tid,
+                extra={"deadline_s": item.deadline_s},
+            )  # fmt: skip
+        if trace is not None and trace.cancelled:
+            return
+        if isinstance(item.payload, FinalAnswer):
+            await self.to_rookery(rt, item, trace)
+            return
+        if trace is not None:
+            if trace.deadline_fired:
+                return  # one deadline answer per trace, however many branches expire
+            trace.deadline_fired = True
+        answer = with_payload(item, FinalAnswer(text=DEADLINE_EXCEEDED_TEXT))
+        await self.to_rookery(rt, answer, trace)
+
+    async def controller_step(
+        self, rt: NodeRuntime, item: Any, msg: Message, wm: WM, trace: Trace | None
+    ) -> None:
+        """One controller hop: deadline, token and hop budgets, then loop on the self-edge."""
+        if msg.deadline_s is not None and wall_time() > msg.deadline_s:
+            if trace is not None:
+                if trace.deadline_fired:
+                    return
+                trace.deadline_fired = True
+            final = FinalAnswer(text=DEADLINE_EXCEEDED_TEXT)
+            await self.to_rookery(rt, with_payload(msg, final), trace)
+            return
+        if wm.budget_tokens is not None and wm.tokens_used >= wm.budget_tokens:
+            final = FinalAnswer(text=TOKEN_BUDGET_EXCEEDED_TEXT)
+            await self.to_rookery(rt, with_payload(msg, final), trace)
+            return
+        # The runtime counts hops itself: a controller that returns the WM it received
+        # unchanged still advances by one, so a hop budget always ends the loop.
+        incoming = item.payload if isinstance(item, Message) else None
+        inc = incoming.hops if isinstance(incoming, WM) else None
+        nxt = inc + 1 if inc is not None and wm.hops <= inc else wm.hops
+        if wm.budget_hops is not None and nxt >= wm.budget_hops:
+            final = FinalAnswer(text=BUDGET_EXCEEDED_TEXT)
+            await self.to_rookery(rt, with_payload(msg, final), trace)
+            return
+        if nxt != wm.hops:
+            msg = with_payload(msg, copy_with(wm, "hops", nxt))
+        if wm.budget_hops is None and wm.budget_tokens is None:
+            # With no budget, every hop's WM is also visible at Rookery.
+            await self.to_rookery(rt, msg.model_copy(deep=True), trace)
+            if trace is not None:
+                trace.wm_hops = nxt
+        self_floe = rt.self_floe
+        assert self_floe is not None  # only nodes with a self-edge reach this step
+        await self.send(self_floe, msg, trace)

@@ -1,0 +1,191 @@
+"""Everything that watches a flow, in one object: middlewares, hooks, probes, events.
+
+``Hooks`` is to a flow what trio's ``Instruments`` is to a run: the kernel asks it
+``observed(level)`` before building anything, so a flow nobody watches pays one boolean
+test per event site and builds no ``FlowEvent``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .clock import wall_time
+from .errors import FlowTypeError
+from .metrics import NO_EXTRA, FlowEvent
+from .middlewares import Middleware
+
+if TYPE_CHECKING:
+    from ._edges import Ports, Trace
+
+__all__ = ["DEBUG", "ERROR", "INFO", "WARNING", "Hooks", "enabled", "logger"]
+
+logger = logging.getLogger("penguiflow.core")
+# A library logs, the application decides where to: without logging configured, the
+# events do not spill onto stderr through logging's last-resort handler.
+logging.getLogger("penguiflow").addHandler(logging.NullHandler())
+enabled = logger.isEnabledFor
+DEBUG, INFO, WARNING, ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
+
+_H = TypeVar("_H")
+Probe = Callable[[], Mapping[str, int]]
+
+
+def _add(hooks: list[_H], callback: _H) -> Callable[[], None]:
+    hooks.append(callback)
+
+    def remove() -> None:
+        with contextlib.suppress(ValueError):
+            hooks.remove(callback)
+
+    return remove
+
+
+class Hooks:
+    """A flow's middlewares, trace-cancel/trace-done/stop hooks and resource probes.
+
+    Args:
+        middlewares: Async callables receiving every ``FlowEvent``.
+        queue_maxsize: The flow's edge capacity, reported in every event.
+        traces: The kernel's live traces by id, to describe a trace named only by id.
+    """
+
+    __slots__ = ("cancel", "done", "middlewares", "probes", "queue_maxsize", "stop", "traces")
+
+    def __init__(
+        self,
+        middlewares: tuple[Middleware, ...],
+        queue_maxsize: int,
+        traces: Mapping[str, Trace],
+    ) -> None:
+        for mw in middlewares:
+            _check_middleware(mw)
+        # A tuple, replaced (never mutated) on add/remove: events iterate it without a copy.
+        self.middlewares = middlewares
+        self.cancel: list[Callable[[str], None]] = []
+        self.done: list[Callable[[str], None]] = []
+        self.stop: list[Callable[[], None]] = []
+        self.probes: dict[str, Probe] = {}
+        self.queue_maxsize = queue_maxsize
+        self.traces = traces
+
+    # -- registration -------------------------------------------------------------------
+
+    def add_middleware(self, mw: Middleware) -> None:
+        _check_middleware(mw)
+        self.middlewares = (*self.middlewares, mw)
+
+    def remove_middleware(self, mw: Middleware) -> bool:
+        mws = list(self.middlewares)
+        try:
+            mws.remove(mw)
+        except ValueError:
+            return False
+        self.middlewares = tuple(mws)
+        return True
+
+    def on_cancel(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        return _add(self.cancel, callback)
+
+    def on_done(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        return _add(self.done, callback)
+
+    def on_stop(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return _add(self.stop, callback)
+
+    def add_probe(self, name: str, probe: Probe) -> Callable[[], None]:
+        self.probes[name] = probe
+
+        def remove() -> None:
+            if self.probes.get(name) is probe:
+                del self.probes[name]
+
+        return remove
+
+    # -- calling ------------------------------------------------------------------------
+
+    def call(self, hooks: list[Callable[..., None]], *args: Any) -> None:
+        """Call every hook of a list; a failing hook is logged and never stops the others."""
+        for hook in tuple(hooks):
+            try:
+                hook(*args)
+            except Exception:
+                logger.exception("hook_error")
+
+    def read_probes(self) -> dict[str, Mapping[str, int]]:
+        """Each probe's non-zero counts; a failing probe is logged and left out."""
+        resources: dict[str, Mapping[str, int]] = {}
+        for name, probe in self.probes.items():
+            try:
+                resources[name] = {k: v for k, v in dict(probe()).items() if v}
+            except Exception:
+                logger.exception("probe_error")
+        return resources
+
+    def observed(self, level: int) -> bool:
+        """Would an event at ``level`` reach anyone (a middleware or the logger)?"""
+        return bool(self.middlewares) or enabled(level)
+
+    async def emit(
+        self,
+        kind: str,
+        *,
+        ports: Ports,
+        level: int,
+        trace: Trace | None = None,
+        trace_id: str | None = None,
+        attempt: int = 0,
+        latency_ms: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Build one ``FlowEvent`` at ``ports``' owner, log it, and pass it to middlewares.
+
+        Call it only after ``observed(level)``: building the event is the expensive part.
+        """
+        if trace is None and trace_id is not None:
+            trace = self.traces.get(trace_id)
+        if trace is not None:
+            pending: int | None = trace.pending
+            inflight, cancelled = trace.inflight, trace.cancelled
+        else:
+            pending = 0 if trace_id is not None else None
+            inflight, cancelled = 0, False
+        ins, outs = ports.ins, ports.outs
+        name, node_id = ports.ident
+        event = FlowEvent(
+            kind,
+            wall_time(),
+            name,
+            node_id,
+            trace_id,
+            attempt,
+            latency_ms,
+            ins[0].live if len(ins) == 1 else sum(floe.live for floe in ins),
+            outs[0].live if len(outs) == 1 else sum(floe.live for floe in outs),
+            len(outs),
+            self.queue_maxsize,
+            pending,
+            inflight,
+            cancelled,
+            extra if extra else NO_EXTRA,
+        )
+        if enabled(level):
+            try:
+                logger.log(level, kind, extra=event.to_payload())
+            except Exception:
+                logger.log(level, kind)
+        for mw in self.middlewares:
+            try:
+                await mw(event)
+            except Exception:
+                logger.exception("middleware_error")
+
+
+def _check_middleware(mw: object) -> None:
+    if not callable(mw):
+        raise FlowTypeError(
+            f"middleware {mw!r} is not callable; a middleware is an async function "
+            "taking one FlowEvent, e.g. `async def mw(event): ...`"
+        )

@@ -1,0 +1,91 @@
+"""Playbooks: a fresh subflow run for one message, as one awaitable call.
+
+The subflow sees the very same message (trace id, headers, meta, deadline), and is
+always stopped, even when the call is cancelled, before ``run_playbook`` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, Protocol, TypeAlias
+
+from ._trace import trace_id_of
+from ._validation import AdapterSource
+from .errors import TraceCancelled
+from .types import Message
+
+__all__ = ["PlaybookFactory", "Subflow", "run_playbook"]
+
+
+class Subflow(Protocol):
+    """What a playbook factory returns: a flow that can run one message (a PenguiFlow)."""
+
+    @property
+    def is_running(self) -> bool: ...
+
+    def run(self, *, registry: AdapterSource | None = None) -> None: ...
+
+    async def emit(self, msg: Any) -> None: ...
+
+    async def fetch(self) -> Any: ...
+
+    async def cancel(self, trace_id: str) -> bool: ...
+
+    async def stop(self) -> None: ...
+
+
+PlaybookFactory: TypeAlias = Callable[[], "tuple[Subflow, AdapterSource | None]"]
+"""A zero-argument callable returning ``(flow, registry)``; called once per playbook call."""
+
+WatchCancel = Callable[[Callable[[str], None]], Callable[[], None]]
+
+
+async def run_playbook(
+    playbook: PlaybookFactory,
+    parent_msg: Any,
+    timeout: float | None,
+    *,
+    on_cancel: WatchCancel | None = None,
+) -> Any:
+    """Run a fresh subflow for ``parent_msg`` and return its first Rookery payload.
+
+    ``on_cancel`` is the parent flow's ``on_trace_cancel``: a cancel of the trace there
+    is mirrored into the subflow.
+
+    Raises:
+        TraceCancelled: The trace was cancelled.
+        TimeoutError: No result within ``timeout`` seconds.
+    """
+    trace_id = trace_id_of(parent_msg)
+    flow, registry = playbook()
+    flow.run(registry=registry)
+    remove_watch: Callable[[], None] | None = None
+    mirror: list[asyncio.Task[bool]] = []
+    if on_cancel is not None and trace_id is not None:
+        loop = asyncio.get_running_loop()
+
+        def mirror_cancel(cancelled: str) -> None:
+            if cancelled == trace_id and flow.is_running:
+                mirror.append(loop.create_task(flow.cancel(trace_id)))
+
+        remove_watch = on_cancel(mirror_cancel)
+    try:
+        await flow.emit(parent_msg)
+        async with asyncio.timeout(timeout):
+            item = await flow.fetch()
+        return item.payload if isinstance(item, Message) else item
+    except (TraceCancelled, asyncio.CancelledError):
+        if trace_id is not None and flow.is_running:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(flow.cancel(trace_id))
+        raise
+    finally:
+        if remove_watch is not None:
+            remove_watch()
+        try:
+            if mirror:
+                await asyncio.gather(*mirror, return_exceptions=True)
+        finally:
+            await flow.stop()  # waits for every subflow worker, even when cancelled

@@ -1,0 +1,135 @@
+"""Worker slots, and everything a node's workers need, resolved once per flow."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+from ._context import Context
+from ._edges import ROOKERY, Entry, Floe, Inbox, Ports, Trace
+from ._validation import Validator
+from .node import Node, NodePolicy
+
+__all__ = ["NodeRuntime", "Slot", "absorb_cancel", "interrupt", "join_workers"]
+
+
+class Slot:
+    """One worker task of a node, and the trace it is handling right now."""
+
+    __slots__ = ("busy", "cancel_for", "current", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.current: Trace | None = None
+        """The trace whose node code runs now (what a trace cancel interrupts)."""
+        self.cancel_for: Trace | None = None
+        """Set while this worker is being cancelled on behalf of a trace cancel."""
+        self.busy = False
+
+
+class NodeRuntime:
+    """A node's wiring, policy and workers, resolved once at ``create``/``run``."""
+
+    __slots__ = (
+        "backlogs",
+        "concurrency",
+        "ctx",
+        "func",
+        "inbox",
+        "node",
+        "outs",
+        "owners",
+        "policy",
+        "ports",
+        "retries",
+        "rookery_floe",
+        "self_floe",
+        "slots",
+        "timeout",
+        "validator",
+    )
+
+    def __init__(self, node: Node, ports: Ports, ctx: Context) -> None:
+        self.node = node
+        self.ports = ports
+        self.ctx = ctx
+        self.func = node.func
+        self.policy: NodePolicy = node.policy
+        self.timeout = node.policy.timeout_s
+        self.retries = node.policy.max_retries
+        self.concurrency = node.policy.max_concurrency
+        self.inbox: Inbox = ports.inbox
+        self.outs: list[Floe] = ports.outs
+        self.self_floe = ports.by_target.get(node)
+        self.rookery_floe = ports.by_target.get(ROOKERY)
+        self.validator: Validator | None = None
+        self.slots: list[Slot] = []
+        self.backlogs: dict[Trace, deque[Entry]] = {}
+        """max_concurrency > 1: items of a trace waiting behind the one running."""
+        self.owners: dict[Trace, Slot] = {}
+        """max_concurrency > 1: which slot runs a trace now."""
+
+
+def interrupt(runtimes: Iterable[NodeRuntime], trace: Trace) -> None:
+    """Abort ``trace``'s in-flight invocations and drop its per-node backlogs.
+
+    The worker running it is cancelled and later ``uncancel()``s itself, so it survives.
+    O(nodes): a serial node has one slot; a concurrent node runs a trace on at most one
+    slot at a time (per-trace order), found through its owners map.
+    """
+    for rt in runtimes:
+        if rt.concurrency == 1:
+            slots: Sequence[Slot] = rt.slots
+        else:
+            owner = rt.owners.get(trace)
+            slots = () if owner is None else (owner,)
+        for slot in slots:
+            if slot.current is trace and slot.cancel_for is None and slot.task is not None:
+                slot.cancel_for = trace
+                slot.task.cancel()
+        backlog = rt.backlogs.get(trace)
+        if backlog:
+            backlog.clear()
+
+
+async def join_workers(tasks: list[asyncio.Task[None]], grace: float) -> bool:
+    """Wait until every (already cancelled) worker task has ended.
+
+    It waits even if the caller is cancelled meanwhile, so a stopped flow never leaves a
+    task behind; returns True when the caller was cancelled, for it to re-raise. A worker
+    still alive after ``grace`` seconds (a node that swallows cancellation, a middleware
+    blocking on ``node_cancelled``) is cancelled again.
+    """
+    interrupted = False
+    pending = {task for task in tasks if not task.done()}
+    if pending:
+        # Idle workers finish within one loop step of their cancellation; yielding once
+        # usually ends them all, without arming the grace timer below.
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            interrupted = True
+        pending = {task for task in pending if not task.done()}
+    while pending:
+        try:
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        except asyncio.CancelledError:
+            interrupted = True
+            pending = {task for task in pending if not task.done()}
+        for task in pending:
+            task.cancel()
+    return interrupted
+
+
+def absorb_cancel(slot: Slot) -> None:
+    """Turn our own trace cancellation of this worker back into a live worker.
+
+    Raises:
+        asyncio.CancelledError: Someone else (``stop()``, an outer scope) also cancelled
+            the worker; that cancellation goes on.
+    """
+    slot.cancel_for = None
+    task = slot.task
+    if task is not None and task.uncancel() > 0:
+        raise asyncio.CancelledError

@@ -1,0 +1,98 @@
+"""``Subscription``: one trace's Rookery output, diverted into its own bounded iterator.
+
+While a trace has a subscription, whatever of that trace reaches Rookery goes to the
+subscription's private edge instead, so a caller that waits for one request never sees
+(or steals) another request's results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal, TypeAlias
+
+from ._context import KernelPort
+from ._edges import ROOKERY, Floe
+
+__all__ = ["Subscription", "SubscriptionEnd", "finish", "mark_seen", "redirect"]
+
+SubscriptionEnd: TypeAlias = Literal["drained", "cancelled", "stopped", "closed"]
+"""Why a subscription stopped producing items: its trace finished (``"drained"``), was
+cancelled, the flow stopped, or the subscriber closed it."""
+
+
+class Subscription:
+    """Per-trace view of what reaches Rookery; see ``PenguiFlow.subscribe``.
+
+    Iterate it (``async for item in sub``) or call ``get()``; iteration ends when the
+    trace is done, cancelled, or the flow stops, and ``done`` says which.
+    """
+
+    __slots__ = ("_floe", "_kernel", "_seen", "_subs", "done", "trace_id")
+
+    def __init__(
+        self, kernel: KernelPort, subs: dict[str, Subscription], trace_id: str, *, seen: bool
+    ) -> None:
+        self._kernel = kernel
+        self._subs = subs
+        self.trace_id = trace_id
+        self._floe = Floe(ROOKERY, ROOKERY, maxsize=kernel.queue_maxsize)
+        self._seen = seen
+        self.done: SubscriptionEnd | None = None
+        """Why iteration ended, or ``None`` while it may still produce items."""
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self.get()
+
+    async def get(self, timeout: float | None = None) -> Any:
+        """Return the next item of the trace.
+
+        Raises:
+            StopAsyncIteration: The trace is done (``self.done`` says how).
+            TimeoutError: Nothing arrived within ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            return await self._kernel.fetch(self._floe.inbox, None, self)
+
+    async def aclose(self) -> None:
+        """Unsubscribe; items not read yet are dropped and their accounting completed."""
+        if self._subs.get(self.trace_id) is self:
+            del self._subs[self.trace_id]
+        finish(self, "closed")
+        inbox = self._floe.inbox
+        consume = self._kernel.consume
+        while inbox.items:
+            entry = inbox.items.popleft()
+            if not entry.dead:
+                consume(entry)
+        self._floe.putters.unpark_all()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+# The kernel's interface to subscriptions.
+
+
+def redirect(sub: Subscription) -> Floe | None:
+    """The edge that replaces Rookery for the subscribed trace, while the view is open."""
+    return sub._floe if sub.done is None else None
+
+
+def mark_seen(sub: Subscription) -> None:
+    """The subscribed trace has started; its end will now end the subscription."""
+    sub._seen = True
+
+
+def finish(sub: Subscription, reason: SubscriptionEnd, *, if_seen: bool = False) -> None:
+    """End the subscription (the first reason sticks) and wake its reader."""
+    if if_seen and not sub._seen:
+        return
+    if sub.done is None:
+        sub.done = reason
+    sub._floe.inbox.waiters.unpark_all()
