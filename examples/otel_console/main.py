@@ -79,9 +79,9 @@ def tree(spans: list[ReadableSpan]) -> list[str]:
     def walk(parent: int | None, depth: int) -> None:
         for span in sorted(by_parent.get(parent, []), key=lambda s: s.start_time or 0):
             attrs = span.attributes or {}
-            facts = [f"outcome={attrs.get('penguiflow.outcome')}"]
+            facts = [f"outcome={attrs.get('penguiflow.outcome')!s}"]
             if "penguiflow.attempt" in attrs:
-                facts.insert(0, f"attempt={attrs['penguiflow.attempt']}")
+                facts.insert(0, f"attempt={attrs['penguiflow.attempt']!s}")
             if span.parent is not None and span.parent.is_remote:
                 facts.append(f"parent=remote {span.parent.span_id:016x}")
             lines.append(f"{'  ' * depth}{span.name} [{', '.join(facts)}]")
