@@ -5,7 +5,7 @@ A three-node flow (``triage`` -> ``retrieve`` -> ``answer``) is instrumented wit
 wrapped with ``instrument_playbook``) and fails once before it succeeds, so the tree
 shows a retry: one errored attempt span, one ok attempt span, and a ``node_retry``
 event on the request span. The request arrives with a W3C ``traceparent`` in
-``Message.meta``, as if an upstream service had sent it: every span continues that
+``Message.meta``, as if a calling service had sent it: every span continues that
 trace, and the result carries the request's own context onward.
 
 The SDK is configured the usual way (a ``TracerProvider`` with a span processor); here
@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from penguiflow import Headers, Message, Node, NodePolicy, PenguiFlow, create
 from penguiflow.otel import instrument, instrument_playbook
 
-UPSTREAM = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 NONE = NodePolicy(validate="none")
 
 
@@ -106,7 +106,7 @@ async def main(json: bool = False) -> tuple[Message, list[ReadableSpan]]:
     flow.run()
     try:
         request = Message(payload="penguins", headers=Headers(tenant="acme"))
-        request.meta["traceparent"] = UPSTREAM
+        request.meta["traceparent"] = CALLER
         await flow.emit(request)
         result: Message = await flow.fetch()
     finally:

@@ -2,8 +2,8 @@
 
 The carrier is the message's ``meta`` dict itself, under the W3C header names
 ``"traceparent"`` (and ``"tracestate"`` when there is one). The W3C propagator is used
-directly, not the globally configured one: the envelope format is part of PenguiFlow's
-contract, whatever propagators the application set up for HTTP.
+directly, not the globally configured one: the envelope's format is fixed, whatever
+propagators the application set up for HTTP.
 """
 
 from __future__ import annotations
