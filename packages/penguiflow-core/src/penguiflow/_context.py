@@ -22,6 +22,7 @@ from .types import Message, StreamChunk
 if TYPE_CHECKING:
     from ._edges import Entry
     from ._events import Hooks
+    from ._playbook import SubflowFactory
     from .inspect import FlowSnapshot
 
 __all__ = ["Context", "Ending", "KernelPort", "Runtime", "stream_counters", "wired_context"]
@@ -275,7 +276,7 @@ class Context:
             )
 
     async def call_playbook(
-        self, playbook: Any, parent_msg: Any, *, timeout: float | None = None
+        self, playbook: SubflowFactory, parent_msg: Any, *, timeout: float | None = None
     ) -> Any:
         """Run ``playbook`` as a subflow for ``parent_msg``; see :func:`call_playbook`.
 

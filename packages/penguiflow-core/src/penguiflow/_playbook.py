@@ -16,7 +16,7 @@ from ._validation import AdapterSource
 from .errors import TraceCancelled
 from .types import Message
 
-__all__ = ["PlaybookFactory", "Subflow", "run_playbook"]
+__all__ = ["Subflow", "SubflowFactory", "run_playbook"]
 
 
 class Subflow(Protocol):
@@ -36,14 +36,16 @@ class Subflow(Protocol):
     async def stop(self) -> None: ...
 
 
-PlaybookFactory: TypeAlias = Callable[[], "tuple[Subflow, AdapterSource | None]"]
-"""A zero-argument callable returning ``(flow, registry)``; called once per playbook call."""
+SubflowFactory: TypeAlias = Callable[[], "tuple[Subflow, AdapterSource | None]"]
+"""A zero-argument callable returning ``(flow, registry)``; called once per playbook call.
+
+The public alias is ``penguiflow.core.PlaybookFactory``, whose flow is a ``PenguiFlow``."""
 
 WatchCancel = Callable[[Callable[[str], None]], Callable[[], None]]
 
 
 async def run_playbook(
-    playbook: PlaybookFactory,
+    playbook: SubflowFactory,
     parent_msg: Any,
     timeout: float | None,
     *,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from ._context import Context, Ending, KernelPort, stream_counters, wired_context
 from ._controller import Router, is_special
@@ -42,7 +42,7 @@ from ._edges import (
 )
 from ._events import DEBUG, INFO, Hooks, enabled, logger
 from ._parking import ParkingLot
-from ._playbook import PlaybookFactory, run_playbook
+from ._playbook import SubflowFactory, run_playbook
 from ._retries import Retries
 from ._slots import NodeRuntime, Slot, absorb_cancel, interrupt, join_workers
 from ._snapshot import snapshot
@@ -64,7 +64,7 @@ from .middlewares import Middleware
 from .node import Node
 from .types import WM, Message, StreamChunk
 
-__all__ = ["DEFAULT_QUEUE_MAXSIZE", "PenguiFlow", "call_playbook", "create"]
+__all__ = ["DEFAULT_QUEUE_MAXSIZE", "PenguiFlow", "PlaybookFactory", "call_playbook", "create"]
 
 DEFAULT_QUEUE_MAXSIZE: Final = 64
 STOP_GRACE_S: Final = 1.0
@@ -911,7 +911,7 @@ class PenguiFlow:
 
     # -- playbooks ----------------------------------------------------------------------
 
-    async def _play(self, playbook: PlaybookFactory, parent_msg: Any, timeout: float | None) -> Any:
+    async def _play(self, playbook: SubflowFactory, parent_msg: Any, timeout: float | None) -> Any:
         trace_id = trace_id_of(parent_msg)
         if trace_id is not None:
             trace = self._traces.get(trace_id)
@@ -924,6 +924,10 @@ def _cancelling() -> int:
     """Cancellation requests pending on the current task (``Task.cancelling()``)."""
     task = asyncio.current_task()
     return task.cancelling() if task is not None else 0
+
+
+PlaybookFactory: TypeAlias = Callable[[], "tuple[PenguiFlow, AdapterSource | None]"]
+"""A zero-argument callable returning ``(flow, registry)``, called once per playbook call."""
 
 
 def create(

@@ -14,10 +14,11 @@ from ._controller import (
     TOKEN_BUDGET_EXCEEDED_TEXT as TOKEN_BUDGET_EXCEEDED_TEXT,
 )
 from ._edges import OPEN_SEA as OPEN_SEA, ROOKERY as ROOKERY, Endpoint as Endpoint, Floe as Floe
-from ._playbook import PlaybookFactory as PlaybookFactory, Subflow as Subflow
+from ._playbook import Subflow as Subflow
 from ._runtime import (
     DEFAULT_QUEUE_MAXSIZE as DEFAULT_QUEUE_MAXSIZE,
     PenguiFlow as PenguiFlow,
+    PlaybookFactory as PlaybookFactory,
     call_playbook as call_playbook,
     create as create,
 )
