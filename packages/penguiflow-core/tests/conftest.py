@@ -8,18 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
 from penguiflow import FlowEvent, PenguiFlow, create
 
+if TYPE_CHECKING:
+    from penguiflow.testing import Recorder
+
+HAS_TESTKIT = importlib.util.find_spec("penguiflow.testing") is not None
+_assert_quiescent: Callable[[Iterable[PenguiFlow]], None] | None = None
+
 
 @pytest.fixture
 def recorder() -> Recorder:
     """The test kit's ``Recorder`` (a stand-in with the same methods in core-only runs)."""
-    return Recorder()
+    if HAS_TESTKIT:
+        from penguiflow.testing import Recorder
+
+        return Recorder()
+    # The stand-in has the methods these tests call; typed as the kit's class for them.
+    return cast("Recorder", _StandInRecorder())
 
 
 @pytest.fixture
@@ -58,52 +69,51 @@ async def make_flow(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..
     assert not stray, f"worker tasks left running: {stray}"
 
 
-if importlib.util.find_spec("penguiflow.testing") is None:
-    _assert_quiescent = None
+class _StandInRecorder:
+    """Core-only stand-in for ``penguiflow.testing.Recorder`` (same methods)."""
 
-    class Recorder:  # type: ignore[no-redef]
-        """Core-only stand-in for ``penguiflow.testing.Recorder`` (same methods)."""
+    def __init__(self, *, timeout_s: float = 5.0) -> None:
+        self.timeout_s = timeout_s
+        self.events: list[FlowEvent] = []
+        self._changed: asyncio.Event | None = None
 
-        def __init__(self, *, timeout_s: float = 5.0) -> None:
-            self.timeout_s = timeout_s
-            self.events: list[FlowEvent] = []
-            self._changed: asyncio.Event | None = None
+    async def __call__(self, event: FlowEvent) -> None:
+        self.events.append(event)
+        if self._changed is not None:
+            self._changed.set()
 
-        async def __call__(self, event: FlowEvent) -> None:
-            self.events.append(event)
-            if self._changed is not None:
-                self._changed.set()
+    def matching(
+        self, event_type: str | None = None, node: str | None = None, trace_id: Any = None
+    ) -> list[FlowEvent]:
+        return [
+            e
+            for e in self.events
+            if (event_type is None or e.event_type == event_type)
+            and (node is None or e.node_name == node)
+            and (trace_id is None or e.trace_id == trace_id)
+        ]
 
-        def matching(
-            self, event_type: str | None = None, node: str | None = None, trace_id: Any = None
-        ) -> list[FlowEvent]:
-            return [
-                e
-                for e in self.events
-                if (event_type is None or e.event_type == event_type)
-                and (node is None or e.node_name == node)
-                and (trace_id is None or e.trace_id == trace_id)
-            ]
-
-        def names(self, node: str | None = None, trace_id: Any = None) -> list[str]:
+    def names(self, node: str | None = None, trace_id: Any = None) -> list[str]:
             return [e.event_type for e in self.matching(None, node, trace_id)]
 
-        async def wait(
-            self,
-            event_type: str,
-            node: str | None = None,
-            trace_id: Any = None,
-            *,
-            count: int = 1,
-            timeout_s: float | None = None,
-        ) -> FlowEvent:
-            self._changed = self._changed or asyncio.Event()
-            async with asyncio.timeout(self.timeout_s if timeout_s is None else timeout_s):
-                while len(self.matching(event_type, node, trace_id)) < count:
-                    self._changed.clear()
-                    await self._changed.wait()
-            return self.matching(event_type, node, trace_id)[count - 1]
+    async def wait(
+        self,
+        event_type: str,
+        node: str | None = None,
+        trace_id: Any = None,
+        *,
+        count: int = 1,
+        timeout_s: float | None = None,
+    ) -> FlowEvent:
+        self._changed = self._changed or asyncio.Event()
+        async with asyncio.timeout(self.timeout_s if timeout_s is None else timeout_s):
+            while len(self.matching(event_type, node, trace_id)) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.matching(event_type, node, trace_id)[count - 1]
 
+
+if not HAS_TESTKIT:
     # Core-only environment (no penguiflow-testing): timing tests run on real time, with
     # durations small enough for that. With the test kit installed, its ``virtual_clock``
     # fixture runs them on virtual time instead (instant and deterministic).
@@ -111,4 +121,4 @@ if importlib.util.find_spec("penguiflow.testing") is None:
     def virtual_clock() -> None:
         return None
 else:
-    from penguiflow.testing import Recorder, assert_flows_quiescent as _assert_quiescent
+    from penguiflow.testing import assert_flows_quiescent as _assert_quiescent

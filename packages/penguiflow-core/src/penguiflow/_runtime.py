@@ -245,7 +245,9 @@ class PenguiFlow:
         if self._running:
             raise FlowRuntimeError("PenguiFlow already running")
         loop = asyncio.get_running_loop()
-        validators = build_validators([rt.node for rt in self._runtimes], registry)
+        validators = build_validators(
+            [(rt.node.name, rt.policy.validate) for rt in self._runtimes], registry
+        )
         self._registry = registry
         tasks = self._tasks
         for rt, validator in zip(self._runtimes, validators, strict=True):

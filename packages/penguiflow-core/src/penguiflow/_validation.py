@@ -9,15 +9,12 @@ Bare items, and in-models that are ``Message`` types, are validated as they are.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
 from .errors import FlowRuntimeError
 from .types import Message
-
-if TYPE_CHECKING:
-    from .node import Node
 
 __all__ = ["AdapterSource", "Validator", "build_validators", "copy_with", "with_payload"]
 
@@ -131,8 +128,11 @@ class Validator:
         return result if out is None else out(result)
 
 
-def build_validators(nodes: list[Node], registry: AdapterSource | None) -> list[Validator | None]:
-    """One validator per node (``None`` where nothing is validated), checked up front.
+def build_validators(
+    nodes: list[tuple[str, str]], registry: AdapterSource | None
+) -> list[Validator | None]:
+    """One validator per ``(node name, validate mode)`` (``None`` where nothing is
+    validated), all checked against ``registry`` up front.
 
     Raises:
         FlowRuntimeError: ``registry`` lacks nodes that validate, all named at once.
@@ -140,21 +140,19 @@ def build_validators(nodes: list[Node], registry: AdapterSource | None) -> list[
     if registry is None:
         return [None] * len(nodes)
     missing = []
-    for node in nodes:
-        if node.policy.validate == "none":
+    for name, validate in nodes:
+        if validate == "none":
             continue
         try:
-            registry.adapters(node.name)
+            registry.adapters(name)
         except KeyError:
-            missing.append(node.name)
+            missing.append(name)
     if missing:
         raise FlowRuntimeError(
             "ModelRegistry is missing entries for nodes requiring validation: "
             + ", ".join(sorted(set(missing)))
         )
     return [
-        None
-        if node.policy.validate == "none"
-        else Validator(node.name, node.policy.validate, registry)
-        for node in nodes
+        None if validate == "none" else Validator(name, validate, registry)
+        for name, validate in nodes
     ]
