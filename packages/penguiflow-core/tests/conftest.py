@@ -94,7 +94,7 @@ class _StandInRecorder:
         ]
 
     def names(self, node: str | None = None, trace_id: Any = None) -> list[str]:
-            return [e.event_type for e in self.matching(None, node, trace_id)]
+        return [e.event_type for e in self.matching(None, node, trace_id)]
 
     async def wait(
         self,
