@@ -404,6 +404,8 @@ async def test_cleanup_runs_when_the_handler_task_is_cancelled(kit: Any, running
     trace = flow.inspect().traces.get(msg.trace_id)
     assert trace is None or trace.cancelled  # cancelled before the handler gave up
     await kit.wait_for(cleaned.wait())
+    assert response.trace_id == msg.trace_id
+    assert response.ended == "cancelled"  # by the handler's own cleanup
 
 
 async def test_cleanup_survives_an_anyio_cancel_scope(kit: Any, running: Start) -> None:

@@ -70,7 +70,7 @@ from ._errors import ErrorCode, ErrorEvent, error_event, logger
 from ._format import EventSourceEncoder, chunk_node, chunk_to_ws_json, dumps, to_jsonable
 from ._paths import check_streaming_path, require_message
 from ._shield import settle
-from ._source import StreamResult, TraceSource
+from ._source import StreamEnd, StreamResult, TraceSource
 
 try:
     from starlette.background import BackgroundTask
@@ -254,8 +254,7 @@ class EventStreamResponse(Response):
     ) -> None:
         message = require_message(message, "EventStreamResponse")
         check_streaming_path(flow, to, "EventStreamResponse")
-        self.source = TraceSource(flow, message, to=to)
-        """The request's trace (started when the response is sent)."""
+        self._source = TraceSource(flow, message, to=to)
         self.disconnected = False
         """True once the client went away before the stream ended."""
         self.stalled = False
@@ -273,11 +272,16 @@ class EventStreamResponse(Response):
     @property
     def trace_id(self) -> str:
         """The request's trace (also sent as ``X-Trace-Id`` and in the ``start`` event)."""
-        return self.source.trace_id
+        return self._source.trace_id
+
+    @property
+    def ended(self) -> StreamEnd | None:
+        """Why the stream ended (``"drained"``, ``"failed"``, ...), ``None`` until then."""
+        return self._source.ended
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Stream the response; returns once the trace ended or the client left."""
-        source = self.source
+        source = self._source
         try:
             await source.start("EventStreamResponse")
         except (FlowNotRunningError, FlowStoppedError):
@@ -310,7 +314,7 @@ class EventStreamResponse(Response):
             await self.background()
 
     async def _pump(self, send: Send) -> None:
-        source = self.source
+        source = self._source
         frames = EventSourceEncoder(self.trace_id)
         send_timeout = self._send_timeout
 
