@@ -71,7 +71,11 @@ def _own_names(tree: ast.Module) -> set[str]:
                 if isinstance(target, ast.Name) and target.id == "__slots__":
                     value = node.value
                     if isinstance(value, ast.Tuple | ast.List):
-                        own.update(e.value for e in value.elts if isinstance(e, ast.Constant))
+                        own.update(
+                            e.value
+                            for e in value.elts
+                            if isinstance(e, ast.Constant) and isinstance(e.value, str)
+                        )
     return own
 
 

@@ -75,7 +75,7 @@ def test_sync_function_and_wrong_arity_fail_at_construction() -> None:
         return m
 
     with pytest.raises(TypeError, match="async def"):
-        Node(sync)  # type: ignore[arg-type]
+        Node(sync)
     with pytest.raises(ValueError, match="Node 'one'"):
         Node(one)  # type: ignore[arg-type]
 
@@ -111,17 +111,17 @@ def test_malformed_adjacencies_fail_at_construction(adjacency: Any) -> None:
 def test_non_node_successor_is_named() -> None:
     a = node(echo, "a")
     with pytest.raises((TypeError, ValueError), match="a"):
-        create((a, ["oops"]))
+        create((a, ["oops"]))  # type: ignore[list-item]  # a str successor, on purpose
 
 
 def test_bad_queue_maxsize() -> None:
     with pytest.raises((TypeError, ValueError)):
-        create(node(echo, "a").to(), queue_maxsize="big")
+        create(node(echo, "a").to(), queue_maxsize="big")  # type: ignore[arg-type]  # on purpose
 
 
 def test_non_callable_middleware() -> None:
     with pytest.raises((TypeError, ValueError)):
-        create(node(echo, "a").to(), middlewares=[42])
+        create(node(echo, "a").to(), middlewares=[42])  # type: ignore[list-item]  # on purpose
 
 
 async def test_registry_missing_a_validating_node_fails_at_run(make_flow: MakeFlow) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import penguiflow._runtime as runtime_mod
+from penguiflow._edges import Entry
 from penguiflow.core import PenguiFlow, TraceCancelled
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Headers, Message
@@ -16,7 +17,7 @@ from penguiflow.types import Headers, Message
 MakeFlow = Callable[..., PenguiFlow]
 
 
-def node(fn: Any, name: str | None = None, **policy: Any) -> Node:
+def node(fn: Any, name: str, **policy: Any) -> Node:
     return Node(fn, name=name, policy=NodePolicy(**{"validate": "none", **policy}))
 
 
@@ -330,7 +331,7 @@ async def test_trace_cancelled_is_not_a_cancelled_error() -> None:
 # -- cost ---------------------------------------------------------------------------------
 
 
-class SpyEntry(runtime_mod.Entry):
+class SpyEntry(Entry):
     """Counts attribute reads of queued entries while ``watching`` is on."""
 
     __slots__ = ()

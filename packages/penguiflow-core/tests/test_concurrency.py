@@ -18,8 +18,9 @@ def node(fn: Any, name: str, **policy: Any) -> Node:
 
 
 def msg(payload: Any, trace_id: str | None = None) -> Message:
-    extra = {} if trace_id is None else {"trace_id": trace_id}
-    return Message(payload=payload, headers=Headers(tenant="acme"), **extra)
+    if trace_id is None:
+        return Message(payload=payload, headers=Headers(tenant="acme"))
+    return Message(payload=payload, headers=Headers(tenant="acme"), trace_id=trace_id)
 
 
 async def fetch(flow: PenguiFlow) -> Any:

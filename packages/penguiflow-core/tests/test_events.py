@@ -262,7 +262,7 @@ async def test_no_flow_event_is_built_when_nobody_listens(
     make_flow: MakeFlow, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built: list[str] = []
-    real = events_mod.FlowEvent
+    real = FlowEvent
 
     def counting(*args: Any, **kwargs: Any) -> FlowEvent:
         built.append(kwargs.get("event_type", args[0] if args else "?"))

@@ -101,7 +101,7 @@ def test_star_import_works_with_core_alone() -> None:
 
 def test_unknown_root_attribute_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError):
-        _ = penguiflow.does_not_exist  # type: ignore[attr-defined]
+        _ = penguiflow.does_not_exist
 
 
 def _isolate_cache(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
@@ -135,7 +135,7 @@ def test_missing_add_on_via_sys_modules(monkeypatch: pytest.MonkeyPatch) -> None
     _isolate_cache(monkeypatch, "flow_to_dot")
     monkeypatch.setitem(__import__("sys").modules, "penguiflow.viz", None)
     with pytest.raises(AttributeError, match="penguiflow-viz"):
-        _ = penguiflow.flow_to_dot  # type: ignore[attr-defined]
+        _ = penguiflow.flow_to_dot
     with pytest.raises(ImportError, match="pip install penguiflow-viz"):
         from penguiflow import flow_to_dot  # noqa: F401
 
@@ -149,7 +149,7 @@ def test_a_broken_dependency_inside_an_add_on_is_not_masked(
     _isolate_cache(monkeypatch, "flow_to_dot")
     monkeypatch.setattr(penguiflow, "importlib", types.SimpleNamespace(import_module=broken))
     with pytest.raises(ModuleNotFoundError) as info:
-        _ = penguiflow.flow_to_dot  # type: ignore[attr-defined]
+        _ = penguiflow.flow_to_dot
     assert not isinstance(info.value, MissingExtraError)
     assert info.value.name == "graphviz"
 

@@ -108,7 +108,7 @@ def test_create_is_penguiflow_and_needs_no_event_loop() -> None:
 
 def test_create_rejects_unknown_keyword() -> None:
     with pytest.raises(TypeError):
-        create(node("a").to(), bogus=True)
+        create(node("a").to(), bogus=True)  # type: ignore[call-arg]  # on purpose
     with pytest.raises(TypeError):
         PenguiFlow(node("a").to(), bogus=True)  # type: ignore[call-arg]
 

@@ -161,7 +161,7 @@ def test_node_rejects_keyword_only_context() -> None:
         return None
 
     with pytest.raises(ValueError, match="Context parameter must be positional"):
-        Node(f)
+        Node(f)  # type: ignore[arg-type]  # a keyword-only ctx, on purpose
 
 
 def test_node_accepts_positional_only_parameters() -> None:

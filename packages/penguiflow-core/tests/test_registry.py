@@ -25,7 +25,7 @@ def test_module_all() -> None:
 
 def test_register_and_lookup_adapters() -> None:
     reg = ModelRegistry()
-    assert reg.register("n", A, B) is None
+    reg.register("n", A, B)
     in_adapter, out_adapter = reg.adapters("n")
     assert isinstance(in_adapter, TypeAdapter)
     assert isinstance(out_adapter, TypeAdapter)
@@ -35,7 +35,7 @@ def test_register_and_lookup_adapters() -> None:
 
 def test_adapters_are_built_once_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[Any] = []
-    real = registry_mod.TypeAdapter
+    real = TypeAdapter
 
     def counting(model: Any) -> Any:
         built.append(model)

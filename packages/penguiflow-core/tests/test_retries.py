@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("virtual_clock")
 MakeFlow = Callable[..., PenguiFlow]
 
 
-def node(fn: Any, name: str | None = None, **policy: Any) -> Node:
+def node(fn: Any, name: str, **policy: Any) -> Node:
     return Node(fn, name=name, policy=NodePolicy(**{"validate": "none", **policy}))
 
 

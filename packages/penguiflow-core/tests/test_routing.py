@@ -16,7 +16,7 @@ from penguiflow.types import WM, FinalAnswer, Headers, Message
 MakeFlow = Callable[..., PenguiFlow]
 
 
-def node(fn: Any, name: str | None = None, **kw: Any) -> Node:
+def node(fn: Any, name: str, **kw: Any) -> Node:
     allow_cycle = kw.pop("allow_cycle", False)
     policy = NodePolicy(**{"validate": "none", **kw})
     return Node(fn, name=name, policy=policy, allow_cycle=allow_cycle)
@@ -177,7 +177,7 @@ class Plain:
     ("item", "expected"),
     [
         (WithField(trace_id="f1"), "f1"),
-        (Extra(trace_id="e1"), "e1"),
+        (Extra.model_validate({"trace_id": "e1"}), "e1"),
         (Plain("p1"), "p1"),
         (Plain(), None),
         ({"trace_id": "dict"}, None),

@@ -17,7 +17,7 @@ from penguiflow.types import FinalAnswer, Headers, Message
 MakeFlow = Callable[..., PenguiFlow]
 
 
-def node(fn: Any, name: str | None = None, **policy: Any) -> Node:
+def node(fn: Any, name: str, **policy: Any) -> Node:
     return Node(fn, name=name, policy=NodePolicy(**{"validate": "none", **policy}))
 
 
@@ -122,7 +122,8 @@ async def test_run_with_registry_missing_entries(make_flow: MakeFlow) -> None:
     ):
         flow.run(registry=ModelRegistry())
     # B6: a failed run leaves the flow not running, so it can be fixed and run
-    assert not flow.is_running
+    running_after_failure = flow.is_running
+    assert not running_after_failure
     reg = ModelRegistry()
     reg.register("zeta", M, M)
     reg.register("alpha", M, M)
