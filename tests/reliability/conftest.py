@@ -36,8 +36,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+Figure = Callable[..., None]
+"""The ``figure`` fixture's type."""
+Rss = Callable[[], int]
+"""The ``rss`` fixture's type."""
+TasksNow = Callable[[], set[asyncio.Task[Any]]]
+"""The ``tasks_now`` fixture's type."""
+TaskLeaks = Callable[[set[asyncio.Task[Any]]], list[str]]
+"""The ``task_leaks`` fixture's type."""
+
+
 @pytest.fixture
-def figure(request: pytest.FixtureRequest) -> Callable[..., None]:
+def figure(request: pytest.FixtureRequest) -> Figure:
     """``figure(**values)`` records measured figures; printed in the terminal summary."""
     store = request.config.stash.setdefault(_FIGURES, [])
 
@@ -103,7 +113,7 @@ def rss_bytes() -> int:
 
 
 @pytest.fixture
-def rss() -> Callable[[], int]:
+def rss() -> Rss:
     """``rss()`` returns the current RSS in bytes (after ``gc.collect()``)."""
     return rss_bytes
 
@@ -161,7 +171,7 @@ def flow_tasks() -> set[asyncio.Task[Any]]:
 
 
 @pytest.fixture
-def task_leaks() -> Callable[[set[asyncio.Task[Any]]], list[str]]:
+def task_leaks() -> TaskLeaks:
     """``task_leaks(before)`` names the tasks alive now that were not in ``before``."""
 
     def leaks(before: set[asyncio.Task[Any]]) -> list[str]:
@@ -171,7 +181,7 @@ def task_leaks() -> Callable[[set[asyncio.Task[Any]]], list[str]]:
 
 
 @pytest.fixture
-def tasks_now() -> Callable[[], set[asyncio.Task[Any]]]:
+def tasks_now() -> TasksNow:
     """``tasks_now()`` snapshots the live tasks (except the caller's)."""
     return flow_tasks
 

@@ -29,11 +29,14 @@ import asyncio
 import statistics
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from penguiflow import FlowEvent, Headers, Message, Node, NodePolicy, create
 from penguiflow.core import PenguiFlow
 from penguiflow.patterns import join_k, predicate_router
+
+if TYPE_CHECKING:
+    from conftest import Figure, Sizes, TaskLeaks, TasksNow
 
 H = Headers(tenant="storm")
 
@@ -54,7 +57,9 @@ class Gate:
             self.event.set()
 
 
-async def test_cancel_storm(sizes: Any, tasks_now: Any, task_leaks: Any, figure: Any) -> None:
+async def test_cancel_storm(
+    sizes: Sizes, tasks_now: TasksNow, task_leaks: TaskLeaks, figure: Figure
+) -> None:
     n = sizes.storm_traces
     n_hang, n_partial, n_play = n // 3, n // 4, min(200, n // 10)
     n_parked = n - n_hang - n_partial - n_play
@@ -235,7 +240,7 @@ async def test_cancel_storm(sizes: Any, tasks_now: Any, task_leaks: Any, figure:
     )
 
 
-async def test_cancel_cost_independent_of_queue_length(figure: Any) -> None:
+async def test_cancel_cost_independent_of_queue_length(figure: Figure) -> None:
     """Cancelling a 1-item trace costs the same behind 100 or 20,000 queued items."""
 
     async def measure(background: int) -> float:

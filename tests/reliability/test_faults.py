@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import BaseModel
 
 from penguiflow import Headers, Message, ModelRegistry, Node, NodePolicy, create
 from penguiflow.core import PenguiFlow
+
+if TYPE_CHECKING:
+    from conftest import Recorder, Rss, TaskLeaks, TasksNow
 
 H = Headers(tenant="faults")
 
@@ -41,7 +44,12 @@ def faulty(
 
 
 async def bad_then_good(
-    flow: PenguiFlow, recorder: Any, tasks_now: Any, task_leaks: Any, *, bad_out: bool = False
+    flow: PenguiFlow,
+    recorder: Recorder,
+    tasks_now: TasksNow,
+    task_leaks: TaskLeaks,
+    *,
+    bad_out: bool = False,
 ) -> tuple[Message, Message]:
     """Run "bad" then "good" through ``flow``; the good one must come out; then stop.
 
@@ -63,12 +71,12 @@ async def bad_then_good(
     return bad, good
 
 
-def names(recorder: Any, trace_id: str) -> list[str]:
+def names(recorder: Recorder, trace_id: str) -> list[str]:
     return recorder.names(trace_id)
 
 
 async def test_node_raises_is_retried_then_dropped_with_node_failed(
-    recorder: Any, tasks_now: Any, task_leaks: Any
+    recorder: Recorder, tasks_now: TasksNow, task_leaks: TaskLeaks
 ) -> None:
     async def boom(m: Message) -> Any:
         raise ValueError("boom")
@@ -85,7 +93,7 @@ async def test_node_raises_is_retried_then_dropped_with_node_failed(
 
 
 async def test_node_timeout_and_hang_end_in_node_failed(
-    virtual_clock: Any, recorder: Any, tasks_now: Any, task_leaks: Any
+    virtual_clock: Any, recorder: Recorder, tasks_now: TasksNow, task_leaks: TaskLeaks
 ) -> None:
     interrupted: list[str] = []
 
@@ -109,7 +117,7 @@ async def test_node_timeout_and_hang_end_in_node_failed(
 
 
 async def test_node_returns_none_finishes_the_trace_without_output(
-    recorder: Any, tasks_now: Any, task_leaks: Any
+    recorder: Recorder, tasks_now: TasksNow, task_leaks: TaskLeaks
 ) -> None:
     async def nothing(m: Message) -> Any:
         return None
@@ -131,7 +139,7 @@ class Out(BaseModel):
 
 
 async def test_wrong_output_type_fails_validation(
-    recorder: Any, tasks_now: Any, task_leaks: Any
+    recorder: Recorder, tasks_now: TasksNow, task_leaks: TaskLeaks
 ) -> None:
     async def typed(m: In, ctx: Any) -> Any:
         return {"y": "not an int"} if m.x < 0 else Out(y=m.x)
@@ -160,7 +168,7 @@ class Interrupt(BaseException):
 
 
 async def test_other_base_exception_fails_the_item_and_keeps_the_worker(
-    recorder: Any, tasks_now: Any, task_leaks: Any
+    recorder: Recorder, tasks_now: TasksNow, task_leaks: TaskLeaks
 ) -> None:
     async def base(m: Message) -> Any:
         raise Interrupt("not an Exception")
@@ -222,7 +230,7 @@ def test_keyboard_interrupt_and_system_exit_escape_the_loop_and_stop_still_compl
         loop.close()
 
 
-async def _raise_during_trace_cancel(where: str, recorder: Any) -> None:
+async def _raise_during_trace_cancel(where: str, recorder: Recorder) -> None:
     """A node that raises while being cancelled must not hurt the next trace."""
     started = asyncio.Event()
 
@@ -259,7 +267,7 @@ async def _raise_during_trace_cancel(where: str, recorder: Any) -> None:
 
 @pytest.mark.parametrize("where", ["except", "finally"])
 async def test_raise_during_trace_cancel_does_not_drop_the_next_trace(
-    where: str, recorder: Any, virtual_clock: Any
+    where: str, recorder: Recorder, virtual_clock: Any
 ) -> None:
     await _raise_during_trace_cancel(where, recorder)
 
@@ -290,7 +298,7 @@ async def test_stop_completes_when_node_raises_during_cancellation(virtual_clock
 
 
 async def test_middleware_that_raises_is_logged_and_ignored(
-    caplog: pytest.LogCaptureFixture, recorder: Any, tasks_now: Any, task_leaks: Any
+    caplog: pytest.LogCaptureFixture, recorder: Recorder, tasks_now: TasksNow, task_leaks: TaskLeaks
 ) -> None:
     calls = 0
 
@@ -312,7 +320,7 @@ async def test_middleware_that_raises_is_logged_and_ignored(
 
 
 async def test_slow_middleware_slows_only_its_node(
-    virtual_clock: Any, recorder: Any, tasks_now: Any, task_leaks: Any
+    virtual_clock: Any, recorder: Recorder, tasks_now: TasksNow, task_leaks: TaskLeaks
 ) -> None:
     async def slow(event: Any) -> None:
         if event.event_type == "node_start":
@@ -347,7 +355,7 @@ async def test_stop_completes_when_a_middleware_blocks(virtual_clock: Any) -> No
 
 
 async def test_consumer_that_never_fetches_blocks_the_producer(
-    virtual_clock: Any, rss: Any, tasks_now: Any, task_leaks: Any
+    virtual_clock: Any, rss: Rss, tasks_now: TasksNow, task_leaks: TaskLeaks
 ) -> None:
     """Backpressure holds: a full chain blocks ``emit``; nothing buffers without bound."""
     maxsize = 8

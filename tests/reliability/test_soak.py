@@ -21,12 +21,15 @@ import asyncio
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from penguiflow import WM, FinalAnswer, Headers, Message, Node, NodePolicy, create
 from penguiflow.core import BUDGET_EXCEEDED_TEXT, PenguiFlow
 from penguiflow.patterns import join_k
 from penguiflow.types import StreamChunk
+
+if TYPE_CHECKING:
+    from conftest import Figure, Rss, Sizes, TaskLeaks, TasksNow
 
 H = Headers(tenant="soak")
 MB = 1024 * 1024
@@ -95,7 +98,7 @@ def node(name: str, fn: Callable[[Any, Any], Awaitable[Any]], **policy: Any) -> 
 
 
 async def test_chain_soak_flat_memory_no_tasks(
-    sizes: Any, rss: Any, tasks_now: Any, task_leaks: Any, figure: Any
+    sizes: Sizes, rss: Rss, tasks_now: TasksNow, task_leaks: TaskLeaks, figure: Figure
 ) -> None:
     n = sizes.chain_messages
 
@@ -134,7 +137,7 @@ async def test_chain_soak_flat_memory_no_tasks(
 
 
 async def test_controller_loop_soak(
-    sizes: Any, rss: Any, tasks_now: Any, task_leaks: Any, figure: Any
+    sizes: Sizes, rss: Rss, tasks_now: TasksNow, task_leaks: TaskLeaks, figure: Figure
 ) -> None:
     hops_per_trace = 500
     traces = max(1, sizes.controller_hops // hops_per_trace)
@@ -169,7 +172,7 @@ async def test_controller_loop_soak(
 
 
 async def test_fanout_join_soak(
-    sizes: Any, rss: Any, tasks_now: Any, task_leaks: Any, figure: Any
+    sizes: Sizes, rss: Rss, tasks_now: TasksNow, task_leaks: TaskLeaks, figure: Figure
 ) -> None:
     n = sizes.join_traces
 
@@ -208,7 +211,7 @@ async def test_fanout_join_soak(
 
 
 async def test_streaming_node_soak(
-    sizes: Any, rss: Any, tasks_now: Any, task_leaks: Any, figure: Any
+    sizes: Sizes, rss: Rss, tasks_now: TasksNow, task_leaks: TaskLeaks, figure: Figure
 ) -> None:
     per_stream = 100
     streams = max(1, sizes.stream_chunks // per_stream)

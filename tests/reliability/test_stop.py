@@ -9,12 +9,15 @@ running; the flow can ``run()`` again. Core adds ``FlowStoppedError`` (a
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from penguiflow import Headers, Message, Node, NodePolicy, create
 from penguiflow.errors import FlowStoppedError
+
+if TYPE_CHECKING:
+    from conftest import Figure, Recorder, TaskLeaks, TasksNow
 
 H = Headers(tenant="stop")
 
@@ -24,7 +27,7 @@ def msg(payload: Any) -> Message:
 
 
 async def test_stop_with_queued_and_inflight_work_is_bounded_and_leaves_no_task(
-    recorder: Any, tasks_now: Any, task_leaks: Any, figure: Any
+    recorder: Recorder, tasks_now: TasksNow, task_leaks: TaskLeaks, figure: Figure
 ) -> None:
     started = asyncio.Event()
     interrupted: list[int] = []
@@ -86,7 +89,9 @@ async def test_emit_after_stop_raises_flow_stopped_error() -> None:
     await flow.stop()
 
 
-async def test_restart_after_stop_completes_queued_work(tasks_now: Any, task_leaks: Any) -> None:
+async def test_restart_after_stop_completes_queued_work(
+    tasks_now: TasksNow, task_leaks: TaskLeaks
+) -> None:
     gate = asyncio.Event()
 
     async def gated(m: Message, ctx: Any) -> Message:
@@ -110,7 +115,7 @@ async def test_restart_after_stop_completes_queued_work(tasks_now: Any, task_lea
 
 
 async def test_stop_releases_blocked_emit_chunk_and_survives_its_own_cancellation(
-    tasks_now: Any, task_leaks: Any
+    tasks_now: TasksNow, task_leaks: TaskLeaks
 ) -> None:
     first = asyncio.Event()
 
