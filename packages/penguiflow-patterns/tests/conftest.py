@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -121,8 +121,9 @@ async def running(request: pytest.FixtureRequest) -> AsyncIterator[list[PenguiFl
         _assert_quiescent(flows)
 
 
+_assert_quiescent: Callable[[Iterable[PenguiFlow]], None] | None = None
+
 if importlib.util.find_spec("penguiflow.testing") is None:
-    _assert_quiescent = None
 
     # Installed with penguiflow-core alone: timing tests run on real (tiny) durations.
     # With penguiflow-testing, its ``virtual_clock`` fixture makes them instant.
