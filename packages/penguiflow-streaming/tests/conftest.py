@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import importlib.util
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -188,7 +188,6 @@ async def running(
         _assert_quiescent(flows)
 
 
-if importlib.util.find_spec("penguiflow.testing") is None:
-    _assert_quiescent = None
-else:
+_assert_quiescent: Callable[[Iterable[PenguiFlow]], None] | None = None
+if importlib.util.find_spec("penguiflow.testing") is not None:
     from penguiflow.testing import assert_flows_quiescent as _assert_quiescent
