@@ -1,8 +1,9 @@
 """Quickstart: the README's three-node pipeline, run end to end.
 
-Everything below the imports is the README's Quickstart snippet, unchanged. The only
-addition is the ``async def main()`` wrapper (``await`` needs a coroutine outside a
-notebook) and one extra ``print(out.payload)`` showing the full result envelope.
+Everything below the imports is the README's Quickstart snippet, with two additions: the
+``ctx`` parameters are annotated (the examples are checked with ``mypy --strict``), and the
+``async def main()`` wrapper (``await`` needs a coroutine outside a notebook) prints one
+extra line, ``out.payload``, showing the full result envelope.
 
 Run it with::
 
@@ -16,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from penguiflow import Headers, Message, ModelRegistry, Node, NodePolicy, create
+from penguiflow import Context, Headers, Message, ModelRegistry, Node, NodePolicy, create
 
 
 class TriageIn(BaseModel):
@@ -37,17 +38,17 @@ class PackOut(BaseModel):
     prompt: str
 
 
-async def triage(msg: TriageIn, ctx) -> TriageOut:
+async def triage(msg: TriageIn, ctx: Context) -> TriageOut:
     topic = "metrics" if "metric" in msg.text else "general"
     return TriageOut(text=msg.text, topic=topic)
 
 
-async def retrieve(msg: TriageOut, ctx) -> RetrieveOut:
+async def retrieve(msg: TriageOut, ctx: Context) -> RetrieveOut:
     docs = [f"doc_{i}_{msg.topic}" for i in range(2)]
     return RetrieveOut(topic=msg.topic, docs=docs)
 
 
-async def pack(msg: RetrieveOut, ctx) -> PackOut:
+async def pack(msg: RetrieveOut, ctx: Context) -> PackOut:
     prompt = f"[{msg.topic}] summarize {len(msg.docs)} docs"
     return PackOut(prompt=prompt)
 
