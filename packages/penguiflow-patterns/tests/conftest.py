@@ -124,7 +124,6 @@ async def running(request: pytest.FixtureRequest) -> AsyncIterator[list[PenguiFl
 _assert_quiescent: Callable[[Iterable[PenguiFlow]], None] | None = None
 
 if importlib.util.find_spec("penguiflow.testing") is None:
-
     # Installed with penguiflow-core alone: timing tests run on real (tiny) durations.
     # With penguiflow-testing, its ``virtual_clock`` fixture makes them instant.
     @pytest.fixture
