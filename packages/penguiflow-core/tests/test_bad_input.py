@@ -1,9 +1,9 @@
-"""Issue 3 "Bad input": every misuse fails early with a message naming the culprit."""
+"""Bad input: every misuse fails early, one misuse per test, with the culprit named."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -67,17 +67,20 @@ def test_bad_policies_fail_at_construction(kwargs: dict[str, Any], fragment: str
         NodePolicy(**kwargs)
 
 
-def test_sync_function_and_wrong_arity_fail_at_construction() -> None:
+def test_sync_function_fails_at_construction() -> None:
     def sync(m: Any, ctx: Any) -> Any:
-        return m
-
-    async def one(m: Any) -> Any:
         return m
 
     with pytest.raises(TypeError, match="async def"):
         Node(sync)
+
+
+def test_wrong_arity_fails_at_construction_naming_the_node() -> None:
+    async def one(m: Any) -> Any:
+        return m
+
     with pytest.raises(ValueError, match="Node 'one'"):
-        Node(one)  # type: ignore[arg-type]
+        Node(one)  # type: ignore[arg-type]  # one parameter, on purpose
 
 
 def test_duplicate_node_names_are_rejected_naming_the_node() -> None:
@@ -135,17 +138,34 @@ async def test_registry_missing_a_validating_node_fails_at_run(make_flow: MakeFl
     assert not flow.is_running
 
 
-async def test_emit_after_stop_fails_until_run_again(make_flow: MakeFlow) -> None:
+async def _emit(flow: PenguiFlow) -> None:
+    await flow.emit(msg())
+
+
+async def _emit_nowait(flow: PenguiFlow) -> None:
+    flow.emit_nowait(msg())
+
+
+async def _emit_chunk(flow: PenguiFlow) -> None:
+    await flow.emit_chunk(parent=msg(), text="x")
+
+
+@pytest.mark.parametrize("send", [_emit, _emit_nowait, _emit_chunk])
+async def test_sending_after_stop_fails(
+    make_flow: MakeFlow, send: Callable[[PenguiFlow], Awaitable[None]]
+) -> None:
     flow = make_flow(node(echo, "a").to())
     flow.run()
     await flow.stop()
     with pytest.raises(FlowStoppedError):
-        await flow.emit(msg())
-    with pytest.raises(FlowStoppedError):
-        flow.emit_nowait(msg())
-    with pytest.raises(FlowStoppedError):
-        await flow.emit_chunk(parent=msg(), text="x")
-    flow.run()  # the contract lets a stopped flow run again
+        await send(flow)
+
+
+async def test_a_stopped_flow_accepts_items_once_run_again(make_flow: MakeFlow) -> None:
+    flow = make_flow(node(echo, "a").to())
+    flow.run()
+    await flow.stop()
+    flow.run()  # a stopped flow may run again
     m = msg()
     await flow.emit(m)
     assert await asyncio.wait_for(flow.fetch(), 1.0) is m
@@ -195,10 +215,13 @@ async def test_nothing_is_dropped_without_an_event(make_flow: MakeFlow, recorder
 
 
 async def test_emit_to_a_node_of_another_flow(make_flow: MakeFlow) -> None:
-    a = node(echo, "a")
     other = node(echo, "a2")
-    flow = make_flow(a.to())
+    flow = make_flow(node(echo, "a").to())
     with pytest.raises(KeyError, match="Unknown target a2 for OpenSea"):
         await flow.emit(msg(), to=other)
+
+
+async def test_emit_to_a_node_name_instead_of_a_node(make_flow: MakeFlow) -> None:
+    flow = make_flow(node(echo, "a").to())
     with pytest.raises(KeyError, match="Unknown target"):
-        await flow.emit(msg(), to=["a"])  # type: ignore[list-item]
+        await flow.emit(msg(), to=["a"])  # type: ignore[list-item]  # a name, on purpose
