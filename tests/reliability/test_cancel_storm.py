@@ -1,4 +1,4 @@
-"""Cancel storm: thousands of traces cancelled at once while others run (issue 9).
+"""Cancel storm: thousands of traces cancelled at once while others run.
 
 One flow, four kinds of victim trace, plus survivors running before, during and after the
 storm::

@@ -176,7 +176,7 @@ async def test_other_base_exception_fails_the_item_and_keeps_the_worker(
     node = Node(faulty(base), name="n", policy=NodePolicy(max_retries=3, backoff_base=0))
     flow = create(node.to(), middlewares=[recorder])
     bad, _ = await bad_then_good(flow, recorder, tasks_now, task_leaks)
-    # Never retried (§5.6): one attempt, one node_failed; the worker survives.
+    # Never retried: one attempt, one node_failed; the worker survives.
     assert names(recorder, bad.trace_id) == ["node_start", "node_failed"]
 
 
@@ -324,7 +324,7 @@ async def test_slow_middleware_slows_only_its_node(
 ) -> None:
     async def slow(event: Any) -> None:
         if event.event_type == "node_start":
-            await asyncio.sleep(10)  # virtual: awaited inline (§5.14)
+            await asyncio.sleep(10)  # virtual: a middleware is awaited inline
 
     async def echo(m: Message, ctx: Any) -> Message:
         return m
@@ -387,7 +387,7 @@ async def test_consumer_that_never_fetches_blocks_the_producer(
     assert held <= 3 * maxsize + 2
     assert not producer.done()
     total = sum(t.pending for t in flow.inspect().traces.values())
-    # Blocked puts (the producer's and each worker's) are already counted (§5.7).
+    # Blocked puts (the producer's and each worker's) already count as pending.
     assert total <= held + 3
     # Now drain: every item arrives, in order, and the producer finishes.
     producer.cancel()

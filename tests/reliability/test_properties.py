@@ -2,7 +2,7 @@
 
 Each example builds a flow, runs it on the test kit's virtual clock (timeouts, backoff and
 deadlines take no real time; a hang makes the hang guard fire at once) and compares what
-happened with a pure model of the contract:
+happened with a pure model of the documented behaviour:
 
 - random DAGs: random edges, retries, concurrency; a random schedule of failures (errors
   and timeouts, some recovered by retries, some not), of traces whose deadline expires
@@ -168,7 +168,7 @@ class DagModel:
 
 
 def dag_model(case: DagCase) -> DagModel:
-    """What the contract says happens, ignoring cancellation (§5.5, §5.6, §5.8, B10)."""
+    """What routing, retries and deadlines should produce, ignoring cancellation."""
     model = DagModel()
 
     def visit(node: int, t: int, s: int, path: tuple[int, ...], expired: bool) -> None:

@@ -1,4 +1,4 @@
-"""Soak: long runs keep memory flat and leave no task behind (issue 9, "Soak").
+"""Soak: long runs keep memory flat and leave no task behind.
 
 Four shapes, each driven by one producer and one consumer running concurrently, with
 the flow's bounded edges as the only buffer:
@@ -117,7 +117,7 @@ async def test_chain_soak_flat_memory_no_tasks(
     flow.run()
 
     def check(i: int, out: Any) -> None:
-        assert out.payload == i  # a linear chain keeps emission order (§5.14)
+        assert out.payload == i  # a linear chain keeps emission order
 
     marks = await drive(
         flow,
@@ -146,7 +146,7 @@ async def test_controller_loop_soak(
     async def controller(msg: Message, ctx: Any) -> Message:
         nonlocal calls
         calls += 1
-        return msg  # never advances hops itself: the runtime does (§5.9 step 3)
+        return msg  # never advances hops itself: the runtime does
 
     c = Node(controller, name="controller", allow_cycle=True)
     flow = create(c.to(c))
@@ -161,7 +161,7 @@ async def test_controller_loop_soak(
     def check(i: int, out: Any) -> None:
         assert isinstance(out.payload, FinalAnswer)
         assert out.payload.text == BUDGET_EXCEEDED_TEXT
-        assert out.trace_id not in seen  # exactly one terminal result per trace (B1)
+        assert out.trace_id not in seen  # exactly one terminal result per trace
         seen.add(out.trace_id)
 
     marks = await drive(flow, emits=traces, make=make, fetches=traces, check=check, rss=rss)
@@ -231,7 +231,7 @@ async def test_streaming_node_soak(
         chunk = out.payload
         assert isinstance(chunk, StreamChunk)
         expected = last.get(chunk.stream_id, -1) + 1
-        assert chunk.seq == expected  # seq order on every edge (§5.14)
+        assert chunk.seq == expected  # seq order on every edge
         assert chunk.text == str(expected)
         if chunk.done:
             del last[chunk.stream_id]

@@ -1,6 +1,6 @@
 """Stop semantics: ``stop()`` is bounded, cancels workers, leaves nothing; emit-after-stop fails.
 
-Contract §5.3: ``stop()`` cancels every worker and waits for it (in-flight node
+``stop()`` cancels every worker and waits for it (in-flight node
 coroutines see ``CancelledError``), releases ``emit_chunk`` waiters and marks the flow not
 running; the flow can ``run()`` again. Core adds ``FlowStoppedError`` (a
 ``RuntimeError``) for emitting into a stopped flow.

@@ -40,7 +40,7 @@ async def make_flow(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..
     The check: no worker task and nothing in flight after ``stop()``; and, with the test
     kit installed, its quiescence check (no trace, queued item, stream counter, probe
     resource or subscription left), unless the test is marked ``leaves_state``: it leaves
-    queued items or open streams behind on purpose, as the contract allows.
+    queued items or open streams behind on purpose, which a stopped flow may keep.
     """
     flows: list[PenguiFlow] = []
 
@@ -53,7 +53,7 @@ async def make_flow(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..
     for flow in flows:
         await flow.stop()
     # Leak check after every test: a stopped flow keeps no worker and runs nothing.
-    # (Queued items may legitimately stay on their edges across a stop: contract §5.3.)
+    # (Queued items may stay on their edges across a stop: a later run() delivers them.)
     for flow in flows:
         snapshot = flow.inspect()
         assert snapshot.workers == 0, f"{flow!r} left {snapshot.workers} worker task(s)"

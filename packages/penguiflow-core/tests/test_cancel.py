@@ -1,4 +1,4 @@
-"""Contract §5.10: per-trace cancellation; §13 B8; cost independent of queue length."""
+"""Per-trace cancellation: what it interrupts, and a cost independent of queue length."""
 
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ async def test_trace_id_can_be_reused_after_cancel(make_flow: MakeFlow, recorder
 
 
 async def test_cancel_interrupts_retry_backoff_sleep(make_flow: MakeFlow, recorder: Any) -> None:
-    """B8: a backoff sleep is aborted promptly."""
+    """A cancel interrupts a retry's backoff sleep at once."""
     calls: list[Any] = []
 
     async def failing(m: Any, ctx: Any) -> Any:
@@ -259,7 +259,7 @@ async def test_cancel_interrupts_retry_backoff_sleep(make_flow: MakeFlow, record
 async def test_cancel_interrupts_a_put_blocked_on_a_full_edge(
     make_flow: MakeFlow, recorder: Any
 ) -> None:
-    """B8: a result put waiting for capacity is aborted promptly."""
+    """A cancel interrupts a result put that waits for room on a full edge at once."""
     gate = Gate()
     returned = asyncio.Event()
 
@@ -323,7 +323,7 @@ async def test_on_trace_cancel_hook_runs_before_the_purge(make_flow: MakeFlow) -
 
 
 async def test_trace_cancelled_is_not_a_cancelled_error() -> None:
-    """D4: nodes see CancelledError; TraceCancelled is an ordinary Exception."""
+    """Nodes see CancelledError; TraceCancelled is an ordinary Exception, not a cancellation."""
     assert issubclass(TraceCancelled, Exception)
     assert not issubclass(TraceCancelled, asyncio.CancelledError)
 

@@ -1,4 +1,4 @@
-"""``NodePolicy.max_concurrency`` (issue 3), per-trace order, no per-message task, B15."""
+"""``NodePolicy.max_concurrency``: per-trace order, no per-message task, stop and restart."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ async def test_no_task_per_message(make_flow: MakeFlow) -> None:
 
 
 async def test_stop_restart_keeps_backlogged_items_of_a_trace(make_flow: MakeFlow) -> None:
-    """B15: with max_concurrency > 1, items waiting behind their trace survive a restart."""
+    """With max_concurrency > 1, items waiting behind their trace survive a restart."""
     tracker = Tracker()
     tracker.gate("a0")
     flow = make_flow(node(tracker.__call__, "llm", max_concurrency=2).to(), queue_maxsize=0)
@@ -178,7 +178,7 @@ async def test_stop_restart_keeps_backlogged_items_of_a_trace(make_flow: MakeFlo
 
 
 async def test_stop_restart_keeps_queued_items_and_counts(make_flow: MakeFlow) -> None:
-    """B15: accounting stays consistent with what is still queued."""
+    """After a restart the trace accounting matches what is still queued."""
     tracker = Tracker()
     tracker.gate("x")
     flow = make_flow(node(tracker.__call__, "n").to())
@@ -197,7 +197,7 @@ async def test_stop_restart_keeps_queued_items_and_counts(make_flow: MakeFlow) -
 
 
 async def test_stop_clears_the_wm_hop_memory(make_flow: MakeFlow) -> None:
-    """B15: after stop/run a re-emitted mirror is not suppressed any more."""
+    """After stop and run, a re-emitted progress mirror is delivered, not suppressed."""
     calls: list[int] = []
     second = asyncio.Event()
 

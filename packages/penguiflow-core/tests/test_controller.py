@@ -1,4 +1,4 @@
-"""Contract §5.9: controller loops, hop counting, budgets, progress mirror; §13 B1, B7."""
+"""Controller loops: hop counting, budgets, the progress mirror, one final answer per trace."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ async def test_hop_budget_counts_hops_and_ends_with_one_final_answer(
 async def test_runtime_does_not_double_count_hops_the_controller_advanced(
     make_flow: MakeFlow,
 ) -> None:
-    """D8: the runtime adds one only when the controller did not advance hops."""
+    """The runtime adds a hop only when the controller did not advance hops itself."""
     seen_hops: list[int] = []
 
     async def stepper(m: Message, ctx: Any) -> Message:
@@ -160,7 +160,7 @@ async def test_deadline_on_returned_wm_message(make_flow: MakeFlow, recorder: An
 async def test_controller_message_final_answer_is_delivered_exactly_once(
     make_flow: MakeFlow, recorder: Any
 ) -> None:
-    """B1: no re-invocation, node_success emitted, the trace drains."""
+    """A final answer is not fed back to the controller: node_success, then the trace drains."""
     calls: list[int] = []
 
     async def answer(m: Message, ctx: Any) -> Message:
@@ -187,7 +187,7 @@ async def test_controller_message_final_answer_is_delivered_exactly_once(
 async def test_exhaustion_does_not_reinvoke_the_controller(
     make_flow: MakeFlow, recorder: Any
 ) -> None:
-    """B1 for budget exhaustion."""
+    """A budget-exhausted answer is delivered once, without invoking the controller again."""
     calls: list[int] = []
 
     async def idle(m: Message, ctx: Any) -> Message:
@@ -208,7 +208,7 @@ async def test_exhaustion_does_not_reinvoke_the_controller(
 async def test_bare_final_answer_from_a_typed_controller_is_one_result(
     make_flow: MakeFlow, recorder: Any
 ) -> None:
-    """Issue 3: bare FinalAnswer from a registered controller re-wraps into the envelope."""
+    """A bare FinalAnswer from a registered controller re-wraps into the envelope."""
     calls: list[int] = []
 
     async def typed(wm: WM, ctx: Any) -> WM | FinalAnswer:

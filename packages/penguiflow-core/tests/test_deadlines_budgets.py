@@ -1,4 +1,4 @@
-"""Contract §5.5 step 2 and §5.8: deadlines; §13 B10. Wall time is faked via the clock seam."""
+"""Deadlines and budgets end a trace with one FinalAnswer. Wall time is faked via the clock."""
 
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ async def test_deadline_never_interrupts_a_running_node(
 async def test_one_deadline_answer_per_trace_on_fan_out(
     make_flow: MakeFlow, recorder: Any, clock: Clock
 ) -> None:
-    """B10: further expired items of the trace are dropped with deadline_skip."""
+    """Once a trace's deadline has passed, its later items are dropped with deadline_skip."""
 
     async def split(m: Message, ctx: Any) -> Any:
         clock.now = 5000.0

@@ -1,4 +1,4 @@
-"""Contract §6 ``FlowEvent`` and §5.13 events and logging; events built only when listened."""
+"""``FlowEvent``, the events a flow emits and their logging; built only when someone listens."""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ def test_root_all_has_no_unexpected_names() -> None:
 
 
 def test_root_all_contains_the_installed_add_on_names() -> None:
-    # Contract §1 lists the add-on names in __all__; core adds each one only when its
+    # The add-on names belong in __all__; core adds each one only when its
     # distribution is installed, so star-import still works with core alone.
     installed = {name for name in ADDONS if importlib.util.find_spec(ADDONS[name][0]) is not None}
     assert installed <= set(penguiflow.__all__)

@@ -1,4 +1,4 @@
-"""Contract §5.1-5.2: names, ``Floe``/``Endpoint``, building the graph (no event loop)."""
+"""Names, ``Floe``/``Endpoint`` and building the graph, all without an event loop."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_cycle_error_and_trace_cancelled_types() -> None:
     assert issubclass(CycleError, RuntimeError)
     exc = TraceCancelled("abc")
     assert isinstance(exc, Exception)
-    assert not isinstance(exc, asyncio.CancelledError)  # D4
+    assert not isinstance(exc, asyncio.CancelledError)  # an error, never a cancellation
     assert exc.trace_id == "abc"
     assert str(exc) == "trace cancelled: abc"
     assert str(TraceCancelled(None)) == "trace cancelled: None"

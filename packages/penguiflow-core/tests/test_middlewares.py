@@ -1,4 +1,4 @@
-"""Contract §7: middlewares."""
+"""Middlewares: async observers of every FlowEvent; a failing one never stops the flow."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ async def test_a_raising_middleware_never_breaks_the_flow(
         raised.append(event.event_type)
         raise RuntimeError("middleware bug")
 
-    async def wrong_arity(event: FlowEvent, payload: Any) -> None:  # B17 style
+    async def wrong_arity(event: FlowEvent, payload: Any) -> None:  # two parameters: a TypeError
         raise AssertionError("never called successfully")
 
     caplog.set_level(logging.ERROR, logger="penguiflow.core")

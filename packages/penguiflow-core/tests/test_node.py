@@ -1,4 +1,4 @@
-"""Contract §3: ``NodePolicy`` and ``Node`` (construction, identity, ``invoke``)."""
+"""``NodePolicy`` and ``Node``: construction, identity and ``invoke``."""
 
 from __future__ import annotations
 
@@ -297,7 +297,7 @@ async def test_invoke_passes_context_through_untouched(registry: ModelRegistry) 
     assert seen == [ctx]
 
 
-# -- D1 (a) envelope-aware validation -----------------------------------------------------
+# -- envelope-aware validation ------------------------------------------------------------
 
 
 async def test_invoke_envelope_payload_is_validated_and_result_rewrapped(
@@ -366,7 +366,7 @@ async def test_invoke_message_in_model_receives_the_envelope() -> None:
     incoming = Message(payload={"x": 1}, headers=Headers(tenant="t"))
     out = await Node(env).invoke(incoming, None, registry=reg)
     assert seen[0] is incoming
-    assert out == Out(y=1)  # upstream behaviour: bare output, not re-wrapped
+    assert out == Out(y=1)  # a Message-typed node's bare result is not re-wrapped
 
 
 async def test_invoke_envelope_with_invalid_payload_fails(registry: ModelRegistry) -> None:

@@ -1,4 +1,4 @@
-"""Contract §5.12: ``call_playbook`` / ``Context.call_playbook``; §13 B9."""
+"""``call_playbook`` / ``Context.call_playbook``: subflows that follow their parent trace."""
 
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ async def test_parent_cancel_is_mirrored_into_the_subflow(
 async def test_already_cancelled_parent_raises_without_running_the_subflow(
     make_flow: MakeFlow,
 ) -> None:
-    """B9."""
+    """A playbook called under a trace already cancelled raises; the subflow never runs."""
     started, in_cleanup, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     async def lingering(m: Any, ctx: Any) -> Any:

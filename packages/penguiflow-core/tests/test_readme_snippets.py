@@ -1,4 +1,4 @@
-"""The spec README's core snippets run verbatim (issue 3; contract §14 D1, §13 B3).
+"""The README's core snippets run verbatim, so what a reader copies works.
 
 Each snippet below is copied byte for byte from the README. The Core Concepts snippets
 reference ``packer_node`` and ``PackOut`` without defining them; the only glue added is
@@ -162,7 +162,7 @@ async def test_quickstart_runs_verbatim(capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out == "[metrics] summarize 2 docs\n"
     out = ns["out"]
     assert out.payload == ns["PackOut"](prompt="[metrics] summarize 2 docs")
-    # D1: the envelope travelled: same trace id and headers as the emitted message
+    # The envelope travelled: same trace id and headers as the emitted message
     assert out.trace_id == ns["message"].trace_id
     assert out.headers.tenant == "acme"
     assert not ns["flow"].is_running

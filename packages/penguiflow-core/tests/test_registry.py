@@ -1,4 +1,4 @@
-"""Contract §4: ``ModelRegistry``."""
+"""``ModelRegistry``: per-node in/out models and their cached adapters."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Contract §5.6: timeouts, retries, backoff; error boundaries."""
+"""Timeouts, retries and backoff; a failing item never takes the flow down."""
 
 from __future__ import annotations
 
@@ -317,7 +317,7 @@ async def test_failures_of_one_trace_never_stop_other_traces(make_flow: MakeFlow
 
 
 async def test_errors_to_rookery_delivers_a_flow_error(make_flow: MakeFlow) -> None:
-    """Contract D7 (opt-in): a node that gives up delivers a FlowError instead of silence."""
+    """Opt-in: a node that gives up delivers a FlowError to Rookery instead of silence."""
     from penguiflow.errors import FlowError
 
     async def broken(msg: Any, ctx: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Contract §5.5 routing, §0 trace ids, §13 B7/B14."""
+"""Routing between nodes, controllers and cycles, and how trace ids are read from items."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ async def test_bare_final_answer_is_routed_normally(make_flow: MakeFlow) -> None
 async def test_wm_message_from_a_node_without_self_edge_routes_normally(
     make_flow: MakeFlow, recorder: Any
 ) -> None:
-    """B7: only nodes with a self-edge are controllers."""
+    """Only a node with an edge to itself is a controller."""
     seen: list[Any] = []
 
     async def plan(m: Message, ctx: Any) -> Any:
@@ -133,7 +133,7 @@ async def test_wm_message_from_an_egress_node_without_self_edge(make_flow: MakeF
 
 
 async def test_flow_without_ingress_rejects_emit(make_flow: MakeFlow) -> None:
-    """B14: a pure cycle has no ingress; emit must raise, not swallow."""
+    """A pure cycle has no ingress node, so emit raises instead of dropping the item."""
     a, b = node(echo, "a"), node(echo, "b")
     flow = make_flow(a.to(b), b.to(a), allow_cycles=True)
     flow.run()
@@ -155,7 +155,7 @@ async def test_node_emits_several_items_and_returns_none(make_flow: MakeFlow) ->
     assert [await fetch(flow) for _ in range(3)] == ["a", "b", "c"]
 
 
-# -- trace ids (§0) -----------------------------------------------------------------------
+# -- trace ids ----------------------------------------------------------------------------
 
 
 class WithField(BaseModel):

@@ -1,4 +1,4 @@
-"""Contract §5.3-5.5, §5.11, §5.14: lifecycle, talking to a flow, contexts, scheduling."""
+"""Lifecycle, talking to a flow, contexts and scheduling."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ async def test_run_with_registry_missing_entries(make_flow: MakeFlow) -> None:
         match=r"ModelRegistry is missing entries for nodes requiring validation: alpha, zeta$",
     ):
         flow.run(registry=ModelRegistry())
-    # B6: a failed run leaves the flow not running, so it can be fixed and run
+    # A failed run leaves the flow not running, so it can be fixed and run
     running_after_failure = flow.is_running
     assert not running_after_failure
     reg = ModelRegistry()
@@ -246,7 +246,7 @@ async def test_emit_nowait_raises_queue_full(make_flow: MakeFlow) -> None:
 
 
 async def test_emit_nowait_does_not_leak_counts_on_queue_full(make_flow: MakeFlow) -> None:
-    """B5: only successful enqueues count, and no target is enqueued if one is full."""
+    """Only successful enqueues count, and no target is enqueued if one is full."""
     a, b = node(echo, "a"), node(echo, "b")
     flow = make_flow(a.to(), b.to(), queue_maxsize=1)
     flow.emit_nowait(msg("fill"), to=b)
@@ -416,7 +416,7 @@ async def test_context_emit_to_unknown_target_raises_before_enqueue(make_flow: M
 async def test_rookery_context_with_no_outgoing_edges_rejects_unknown_target(
     make_flow: MakeFlow,
 ) -> None:
-    """B14: a context without outgoing edges must not ignore an explicit ``to``."""
+    """A context without outgoing edges raises on an explicit ``to`` instead of ignoring it."""
     a = node(echo, "a")
     flow = make_flow(a.to())
     flow.run()
@@ -484,7 +484,7 @@ async def test_context_queue_depths_and_fetch(make_flow: MakeFlow) -> None:
         await flow.context(OPEN_SEA).fetch()
 
 
-# -- scheduling (§5.14) -------------------------------------------------------------------
+# -- scheduling ----------------------------------------------------------------------------
 
 
 @pytest.mark.leaves_state

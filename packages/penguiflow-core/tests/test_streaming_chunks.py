@@ -1,4 +1,4 @@
-"""Contract §5.11 ``emit_chunk``; §13 B4 (per-trace key) and B16 (counters)."""
+"""``emit_chunk``: per-trace backpressure and per-stream sequence counters."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from penguiflow.types import Headers, Message, StreamChunk
 MakeFlow = Callable[..., PenguiFlow]
 
 
-# Streams opened from OpenSea here are left open on purpose (counters persist: B16).
+# Streams opened from OpenSea here are left open on purpose (their counters persist).
 pytestmark = pytest.mark.leaves_state
 
 
@@ -151,7 +151,7 @@ async def test_follow_up_chunks_wait_for_per_trace_capacity(make_flow: MakeFlow)
 
 
 async def test_per_trace_capacity_is_keyed_by_trace_not_stream_id(make_flow: MakeFlow) -> None:
-    """B4: a custom stream_id must not bypass the per-trace backpressure."""
+    """A custom stream_id does not bypass the per-trace backpressure."""
     await _per_trace_capacity_case(make_flow, "custom-stream")
 
 
@@ -186,7 +186,7 @@ async def test_stop_releases_a_blocked_emit_chunk(make_flow: MakeFlow) -> None:
 
 
 async def test_cancel_frees_the_stream_counters(make_flow: MakeFlow) -> None:
-    """B16: counters of a cancelled trace are dropped."""
+    """Cancelling a trace drops its stream counters."""
     flow = make_flow(node(echo, "sink").to(), queue_maxsize=0)
     flow.run()
     parent = msg()
@@ -198,7 +198,7 @@ async def test_cancel_frees_the_stream_counters(make_flow: MakeFlow) -> None:
 
 
 async def test_idle_trace_keeps_its_stream_counters(make_flow: MakeFlow) -> None:
-    """B16: external producers rely on seq continuing between calls."""
+    """seq continues between calls, which external producers rely on."""
     flow = make_flow(node(echo, "sink").to())
     flow.run()
     parent = msg()

@@ -1,4 +1,4 @@
-"""Contract §2 (types) and §14 D1 (b): attribute fallback of ``Message``."""
+"""The message types, and ``Message`` reading missing attributes from its payload."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def test_normal_coercion() -> None:
     assert Headers(tenant="a", priority="2").priority == 2  # type: ignore[arg-type]
 
 
-# -- D1 (b): attribute fallback ------------------------------------------------------------
+# -- attribute fallback ---------------------------------------------------------------------
 
 
 def test_message_reads_missing_public_attributes_from_payload() -> None:
