@@ -1,4 +1,4 @@
-"""stream_flow and emit_stream_events, per the contract (§9), plus their bad-input errors."""
+"""stream_flow and emit_stream_events: what reaches the client, plus their bad-input errors."""
 
 from __future__ import annotations
 

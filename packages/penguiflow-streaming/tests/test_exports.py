@@ -14,7 +14,7 @@ import penguiflow
 import penguiflow.streaming as streaming
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-CONTRACT = ["format_sse_event", "chunk_to_ws_json", "stream_flow", "emit_stream_events"]
+IN_ALL = ["format_sse_event", "chunk_to_ws_json", "stream_flow", "emit_stream_events"]
 EXTRA = [
     "ErrorCode",
     "ErrorEvent",
@@ -43,8 +43,8 @@ EXTRA = [
 ]
 
 
-def test_all_is_exactly_the_contract_names() -> None:
-    assert streaming.__all__ == CONTRACT
+def test_all_is_exactly_the_documented_names() -> None:
+    assert streaming.__all__ == IN_ALL
 
 
 def test_extra_names_are_importable_but_not_in_all() -> None:
@@ -53,11 +53,11 @@ def test_extra_names_are_importable_but_not_in_all() -> None:
         for name, value in vars(streaming).items()
         if not name.startswith("_") and not inspect.ismodule(value) and name != "annotations"
     }
-    assert public == set(CONTRACT) | set(EXTRA)
+    assert public == set(IN_ALL) | set(EXTRA)
 
 
-@pytest.mark.parametrize("name", CONTRACT)
-def test_contract_names_are_reexported_by_the_root_package(name: str) -> None:
+@pytest.mark.parametrize("name", IN_ALL)
+def test_names_in_all_are_reexported_by_the_root_package(name: str) -> None:
     value = getattr(streaming, name)
     assert getattr(penguiflow, name) is value
     assert name in penguiflow.__all__

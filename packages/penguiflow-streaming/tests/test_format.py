@@ -1,4 +1,4 @@
-"""format_sse_event / chunk_to_ws_json: contract bytes, B13 multi-line framing, bad input."""
+"""format_sse_event / chunk_to_ws_json: exact bytes, one data: line per text line, bad input."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def parse_sse(frame: str) -> list[dict[str, Any]]:
     return events
 
 
-def test_contract_example_is_byte_identical() -> None:
+def test_documented_example_is_byte_identical() -> None:
     out = format_sse_event(chunk(meta={"k": 1}), retry_ms=1500)
     assert out == 'event: chunk\nid: 2\ndata: hi\ndata: {"k": 1}\nretry: 1500\n\n'
 
