@@ -210,13 +210,13 @@ def make_vin_msg(i: int) -> Message:
 
 def key_env_prompt(out: Any) -> Any:
     # The envelope goes in, typed nodes see bare models, the envelope comes back out
-    # carrying the last payload (contract D1).
+    # carrying the last payload.
     if type(out) is not Message:
         fail(f"expected the Message envelope back, got {type(out).__name__}")
     return key_prompt(out.payload)
 
 
-@REG.add("quickstart_pipe", "msgs", "Message(payload=VIn) through the typed chain (D1)")
+@REG.add("quickstart_pipe", "msgs", "Message(payload=VIn) through the typed chain")
 async def quickstart_pipe(n: int) -> dict:
     return await _run(build_chain_validated(), make_vin_msg, n, None, key_env_prompt, want_prompt)
 

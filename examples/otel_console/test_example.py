@@ -33,7 +33,7 @@ def test_script_prints_the_span_tree() -> None:
     assert lines[11].startswith("result traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-")
 
 
-def test_every_span_is_in_the_upstream_trace() -> None:
+def test_every_span_joins_the_callers_trace() -> None:
     module = runpy.run_path(str(MAIN), run_name="otel_console_example")
     result, spans = asyncio.run(module["main"]())
     assert len(spans) == 7  # 2 requests + 5 attempts (retrieve twice)

@@ -211,8 +211,8 @@ async def test_cancel_frees_the_bucket_of_an_idle_trace(
     await recorder.wait("node_success", "j", msg.trace_id)
     assert flow.inspect().traces == {}  # nothing of the trace is left in core...
     assert held(flow) == {msg.trace_id: 1}  # ...but the join still holds its part
-    assert await flow.cancel(msg.trace_id) is False  # contract §5.10: no pending work
-    assert held(flow) == {}  # the hook ran anyway (§13 B2)
+    assert await flow.cancel(msg.trace_id) is False  # False: core holds no work of it
+    assert held(flow) == {}  # the cancel hook ran anyway and freed the bucket
     assert (await logs.wait("join_k_cancel_drop")).trace_id == msg.trace_id
     kit.assert_clean(flow)
 

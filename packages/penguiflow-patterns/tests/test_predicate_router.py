@@ -1,4 +1,4 @@
-"""predicate_router: payload and header routing, D3 booleans, mappings, errors."""
+"""predicate_router: payload and header routing, True/False decisions, mappings, errors."""
 
 from __future__ import annotations
 

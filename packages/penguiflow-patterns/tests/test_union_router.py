@@ -1,4 +1,4 @@
-"""union_router: variant routing, Message envelopes (D2), wiring checks, errors."""
+"""union_router: variant routing, Message envelopes kept across it, wiring checks, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Identifiers, collisions, keywords and label escaping (contract §10, §13 B12)."""
+"""Identifiers, collisions, keywords and label escaping: user text never breaks a diagram."""
 
 from __future__ import annotations
 

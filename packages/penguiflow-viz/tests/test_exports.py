@@ -30,7 +30,7 @@ def test_renderers_are_reexported_by_the_root_package() -> None:
         assert value.__doc__
 
 
-def test_signatures_match_the_contract() -> None:
+def test_signatures_match_the_documented_api() -> None:
     mermaid = inspect.signature(viz.flow_to_mermaid)
     assert list(mermaid.parameters) == ["flow", "direction", "snapshot", "playbooks"]
     assert mermaid.parameters["direction"].default == "TD"

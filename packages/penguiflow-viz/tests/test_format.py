@@ -1,4 +1,4 @@
-"""Byte-exact output (contract §10), ordering, determinism and argument checks."""
+"""Byte-exact output (the documented format), ordering, determinism and argument checks."""
 
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ def test_mermaid_rejects_what_we_avoid(mermaid: Any) -> None:
     ]
     results = mermaid.parse_many(bad)
     assert [r["ok"] for r in results] == [False] * len(bad)
-    # The contract's backslash escape parses, but the quotes vanish from the label.
+    # A backslash-escaped quote parses, but the quotes vanish from the label.
     (quoted,) = mermaid.parse_many(['graph TD\n    a["say \\"hi\\""]'])
     assert mermaid.model(quoted).labels["a"] != 'say "hi"'
 
