@@ -179,17 +179,32 @@ async def test_run_one_with_registry_validates(flow_kit: FlowTestKit) -> None:
     assert result.payload == Query(text="HEY")
 
 
-async def test_bad_arguments(flow_kit: FlowTestKit) -> None:
+async def test_run_one_rejects_a_non_flow(flow_kit: FlowTestKit) -> None:
     with pytest.raises(KitUsageError, match="expects a PenguiFlow"):
         await flow_kit.run_one("not a flow", make_message())  # type: ignore[arg-type]
+
+
+async def test_run_one_rejects_a_zero_timeout(flow_kit: FlowTestKit) -> None:
     with pytest.raises(KitUsageError, match="timeout_s must be > 0"):
         await flow_kit.run_one(chain(), make_message(), timeout_s=0)
+
+
+async def test_run_one_rejects_a_non_numeric_timeout(flow_kit: FlowTestKit) -> None:
     with pytest.raises(KitUsageError, match="timeout_s must be a number"):
         await flow_kit.run_one(chain(), make_message(), timeout_s="1")  # type: ignore[arg-type]
+
+
+async def test_run_trace_rejects_a_bare_payload(flow_kit: FlowTestKit) -> None:
     with pytest.raises(KitUsageError, match="needs a Message"):
         await flow_kit.run_trace(chain(), "bare payload")
+
+
+async def test_collect_trace_rejects_a_flow_that_is_not_running(flow_kit: FlowTestKit) -> None:
     with pytest.raises(KitUsageError, match="not running"):
         await flow_kit.collect_trace(chain(), make_message())
+
+
+def test_attach_rejects_a_non_flow(flow_kit: FlowTestKit) -> None:
     with pytest.raises(KitUsageError, match="expected a PenguiFlow"):
         flow_kit.attach(42)  # type: ignore[arg-type]
 

@@ -65,13 +65,18 @@ async def test_simulate_error_results_and_exception_types() -> None:
         await timeout("m", None)
 
 
-def test_simulate_error_rejects_bad_input() -> None:
-    with pytest.raises(KitUsageError, match="either result or result_factory"):
-        simulate_error("a", "X", result=1, result_factory=lambda m: m)
-    with pytest.raises(KitUsageError, match="fail_times must be an int >= 0"):
-        simulate_error("a", "X", fail_times=-1)
-    with pytest.raises(KitUsageError, match="exception class"):
-        simulate_error("a", "X", exception_type=ValueError("not a class"))  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"result": 1, "result_factory": lambda m: m}, "either result or result_factory"),
+        ({"fail_times": -1}, "fail_times must be an int >= 0"),
+        ({"exception_type": ValueError("not a class")}, "exception class"),
+    ],
+    ids=["result-and-factory", "negative-fail-times", "exception-instance"],
+)
+def test_simulate_error_rejects_bad_input(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(KitUsageError, match=match):
+        simulate_error("a", "X", **kwargs)
 
 
 def test_simulated_nodes_work_as_policies_expect() -> None:

@@ -81,8 +81,11 @@ async def test_a_missing_event_fails_with_what_was_seen(virtual_clock: VirtualCl
     assert recorder._waiters == []
 
 
-def test_bad_arguments_are_usage_errors() -> None:
+def test_a_zero_timeout_is_a_usage_error() -> None:
     with pytest.raises(KitUsageError, match="positive"):
         Recorder(timeout_s=0)
+
+
+def test_waiting_for_count_zero_is_a_usage_error() -> None:
     with pytest.raises(KitUsageError, match="count starts at 1"):
         asyncio.run(Recorder().wait("node_start", count=0))
