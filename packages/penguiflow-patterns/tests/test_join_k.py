@@ -67,9 +67,12 @@ def test_k_must_be_an_int(k: Any) -> None:
         join_k("j", k)
 
 
-def test_bad_timeout_settings() -> None:
+def test_a_zero_timeout_is_rejected() -> None:
     with pytest.raises(ValueError, match="timeout_s must be positive"):
         join_k("j", 2, timeout_s=0)
+
+
+def test_an_unknown_on_timeout_is_rejected() -> None:
     with pytest.raises(ValueError, match="on_timeout must be 'emit' or 'drop'"):
         join_k("j", 2, timeout_s=1, on_timeout="keep")  # type: ignore[arg-type]
 

@@ -185,15 +185,19 @@ async def test_predicate_exception_is_a_node_error(
     assert "predicate broke" in failed.extra["exception"]
 
 
-def test_bad_predicate_type_is_rejected_at_creation() -> None:
-    with pytest.raises(TypeError, match="predicate_router 'r'"):
-        predicate_router("r", 42)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="not callable"):
-        predicate_router("r", {"a": 1})  # type: ignore[dict-item]
-    with pytest.raises(TypeError, match="Targets must be Node or str"):
-        predicate_router("r", {3: bool})  # type: ignore[dict-item]
-    with pytest.raises(TypeError, match="name"):
-        predicate_router("", bool)
+@pytest.mark.parametrize(
+    ("name", "predicate", "match"),
+    [
+        ("r", 42, "predicate_router 'r'"),
+        ("r", {"a": 1}, "not callable"),
+        ("r", {3: bool}, "Targets must be Node or str"),
+        ("", bool, "name"),
+    ],
+    ids=["not-a-predicate", "mapping-to-a-non-callable", "non-str-target", "empty-name"],
+)
+def test_bad_predicate_type_is_rejected_at_creation(name: str, predicate: Any, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        predicate_router(name, predicate)
 
 
 async def test_one_router_in_two_flows_resolves_per_flow(

@@ -54,19 +54,27 @@ def test_no_playbooks_or_an_empty_mapping_changes_nothing(cases: Any) -> None:
     assert flow_to_dot(flow, playbooks=None) == flow_to_dot(flow)
 
 
-def test_unknown_node_or_name_is_rejected(cases: Any, make_node: Any) -> None:
+def test_unknown_node_name_is_rejected(cases: Any) -> None:
     flow = cases["controller"]().flow
     with pytest.raises(ValueError, match="playbooks: no node named 'nope' in this flow"):
         flow_to_mermaid(flow, playbooks={"nope": "x"})
+
+
+def test_node_of_another_flow_is_rejected(cases: Any, make_node: Any) -> None:
+    flow = cases["controller"]().flow
     stranger = make_node("stranger")
     with pytest.raises(ValueError, match="'stranger' is not a node of this flow"):
         flow_to_dot(flow, playbooks={stranger: "x"})
 
 
-def test_wrong_types_are_rejected(cases: Any) -> None:
+def test_a_key_of_the_wrong_type_is_rejected(cases: Any) -> None:
     flow = cases["controller"]().flow
     with pytest.raises(TypeError, match="keys must be Node or str"):
         flow_to_mermaid(flow, playbooks={3: "x"})  # type: ignore[arg-type]
+
+
+def test_a_label_of_the_wrong_type_is_rejected(cases: Any) -> None:
+    flow = cases["controller"]().flow
     with pytest.raises(TypeError, match="must be a str"):
         flow_to_dot(flow, playbooks={"controller": 3})  # type: ignore[arg-type]
 
