@@ -300,21 +300,39 @@ async def test_idle_timeout(kit: Any, running: Start) -> None:
     await kit.wait_for(cleaned.wait())  # leaving cancelled the trace
 
 
-async def test_bad_input(kit: Any, running: Start) -> None:
+def test_a_non_message_is_rejected() -> None:
     node = llm_node(["a"])
     with pytest.raises(StreamingArgumentError, match=r"needs a penguiflow\.types\.Message"):
-        open_stream(create(node.to()), "not a message")  # type: ignore[arg-type]
+        open_stream(create(node.to()), "not a message")  # type: ignore[arg-type]  # on purpose
+
+
+async def test_a_flow_that_never_ran_is_rejected(kit: Any) -> None:
     never_run = create(llm_node(["a"]).to())
     with pytest.raises(FlowNotRunningError, match="not running"):
         await open_stream(never_run, kit.message()).start()
+
+
+async def test_a_second_stream_of_one_trace_is_rejected(kit: Any, running: Start) -> None:
     flow = running(create(llm_node(["a"]).to()))
     msg = kit.message()
     async with open_stream(flow, msg) as stream:
         with pytest.raises(FlowRuntimeError, match="already has a subscription"):
             await open_stream(flow, msg).start()
+        await stream.result()
+    assert flow.inspect().is_quiescent
+
+
+async def test_starting_a_stream_twice_is_rejected(kit: Any, running: Start) -> None:
+    flow = running(create(llm_node(["a"]).to()))
+    async with open_stream(flow, kit.message()) as stream:
         with pytest.raises(StreamingUsageError, match="already started"):
             await stream.start()
         await stream.result()
+    assert flow.inspect().is_quiescent
+
+
+async def test_reading_an_unstarted_stream_is_rejected(kit: Any, running: Start) -> None:
+    flow = running(create(llm_node(["a"]).to()))
     unstarted = open_stream(flow, kit.message())
     with pytest.raises(StreamingUsageError, match="not started"):
         await anext(unstarted)
