@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from penguiflow.core import Context, PenguiFlow
+from penguiflow.errors import FlowStoppedError
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Headers, Message, StreamChunk
 
@@ -182,7 +183,8 @@ async def test_stop_releases_a_blocked_emit_chunk(make_flow: MakeFlow) -> None:
     await asyncio.sleep(0)
     assert not blocked.done()
     await flow.stop()
-    await asyncio.wait_for(blocked, 1.0)
+    with pytest.raises(FlowStoppedError):  # released, and the chunk is not sent
+        await asyncio.wait_for(blocked, 1.0)
 
 
 async def test_cancel_frees_the_stream_counters(make_flow: MakeFlow) -> None:

@@ -44,7 +44,7 @@ def test_module_all_is_the_seven_models() -> None:
     [
         (Headers, ["tenant", "topic", "priority"]),
         (Message, ["payload", "headers", "trace_id", "ts", "deadline_s", "meta"]),
-        (StreamChunk, ["stream_id", "seq", "text", "done", "meta"]),
+        (StreamChunk, ["stream_id", "seq", "text", "done", "meta", "node"]),
         (PlanStep, ["kind", "args", "max_concurrency"]),
         (Thought, ["steps", "rationale", "done"]),
         (

@@ -1,8 +1,10 @@
 """Stream chunks: sequence numbers per stream, and the envelope a chunk travels in.
 
 ``ctx.emit_chunk`` numbers the chunks of each stream (``stream_id``, by default the
-trace id) and remembers which streams of a trace are still open, so a cancelled trace
-forgets its counters and ``inspect()`` can show open streams under ``STREAMS_PROBE``.
+trace id). The numbers run per stream across the whole flow, so two nodes writing the
+same stream never repeat a number. The counters of a trace's streams are forgotten when
+the trace ends, with or without a ``done`` chunk; ``inspect()`` shows the open ones under
+``STREAMS_PROBE``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ STREAMS_PROBE: Final = "penguiflow.streams"
 
 
 class StreamCounters:
-    """The last sequence number of every open stream one producer writes, by trace."""
+    """The last sequence number of every open stream of a flow, by trace."""
 
     __slots__ = ("by_trace", "last")
 
@@ -52,17 +54,20 @@ class StreamCounters:
                 del self.by_trace[trace_id]
 
     def forget(self, trace_id: str) -> None:
-        """Drop every counter of a trace (it was cancelled)."""
+        """Drop every counter of a trace (it ended or was cancelled)."""
         sids = self.by_trace.pop(trace_id, None)
         if sids:
             for sid in sids:
                 self.last.pop(sid, None)
 
-    def count_into(self, counts: dict[str, int]) -> None:
-        """Add this producer's open streams per trace to ``counts``."""
-        for tid, sids in self.by_trace.items():
-            if sids:
-                counts[tid] = counts.get(tid, 0) + len(sids)
+    def open_streams(self, *others: StreamCounters) -> dict[str, int]:
+        """Open streams per trace, here and in ``others``."""
+        counts: dict[str, int] = {}
+        for counters in (self, *others):
+            for tid, sids in counters.by_trace.items():
+                if sids:
+                    counts[tid] = counts.get(tid, 0) + len(sids)
+        return counts
 
 
 def chunk_envelope(
@@ -72,10 +77,11 @@ def chunk_envelope(
     text: str,
     done: bool,
     meta: Mapping[str, Any] | None,
+    node: str | None,
 ) -> tuple[StreamChunk, Message]:
     """The chunk, and the envelope carrying it under the parent's trace, headers and meta."""
     chunk = StreamChunk(
-        stream_id=sid, seq=seq, text=text, done=done, meta=dict(meta) if meta else {}
+        stream_id=sid, seq=seq, text=text, done=done, meta=dict(meta) if meta else {}, node=node
     )
     envelope = Message(
         payload=chunk,

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ._playbook import SubflowFactory
     from .inspect import FlowSnapshot
 
-__all__ = ["Context", "Ending", "KernelPort", "Runtime", "stream_counters", "wired_context"]
+__all__ = ["Context", "Ending", "KernelPort", "Runtime", "wired_context"]
 
 
 class Runtime(Protocol):
@@ -45,6 +45,10 @@ class Runtime(Protocol):
     def emit_nowait(self, msg: Any, to: Node | Sequence[Node] | None = None) -> None: ...
 
     async def fetch(self, from_: Node | Sequence[Node] | None = None) -> Any: ...
+
+    async def invoke(
+        self, message: Any, *, timeout: float | None = None, to: Node | Sequence[Node] | None = None
+    ) -> Any: ...
 
     async def cancel(self, trace_id: str) -> bool: ...
 
@@ -85,13 +89,16 @@ class KernelPort:
 
     __slots__ = (
         "consume",
+        "expire",
         "fetch",
         "flow",
+        "hold",
         "hooks",
         "play",
         "queue_maxsize",
         "send",
         "send_nowait",
+        "streams",
         "take",
         "wait_trace_capacity",
     )
@@ -102,6 +109,7 @@ class KernelPort:
         flow: Runtime,
         hooks: Hooks,
         queue_maxsize: int,
+        streams: StreamCounters,
         send: Callable[[Sequence[Floe], Any], Awaitable[None]],
         send_nowait: Callable[[Sequence[Floe], Any], None],
         fetch: Callable[[Inbox, set[Floe] | None, Ending | None], Awaitable[Any]],
@@ -109,10 +117,14 @@ class KernelPort:
         consume: Callable[[Entry], Any],
         wait_trace_capacity: Callable[[str], Awaitable[None]],
         play: Callable[[Any, Any, float | None], Awaitable[Any]],
+        hold: Callable[[str], Callable[[], None]],
+        expire: Callable[[Owner, Message], Awaitable[None]],
     ) -> None:
         self.flow = flow
         self.hooks = hooks
         self.queue_maxsize = queue_maxsize
+        self.streams = streams
+        """The flow's stream counters: sequence numbers run per stream id, flow-wide."""
         self.send = send
         self.send_nowait = send_nowait
         self.fetch = fetch
@@ -122,6 +134,10 @@ class KernelPort:
         self.wait_trace_capacity = wait_trace_capacity
         self.play = play
         """Run a playbook under this flow (cancel mirrored): (factory, message, timeout)."""
+        self.hold = hold
+        """Count a trace as live while a component holds its items; returns the release."""
+        self.expire = expire
+        """Answer a trace's deadline from a component (at most once per trace)."""
 
 
 class Context:
@@ -132,9 +148,10 @@ class Context:
     ``Node.invoke`` directly, and its ``emit`` raises.
     """
 
-    __slots__ = ("_kernel", "_outs", "_ports", "_streams")
+    __slots__ = ("_kernel", "_node_name", "_outs", "_ports", "_streams", "message")
 
     def __init__(self, owner: Owner, runtime: Runtime | None = None) -> None:
+        self._streams: StreamCounters | None = None
         if runtime is None:
             self._ports = Ports(owner)
             self._kernel: KernelPort | None = None
@@ -142,8 +159,14 @@ class Context:
             wired = runtime.context(owner)
             self._ports = wired._ports
             self._kernel = wired._kernel
+            self._streams = wired._streams
         self._outs = self._ports.outs
-        self._streams = StreamCounters()
+        self._node_name = owner.name if isinstance(owner, Node) else None
+        self.message: Any = None
+        """The envelope (or bare item) the current invocation was handed, exactly as it
+        arrived, even when the node function receives only its validated payload; use it
+        to stream (``parent=ctx.message``), call a playbook under the same trace, or read
+        headers and meta. ``None`` outside an invocation."""
 
     def __repr__(self) -> str:
         return f"Context({name_of(self._ports.owner)})"
@@ -218,6 +241,9 @@ class Context:
     ) -> StreamChunk:
         """Emit one ``StreamChunk`` of the stream ``stream_id`` (default: the trace id).
 
+        Sequence numbers run per ``stream_id`` across the whole flow, so two nodes writing
+        the same stream never repeat one; ``chunk.node`` names the emitting node.
+
         Follow-up chunks wait for per-trace capacity: the producer stays at most about one
         queue's worth ahead of the unconsumed output of its trace, so a slow reader slows
         its own producer and nobody else's.
@@ -225,9 +251,9 @@ class Context:
         kernel = self._attached()
         trace_id = parent.trace_id
         sid = stream_id or trace_id
-        streams = self._streams
+        streams = self._streams or kernel.streams
         seq, first = streams.advance(trace_id, sid, seq)
-        chunk, envelope = chunk_envelope(parent, sid, seq, text, done, meta)
+        chunk, envelope = chunk_envelope(parent, sid, seq, text, done, meta, self._node_name)
         if not first and kernel.queue_maxsize > 0:
             await kernel.wait_trace_capacity(trace_id)
         await kernel.send(self._outs if to is None else self._ports.targets(to), envelope)
@@ -255,6 +281,25 @@ class Context:
         if entry is None:
             raise asyncio.QueueEmpty("no messages available")
         return kernel.consume(entry)
+
+    def hold(self, trace_id: str) -> Callable[[], None]:
+        """Keep ``trace_id`` live while a component holds its items outside the edges.
+
+        A join bucket, for example, holds items between arrivals; while held, the trace
+        has not ended, so whoever waits for its outcome keeps waiting. Call the returned
+        function once the items are released, emitted or dropped; calling it again does
+        nothing. Release on ``flow.on_trace_cancel`` and ``flow.on_stop`` too.
+        """
+        return self._attached().hold(trace_id)
+
+    async def deadline_exceeded(self, message: Message) -> None:
+        """Answer ``message``'s trace with ``FinalAnswer("Deadline exceeded")`` at Rookery.
+
+        For components that hold work past its ``deadline_s`` (a join bucket that expires):
+        the trace gets the same answer as when a node finds an expired message, and at
+        most one per trace.
+        """
+        await self._attached().expire(self._ports.owner, message)
 
     async def report(
         self,
@@ -290,16 +335,20 @@ class Context:
         return await kernel.play(playbook, parent_msg, timeout)
 
 
-def wired_context(ports: Ports, kernel: KernelPort) -> Context:
-    """The context of a wired owner; the kernel builds one per node and endpoint."""
+def wired_context(
+    ports: Ports, kernel: KernelPort, streams: StreamCounters | None = None
+) -> Context:
+    """The context of a wired owner; the kernel builds one per node and endpoint.
+
+    Nodes share the flow's stream counters (``kernel.streams``); ``streams`` gives an
+    owner counters of its own (OpenSea: streams a client feeds chunk by chunk).
+    """
     ctx = Context.__new__(Context)
     ctx._ports = ports
     ctx._kernel = kernel
+    ctx._streams = kernel.streams if streams is None else streams
     ctx._outs = ports.outs
-    ctx._streams = StreamCounters()
+    owner = ports.owner
+    ctx._node_name = owner.name if isinstance(owner, Node) else None
+    ctx.message = None
     return ctx
-
-
-def stream_counters(ctx: Context) -> StreamCounters:
-    """The stream counters of one producer (each context numbers its own streams)."""
-    return ctx._streams

@@ -8,12 +8,13 @@ trace.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 from ._edges import Floe, Trace
 from ._events import INFO, Hooks
-from ._slots import NodeRuntime
+from ._slots import NodeRuntime, Slot, absorb_cancel
 from ._validation import copy_with, with_payload
 from .clock import wall_time
 from .errors import FlowRuntimeError
@@ -100,6 +101,30 @@ class Router:
             return True
         await self.to_rookery(rt, result, rtrace)
         return True
+
+    def suppressed(self, msg: Any, traces: Mapping[str, Trace]) -> bool:
+        """A client re-emitting the WM a controller already copied to Rookery: skip it."""
+        if type(msg) is not Message and not isinstance(msg, Message):
+            return False
+        payload = msg.payload
+        if not is_special(payload) or not isinstance(payload, WM):
+            return False
+        trace = traces.get(msg.trace_id)
+        return trace is not None and trace.wm_hops is not None and trace.wm_hops == payload.hops
+
+    async def deadline_answer(
+        self, rt: NodeRuntime, slot: Slot, item: Message, trace: Trace | None
+    ) -> None:
+        """``deadline_skip``, interruptible by a cancel of the trace like node code."""
+        slot.current = trace
+        try:
+            await self.deadline_skip(rt, item, trace)
+        except asyncio.CancelledError:
+            if slot.cancel_for is None:
+                raise
+            absorb_cancel(slot)
+        finally:
+            slot.current = None
 
     async def deadline_skip(self, rt: NodeRuntime, item: Message, trace: Trace | None) -> None:
         """An item arrived past its deadline: answer "Deadline exceeded" instead of running."""

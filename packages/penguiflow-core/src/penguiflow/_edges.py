@@ -63,8 +63,10 @@ class Trace:
     __slots__ = (
         "cancelled",
         "deadline_fired",
+        "ended",
         "head",
         "inflight",
+        "last_node",
         "pending",
         "trace_id",
         "waiters",
@@ -82,8 +84,12 @@ class Trace:
         """A deadline answer was already sent: a trace gets at most one."""
         self.head: Entry | None = None
         """Newest queued entry of the trace; the others follow through ``Entry.next``."""
+        self.last_node: str | None = None
+        """The node that last handled an item of the trace without passing anything on."""
         self.wm_hops: int | None = None
         """Hop count of the WM a controller last copied to Rookery (dedup on re-emit)."""
+        self.ended: ParkingLot | None = None
+        """Callers of ``flow.wait_ended`` (made on demand)."""
         self.waiters: ParkingLot | None = None
         """Streaming producers waiting for the trace's chunk capacity (made on demand)."""
 
@@ -136,12 +142,15 @@ def entries(trace: Trace) -> list[Entry]:
 
 
 def purge(trace: Trace) -> int:
-    """Drop every queued entry of ``trace`` in place (consumers skip dead entries).
+    """Drop every queued entry of ``trace``; return how many were dropped.
 
-    The item is released at once and its edge gets its room back; returns how many
-    entries were dropped.
+    Each item is released at once and its edge gets its room back. The entry itself is
+    marked dead in place (consumers skip it), and an inbox that has become mostly dead
+    entries is compacted, so dropped work never lingers in memory: the cost stays
+    O(items of the trace), amortized.
     """
     purged = 0
+    touched: list[Inbox] = []
     for entry in entries(trace):
         if entry.dead:
             continue
@@ -151,18 +160,31 @@ def purge(trace: Trace) -> int:
         floe.live -= 1
         if floe.putters:
             floe.putters.unpark()
+        inbox = floe.inbox
+        inbox.dead += 1
+        if inbox not in touched:
+            touched.append(inbox)
         purged += 1
     trace.head = None
+    for inbox in touched:
+        items = inbox.items
+        if inbox.dead > 16 and inbox.dead * 2 > len(items):
+            live = [entry for entry in items if not entry.dead]
+            items.clear()
+            items.extend(live)
+            inbox.dead = 0
     return purged
 
 
 class Inbox:
     """The single FIFO a consumer reads: entries of all its incoming edges."""
 
-    __slots__ = ("floes", "items", "waiters")
+    __slots__ = ("dead", "floes", "items", "waiters")
 
     def __init__(self) -> None:
         self.items: deque[Entry] = deque()
+        self.dead = 0
+        """Purged entries still in ``items`` (consumers skip them)."""
         self.waiters = ParkingLot()
         """Consumers parked until an entry arrives."""
         self.floes: list[Floe] = []
@@ -204,7 +226,7 @@ class Floe:
         inbox: The consumer's inbox (a new one when omitted).
     """
 
-    __slots__ = ("inbox", "live", "maxsize", "putters", "source", "target", "to_rookery")
+    __slots__ = ("inbox", "live", "loop", "maxsize", "putters", "source", "target", "to_rookery")
 
     def __init__(
         self, source: Owner, target: Owner, *, maxsize: int, inbox: Inbox | None = None
@@ -219,6 +241,8 @@ class Floe:
         self.inbox: Inbox = Inbox() if inbox is None else inbox
         self.inbox.floes.append(self)
         self.to_rookery: bool = target is ROOKERY or target == ROOKERY
+        self.loop: bool = source is target and isinstance(source, Node)
+        """A node's edge to itself (a controller loop)."""
 
     @property
     def queue(self) -> FloeQueue:

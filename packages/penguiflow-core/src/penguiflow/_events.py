@@ -7,6 +7,7 @@ test per event site and builds no ``FlowEvent``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
@@ -111,8 +112,8 @@ class Hooks:
         for hook in tuple(hooks):
             try:
                 hook(*args)
-            except Exception:
-                logger.exception("hook_error")
+            except BaseException as exc:
+                _contain(exc, "hook_error")
 
     def read_probes(self) -> dict[str, Mapping[str, int]]:
         """Each probe's non-zero counts; a failing probe is logged and left out."""
@@ -179,8 +180,24 @@ class Hooks:
         for mw in self.middlewares:
             try:
                 await mw(event)
-            except Exception:
-                logger.exception("middleware_error")
+            except BaseException as exc:
+                _contain(exc, "middleware_error")
+
+
+def _contain(exc: BaseException, what: str) -> None:
+    """Log what an observer raised, so it never breaks the flow it observes.
+
+    Only what is not the observer's to stop goes on: ``KeyboardInterrupt``,
+    ``SystemExit``, and a cancellation of the task running it (``stop()`` or a trace
+    cancel), which the runtime handles.
+    """
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        raise exc
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise exc
+    logger.error(what, exc_info=exc)
 
 
 def _check_middleware(mw: object) -> None:

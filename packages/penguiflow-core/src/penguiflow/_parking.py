@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 __all__ = ["ParkingLot"]
 
@@ -43,12 +44,35 @@ class ParkingLot(deque["asyncio.Future[None]"]):
                 fut.set_result(None)
                 return
 
-    def unpark_all(self) -> None:
-        """Wake every parked future."""
+    def unpark_all(self, error: Callable[[], BaseException] | None = None) -> None:
+        """Wake every parked future; with ``error``, each waiter raises a fresh one."""
         while self:
             fut = self.popleft()
             if not fut.done():
-                fut.set_result(None)
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error())
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Park and wait to be woken; False if ``timeout`` passed first.
+
+        For waits off the hot path: it costs one coroutine frame more than parking inline.
+        """
+        fut = self.park()
+        try:
+            if timeout is None:
+                await fut
+            else:
+                async with asyncio.timeout(timeout):
+                    await fut
+        except TimeoutError:
+            self.withdraw(fut)
+            return False
+        except BaseException:
+            self.withdraw(fut)
+            raise
+        return True
 
     def withdraw(self, fut: asyncio.Future[None]) -> None:
         """Clean up after a wait on ``fut`` was interrupted.

@@ -13,10 +13,21 @@ from typing import Any, Protocol, TypeAlias
 
 from ._trace import trace_id_of
 from ._validation import AdapterSource
+from .clock import wall_time
 from .errors import TraceCancelled
 from .types import Message
 
 __all__ = ["Subflow", "SubflowFactory", "run_playbook"]
+
+
+class Outcome(Protocol):
+    """A request handle as a playbook uses it (``PenguiFlow.request`` returns one)."""
+
+    async def __aenter__(self) -> Outcome: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    async def result(self) -> Any: ...
 
 
 class Subflow(Protocol):
@@ -30,6 +41,8 @@ class Subflow(Protocol):
     async def emit(self, msg: Any) -> None: ...
 
     async def fetch(self) -> Any: ...
+
+    def request(self, message: Any) -> Outcome: ...
 
     async def cancel(self, trace_id: str) -> bool: ...
 
@@ -53,14 +66,20 @@ async def run_playbook(
 ) -> Any:
     """Run a fresh subflow for ``parent_msg`` and return its first Rookery payload.
 
+    The playbook inherits the time left before the message's ``deadline_s``, and its
+    outcome is the subflow's: a node of it that gives up raises its ``FlowError`` here.
     ``on_cancel`` is the parent flow's ``on_trace_cancel``: a cancel of the trace there
     is mirrored into the subflow.
 
     Raises:
+        FlowError: The subflow failed, or ended without a result.
         TraceCancelled: The trace was cancelled.
-        TimeoutError: No result within ``timeout`` seconds.
+        TimeoutError: No result within ``timeout`` seconds (or before the deadline).
     """
     trace_id = trace_id_of(parent_msg)
+    if isinstance(parent_msg, Message) and parent_msg.deadline_s is not None:
+        left = parent_msg.deadline_s - wall_time()
+        timeout = left if timeout is None else min(timeout, left)
     flow, registry = playbook()
     flow.run(registry=registry)
     remove_watch: Callable[[], None] | None = None
@@ -74,9 +93,13 @@ async def run_playbook(
 
         remove_watch = on_cancel(mirror_cancel)
     try:
-        await flow.emit(parent_msg)
         async with asyncio.timeout(timeout):
-            item = await flow.fetch()
+            if trace_id is None:  # an untracked item: the subflow's first output
+                await flow.emit(parent_msg)
+                item = await flow.fetch()
+            else:
+                async with flow.request(parent_msg) as req:
+                    item = await req.result()
         return item.payload if isinstance(item, Message) else item
     except (TraceCancelled, asyncio.CancelledError):
         if trace_id is not None and flow.is_running:

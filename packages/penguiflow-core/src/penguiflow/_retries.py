@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
 from ._controller import Router
 from ._edges import Trace
 from ._events import ERROR, INFO, WARNING, Hooks
 from ._slots import NodeRuntime, Slot, absorb_cancel
+from ._subscription import Subscription
+from .clock import wall_time
 from .errors import FlowError, TraceCancelled
 
 __all__ = ["Retries"]
@@ -19,15 +23,24 @@ class Retries:
     Args:
         hooks: The flow's hooks, for ``node_error``/``node_retry``/``node_failed`` events.
         router: Where a ``FlowError`` goes when errors are delivered to Rookery.
-        errors_to_rookery: Deliver a ``FlowError`` when a node gives up.
+        errors_to_rookery: Deliver a ``FlowError`` to the shared Rookery path too.
+        views: Per-trace views (requests, subscriptions) by trace id.
     """
 
-    __slots__ = ("errors_to_rookery", "hooks", "router")
+    __slots__ = ("errors_to_rookery", "hooks", "router", "views")
 
-    def __init__(self, hooks: Hooks, router: Router, errors_to_rookery: bool) -> None:
+    def __init__(
+        self,
+        hooks: Hooks,
+        router: Router,
+        errors_to_rookery: bool,
+        views: Mapping[str, Subscription],
+    ) -> None:
         self.hooks = hooks
         self.router = router
         self.errors_to_rookery = errors_to_rookery
+        self.views = views
+        """The flow's per-trace views by trace id: their traces always get the error."""
 
     async def failed(
         self,
@@ -36,10 +49,16 @@ class Retries:
         trace: Trace | None,
         tid: str | None,
         attempt: int,
-        failure: Exception,
+        failure: BaseException,
         latency: float,
+        item: Any,
+        deadline: float | None,
     ) -> int:
-        """Report a failed attempt, then back off; return the next attempt, or -1 to drop."""
+        """Report a failed attempt, then back off; return the next attempt, or -1 to stop.
+
+        No retry starts when its backoff would end past the message deadline: the trace
+        gets its deadline answer instead.
+        """
         hooks = self.hooks
         ports = rt.ports
         is_timeout = isinstance(failure, TimeoutError)
@@ -55,6 +74,9 @@ class Retries:
             return -1
         attempt += 1
         delay = rt.policy.backoff(attempt)
+        if deadline is not None and wall_time() + delay >= deadline:
+            await self.router.deadline_skip(rt, item, trace)
+            return -1
         if hooks.observed(INFO):
             await hooks.emit(
                 "node_retry", ports=ports, level=INFO, trace=trace, trace_id=tid,
@@ -100,7 +122,9 @@ class Retries:
                 "node_failed", ports=rt.ports, level=ERROR, trace=trace, trace_id=tid,
                 attempt=attempt, latency_ms=latency, extra={"exception": repr(failure)},
             )  # fmt: skip
-        if self.errors_to_rookery and self.router.rookery_floes:
+        view = None if tid is None else self.views.get(tid)
+        wanted = self.errors_to_rookery or (view is not None and view.errors)
+        if wanted and self.router.rookery_floes:
             error = FlowError(
                 trace_id=tid,
                 node_name=rt.node.name,

@@ -25,30 +25,30 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
-from ._context import Context, Ending, KernelPort, stream_counters, wired_context
+from ._chunks import StreamCounters
+from ._context import Context, Ending, KernelPort, wired_context
 from ._controller import Router, is_special
 from ._edges import (
     OPEN_SEA,
     ROOKERY,
-    Endpoint,
     Entry,
     Floe,
     Inbox,
     Owner,
     Ports,
     Trace,
-    name_of,
     purge,
 )
 from ._events import DEBUG, INFO, Hooks, enabled, logger
+from ._graph import FlowGraph
 from ._parking import ParkingLot
 from ._playbook import SubflowFactory, run_playbook
+from ._request import Request, invoke
 from ._retries import Retries
-from ._slots import NodeRuntime, Slot, absorb_cancel, interrupt, join_workers
-from ._snapshot import snapshot
-from ._subscription import Subscription, finish, mark_seen, redirect
+from ._slots import NodeRuntime, Slot, absorb_cancel, defer, interrupt, join_workers
+from ._subscription import Subscription, SubscriptionEnd, finish, mark_seen, redirect
 from ._trace import trace_id_of
-from ._validation import AdapterSource, build_validators
+from ._validation import AdapterSource, build_validators, with_payload
 from ._wiring import Adjacency, Wiring, check_cycles, collect, run_checks
 from .clock import wall_time
 from .errors import (
@@ -57,12 +57,10 @@ from .errors import (
     FlowRuntimeError,
     FlowStoppedError,
     TraceCancelled,
-    UnknownNodeError,
 )
-from .inspect import FlowSnapshot
 from .middlewares import Middleware
 from .node import Node
-from .types import WM, Message, StreamChunk
+from .types import Message, StreamChunk
 
 __all__ = ["DEFAULT_QUEUE_MAXSIZE", "PenguiFlow", "PlaybookFactory", "call_playbook", "create"]
 
@@ -71,7 +69,7 @@ STOP_GRACE_S: Final = 1.0
 """How long ``stop()`` lets a cancelled worker clean up before cancelling it again."""
 
 
-class PenguiFlow:
+class PenguiFlow(FlowGraph):
     """A wired graph of nodes with bounded edges, run on the caller's event loop.
 
     Build it with :func:`create`; construction needs no event loop and starts nothing.
@@ -109,6 +107,8 @@ class PenguiFlow:
         self._stopped = False
         self._registry: AdapterSource | None = None
         self._subs: dict[str, Subscription] = {}
+        self._streams = StreamCounters()  # nodes' streams: forgotten when the trace ends
+        self._client_streams = StreamCounters()  # flow.emit_chunk's: kept while open
         self._tasks: list[asyncio.Task[None]] = []
         self._generation = 0
         self._background: set[asyncio.Task[None]] = set()
@@ -121,6 +121,7 @@ class PenguiFlow:
             flow=self,
             hooks=self._hooks,
             queue_maxsize=self._queue_maxsize,
+            streams=self._streams,
             send=self._send,
             send_nowait=self._send_nowait,
             fetch=self._fetch,
@@ -128,6 +129,8 @@ class PenguiFlow:
             consume=self._consume_fetched,
             wait_trace_capacity=self._wait_trace_capacity,
             play=self._play,
+            hold=self._hold,
+            expire=self._expire,
         )
         self._floes = wiring.floes
         self._opensea = wiring.opensea
@@ -136,102 +139,17 @@ class PenguiFlow:
         ctxs = [wired_context(p, port) for p in wiring.ports]
         self._contexts: dict[Owner, Context] = dict(zip(nodes, ctxs, strict=True))
         self._endpoint_contexts = {
-            OPEN_SEA: wired_context(wiring.opensea, port),
+            OPEN_SEA: wired_context(wiring.opensea, port, self._client_streams),
             ROOKERY: wired_context(wiring.rookery, port),
         }
         self._node_ports: dict[Owner, Ports] = dict(zip(nodes, wiring.ports, strict=True))
         self._runtimes = [
-            NodeRuntime(n, p, c) for n, p, c in zip(nodes, wiring.ports, ctxs, strict=True)
+            NodeRuntime(n, p, c, self._queue_maxsize)
+            for n, p, c in zip(nodes, wiring.ports, ctxs, strict=True)
         ]
+        self._runtime_of: dict[Owner, NodeRuntime] = {rt.node: rt for rt in self._runtimes}
         self._router = Router(self._hooks, self._offer, self._send_rest, self._rookery_floes)
-        self._retries = Retries(self._hooks, self._router, self._errors_to_rookery)
-
-    # -- public topology --------------------------------------------------------------
-
-    @property
-    def nodes(self) -> tuple[Node, ...]:
-        """The nodes, in order of first appearance in the adjacency list."""
-        return self._nodes
-
-    @property
-    def floes(self) -> tuple[Floe, ...]:
-        """Every edge: ingress, then internal edges in declaration order, then egress."""
-        return self._floes
-
-    def successors(self, node: Node) -> tuple[Owner, ...]:
-        """The targets of ``node``'s outgoing edges (``ROOKERY`` for an egress node)."""
-        return tuple(floe.target for floe in self._ports_of(node).outs)
-
-    def predecessors(self, node: Node) -> tuple[Owner, ...]:
-        """The sources of ``node``'s incoming edges (``OPEN_SEA`` for an ingress node)."""
-        return tuple(floe.source for floe in self._ports_of(node).ins)
-
-    def context(self, owner: Owner) -> Context:
-        """The context of a node of this flow, or of ``OPEN_SEA`` / ``ROOKERY``."""
-        try:
-            if isinstance(owner, Endpoint):
-                return self._endpoint_contexts[owner]
-            return self._contexts[owner]
-        except (KeyError, TypeError):
-            raise UnknownNodeError(
-                f"{name_of(owner)} is not a node of this flow (nodes: "
-                + ", ".join(repr(n.name) for n in self._nodes)
-                + ")"
-            ) from None
-
-    def _ports_of(self, node: Node) -> Ports:
-        self.context(node)  # the error for a stranger
-        return self._node_ports[node]
-
-    def _producers(self) -> list[Context]:
-        return [self._endpoint_contexts[OPEN_SEA], *self._contexts.values()]
-
-    @property
-    def is_running(self) -> bool:
-        """True between ``run()`` and ``stop()``."""
-        return self._running
-
-    @property
-    def queue_maxsize(self) -> int:
-        """The capacity of every edge (``<= 0``: unbounded)."""
-        return self._queue_maxsize
-
-    @property
-    def registry(self) -> AdapterSource | None:
-        """The registry given to the last ``run()``."""
-        return self._registry
-
-    def __repr__(self) -> str:
-        state = "running" if self._running else "stopped"
-        return f"<PenguiFlow {len(self._nodes)} nodes, {len(self._floes)} floes, {state}>"
-
-    # -- hooks and probes ---------------------------------------------------------------
-
-    def add_middleware(self, mw: Middleware) -> None:
-        """Append a middleware; it receives every later event, even while running."""
-        self._hooks.add_middleware(mw)
-
-    def remove_middleware(self, mw: Middleware) -> bool:
-        """Remove a middleware (its first registration); return False if it was not there."""
-        return self._hooks.remove_middleware(mw)
-
-    def on_trace_cancel(self, callback: Callable[[str], None]) -> Callable[[], None]:
-        """Call ``callback(trace_id)`` when a cancel of that trace starts."""
-        return self._hooks.on_cancel(callback)
-
-    def on_trace_done(self, callback: Callable[[str], None]) -> Callable[[], None]:
-        """Call ``callback(trace_id)`` when a trace's pending count reaches 0."""
-        return self._hooks.on_done(callback)
-
-    def on_stop(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback()`` on every ``stop()``, after the workers are gone."""
-        return self._hooks.on_stop(callback)
-
-    def register_probe(
-        self, name: str, probe: Callable[[], Mapping[str, int]]
-    ) -> Callable[[], None]:
-        """Report per-trace state held outside core (shown in ``inspect().resources``)."""
-        return self._hooks.add_probe(name, probe)
+        self._retries = Retries(self._hooks, self._router, self._errors_to_rookery, self._subs)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -254,7 +172,8 @@ class PenguiFlow:
             rt.validator = validator
             rt.slots = []
             for i in range(rt.concurrency):
-                slot = Slot()
+                # Each slot has its own context, so ``ctx.message`` is per invocation.
+                slot = Slot(rt.ctx if i == 0 else wired_context(rt.ports, self._port))
                 name = f"penguiflow:{rt.node.name}"
                 if rt.concurrency > 1:
                     name = f"{name}#{i}"
@@ -264,13 +183,23 @@ class PenguiFlow:
         self._running = True
         self._stopped = False
 
-    async def stop(self) -> None:
+    async def stop(self, *, timeout: float | None = None) -> None:
         """Cancel every worker and wait for it; the flow can ``run()`` again afterwards.
 
         Queued items stay on their edges (and their trace accounting stays consistent);
-        in-flight invocations see ``CancelledError``; ``subscribe`` views end with
-        ``"stopped"``; blocked ``emit_chunk`` callers are released. Emitting while stopped
-        raises ``FlowStoppedError`` until the next ``run()``.
+        in-flight invocations see ``CancelledError``; request handles and ``subscribe``
+        views end with ``"stopped"``; callers blocked in ``emit``, ``fetch`` or
+        ``emit_chunk`` get ``FlowStoppedError``. Emitting while stopped raises
+        ``FlowStoppedError`` until the next ``run()``.
+
+        It may be called from inside a node or a middleware: the calling worker ends once
+        it is back in the runtime.
+
+        Args:
+            timeout: Give up after this many seconds on workers whose node swallows
+                cancellation (each is logged, naming its node) instead of waiting for them.
+                ``None`` waits, re-cancelling stubborn workers every second; if ``stop()``
+                itself is cancelled, it waits one more second at most.
         """
         if not self._running:
             return
@@ -280,11 +209,24 @@ class PenguiFlow:
         for sub in list(self._subs.values()):
             finish(sub, "stopped")
         tasks, self._tasks = self._tasks, []
+        me = asyncio.current_task()
+        if me is not None and me in tasks:
+            # Called from a node or middleware: never wait for ourselves. Our worker is
+            # cancelled as soon as control is back in the runtime.
+            tasks.remove(me)
+            asyncio.get_running_loop().call_soon(me.cancel)
         for task in tasks:
             task.cancel()
+        self._wake_callers()
         interrupted = False
         try:
-            interrupted = await join_workers(tasks, STOP_GRACE_S)
+            interrupted, stuck = await join_workers(tasks, STOP_GRACE_S, timeout)
+            for task in stuck:
+                logger.error(
+                    "stop_timeout: worker %s ignores cancellation; stop() gave up on it",
+                    task.get_name(),
+                    extra={"node_name": task.get_name().removeprefix("penguiflow:")},
+                )
         finally:
             for rt in self._runtimes:
                 rt.slots = []
@@ -294,28 +236,26 @@ class PenguiFlow:
                 trace.cancelled = False
                 trace.wm_hops = None
                 trace.deadline_fired = False
-                if trace.waiters is not None:
-                    trace.waiters.unpark_all()
-                    trace.waiters = None
+            self._wake_callers()  # and whoever parked while the workers wound down
             self._hooks.call(self._hooks.stop)
         if interrupted:
             raise asyncio.CancelledError
 
-    # -- introspection ------------------------------------------------------------------
+    def _wake_callers(self) -> None:
+        """Wake everyone blocked on the flow from outside with ``FlowStoppedError``."""
 
-    def inspect(self) -> FlowSnapshot:
-        """Return a read-only snapshot of nodes, edges, live traces and probes."""
-        return snapshot(
-            running=self._running,
-            queue_maxsize=self._queue_maxsize,
-            runtimes=self._runtimes,
-            floes=self._floes,
-            traces=self._traces,
-            streams=[stream_counters(ctx) for ctx in self._producers()],
-            probes=self._hooks,
-            workers=sum(1 for t in self._tasks if not t.done()),
-            subscriptions=len(self._subs),
-        )
+        def stopped() -> FlowStoppedError:
+            return FlowStoppedError("the flow was stopped; call run() before using it again")
+
+        self._rookery.inbox.waiters.unpark_all(stopped)
+        for floe in self._opensea.outs:
+            floe.putters.unpark_all(stopped)
+        for trace in self._traces.values():
+            if trace.waiters is not None:
+                trace.waiters.unpark_all(stopped)
+                trace.waiters = None
+            if trace.ended is not None:
+                trace.ended.unpark_all()
 
     # -- talking to the flow from outside -----------------------------------------------
 
@@ -329,15 +269,6 @@ class PenguiFlow:
             )
         return opensea.outs if to is None else opensea.targets(to)
 
-    def _suppressed(self, msg: Any) -> bool:
-        if type(msg) is not Message and not isinstance(msg, Message):
-            return False
-        payload = msg.payload
-        if not is_special(payload) or not isinstance(payload, WM):
-            return False
-        trace = self._traces.get(msg.trace_id)
-        return trace is not None and trace.wm_hops is not None and trace.wm_hops == payload.hops
-
     async def emit(self, msg: Any, to: Node | Sequence[Node] | None = None) -> None:
         """Enqueue ``msg`` on the ingress edges (all, or those of ``to``); waits when full.
 
@@ -346,7 +277,7 @@ class PenguiFlow:
             FlowStoppedError: The flow was stopped and not run again.
         """
         floes = self._ingress(to)
-        if self._suppressed(msg):
+        if not floes or self._router.suppressed(msg, self._traces):
             return
         tid = msg.trace_id if type(msg) is Message else trace_id_of(msg)
         trace = self._trace(tid) if tid is not None else None
@@ -367,7 +298,7 @@ class PenguiFlow:
     def emit_nowait(self, msg: Any, to: Node | Sequence[Node] | None = None) -> None:
         """Like ``emit`` but raise ``asyncio.QueueFull`` (enqueuing nothing) when full."""
         floes = self._ingress(to)
-        if self._suppressed(msg):
+        if self._router.suppressed(msg, self._traces):
             return
         self._send_nowait(floes, msg)
 
@@ -387,6 +318,38 @@ class PenguiFlow:
         return await self._endpoint_contexts[OPEN_SEA].emit_chunk(
             parent=parent, text=text, stream_id=stream_id, seq=seq, done=done, meta=meta, to=to
         )
+
+    async def invoke(
+        self, message: Any, *, timeout: float | None = None, to: Node | Sequence[Node] | None = None
+    ) -> Any:
+        """Send one request through the flow and wait for its outcome.
+
+        Many concurrent calls may share one running flow; each gets its own trace's
+        outcome. ``timeout`` covers emitting too; when it passes the trace is cancelled,
+        then ``TimeoutError`` is raised. Returns what ``fetch()`` would have returned for
+        the trace, or raises as ``Request.result()`` does (``FlowError``,
+        ``TraceCancelled``, ``FlowStoppedError``).
+        """
+        return await invoke(self, message, timeout, to)
+
+    def request(self, message: Any, *, to: Node | Sequence[Node] | None = None) -> Request:
+        """A handle on one request, for streaming its chunks and waiting for its outcome.
+
+        ``async with flow.request(message) as req:`` emits the message; then
+        ``async for chunk in req.chunks()`` yields its stream chunks, ``await
+        req.result()`` waits for the outcome (as ``invoke`` returns or raises it), and
+        ``await req.cancel()`` cancels it. Leaving the block early cancels the trace.
+        """
+        return Request(self, message, to)
+
+    async def wait_ended(self, trace_id: str, *, timeout: float | None = None) -> bool:
+        """Wait until nothing of the trace is queued, running or held; False on timeout."""
+        trace = self._traces.get(trace_id)
+        if trace is None or self._stopped:
+            return True
+        if trace.ended is None:
+            trace.ended = ParkingLot()
+        return await trace.ended.wait(timeout)
 
     async def fetch(self, from_: Node | Sequence[Node] | None = None) -> Any:
         """Return the next item that reached Rookery, exactly as it was delivered.
@@ -418,11 +381,13 @@ class PenguiFlow:
         """Same as ``fetch``: whichever Rookery edge has an item first."""
         return await self.fetch(from_)
 
-    def subscribe(self, trace_id: str) -> Subscription:
+    def subscribe(self, trace_id: str, *, errors: bool = False) -> Subscription:
         """Divert the Rookery output of one trace into a bounded, per-trace iterator.
 
         Use it as ``async with flow.subscribe(msg.trace_id) as results:``; iteration ends
-        when the trace is done, cancelled, or the flow stops (``results.done``).
+        when the trace is done, cancelled, or the flow stops (``results.done``). With
+        ``errors=True`` a node giving up on the trace delivers a ``FlowError`` to it (as
+        ``create(..., emit_errors_to_rookery=True)`` does for every trace).
 
         Raises:
             FlowRuntimeError: The trace already has a subscription.
@@ -431,7 +396,9 @@ class PenguiFlow:
             raise FlowRuntimeError(
                 f"trace {trace_id} already has a subscription; close it (aclose()) first"
             )
-        sub = Subscription(self._port, self._subs, trace_id, seen=trace_id in self._traces)
+        sub = Subscription(
+            self._port, self._subs, trace_id, seen=trace_id in self._traces, errors=errors
+        )
         self._subs[trace_id] = sub
         return sub
 
@@ -458,16 +425,14 @@ class PenguiFlow:
             return False
         if trace.cancelled:
             return True
+        # The cancel takes full effect before anything is awaited, so a caller that is
+        # itself cancelled meanwhile cannot leave the trace half-cancelled.
         trace.cancelled = True
+        pending = trace.pending
         hooks.call(hooks.cancel, trace_id)
-        if hooks.observed(INFO):
-            await hooks.emit(
-                "trace_cancel_start", ports=self._opensea, level=INFO, trace=trace,
-                trace_id=trace_id, extra={"pending": trace.pending},
-            )  # fmt: skip
         purged = purge(trace)
-        for ctx in self._producers():
-            stream_counters(ctx).forget(trace_id)
+        self._streams.forget(trace_id)
+        self._client_streams.forget(trace_id)
         interrupt(self._runtimes, trace)
         if trace.waiters is not None:
             trace.waiters.unpark_all()
@@ -475,9 +440,16 @@ class PenguiFlow:
         sub = self._subs.get(trace_id)
         if sub is not None:
             finish(sub, "cancelled")
+        finished = False
         if purged:
             trace.pending -= purged - 1
-            if self._release(trace):
+            finished = self._release(trace)
+        if hooks.observed(INFO):
+            await hooks.emit(
+                "trace_cancel_start", ports=self._opensea, level=INFO, trace=trace,
+                trace_id=trace_id, extra={"pending": pending},
+            )  # fmt: skip
+            if finished:
                 await self._cancel_finished(trace_id)
         return True
 
@@ -519,18 +491,45 @@ class PenguiFlow:
         tid = trace.trace_id
         if self._traces.get(tid) is trace:
             del self._traces[tid]
+        if trace.ended is not None:
+            trace.ended.unpark_all()
+        if self._streams.by_trace:
+            self._streams.forget(tid)  # a stream cut short (no ``done`` chunk) ends here
         hooks = self._hooks
         if hooks.done:
             hooks.call(hooks.done, tid)
         if self._subs:
             sub = self._subs.get(tid)
             if sub is not None:
-                finish(sub, "cancelled" if trace.cancelled else "drained", if_seen=True)
+                reason: SubscriptionEnd = "cancelled" if trace.cancelled else "drained"
+                finish(sub, reason, if_seen=True, last_node=trace.last_node)
         return trace.cancelled
+
+    def _hold(self, trace_id: str) -> Callable[[], None]:
+        trace = self._trace(trace_id)
+        trace.pending += 1
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                if self._release(trace):
+                    self._schedule_cancel_finished(trace_id)
+
+        return release
+
+    async def _expire(self, owner: Owner, message: Message) -> None:
+        rt = self._runtime_of.get(owner)
+        trace = self._traces.get(message.trace_id)
+        if rt is not None:
+            await self._router.deadline_skip(rt, message, trace)
 
     async def _wait_trace_capacity(self, trace_id: str) -> None:
         maxsize = self._queue_maxsize
         while True:
+            if self._stopped:
+                raise FlowStoppedError("the flow stopped; this chunk was not sent")
             trace = self._traces.get(trace_id)
             if trace is None or trace.pending - 1 < maxsize or not self._running:
                 return
@@ -538,13 +537,7 @@ class PenguiFlow:
                 raise TraceCancelled(trace_id)
             if trace.waiters is None:
                 trace.waiters = ParkingLot()
-            waiters = trace.waiters
-            fut = waiters.park()
-            try:
-                await fut
-            except BaseException:
-                waiters.withdraw(fut)
-                raise
+            await trace.waiters.wait()
 
     # -- enqueue ------------------------------------------------------------------------
 
@@ -603,7 +596,9 @@ class PenguiFlow:
         n = len(floes)
         while i < n:
             floe = self._claim(floes[i], trace)
-            while 0 < floe.maxsize <= floe.live:
+            # A node never waits for room on its own loop edge: the item it hands on there
+            # replaces the one it is handling, so a controller loop cannot block itself.
+            while 0 < floe.maxsize <= floe.live and not floe.loop:
                 fut = floe.putters.park()
                 try:
                     await fut
@@ -628,6 +623,8 @@ class PenguiFlow:
             self._schedule_cancel_finished(trace.trace_id)
 
     async def _send(self, floes: Sequence[Floe], item: Any) -> None:
+        if not floes:
+            return  # ``to=[]``: nothing is sent, and no trace is started for nothing
         tid = trace_id_of(item)
         trace = self._trace(tid) if tid is not None else None
         i = self._offer(floes, item, trace, 0)
@@ -635,6 +632,8 @@ class PenguiFlow:
             await self._send_rest(floes, item, trace, i)
 
     def _send_nowait(self, floes: Sequence[Floe], item: Any) -> None:
+        if not floes:
+            return
         tid = trace_id_of(item)
         trace = self._trace(tid) if tid is not None else None
         if self._subs:
@@ -661,6 +660,7 @@ class PenguiFlow:
                 entry = items.popleft()
                 if not entry.dead:
                     return entry
+                inbox.dead -= 1
             return None
         for i, entry in enumerate(items):
             if not entry.dead and entry.floe in allowed:
@@ -698,6 +698,8 @@ class PenguiFlow:
                 return item
             if sub is not None and sub.done is not None:
                 raise StopAsyncIteration
+            if self._stopped:
+                raise FlowStoppedError("the flow was stopped; call run() before fetching again")
             waiters = inbox.waiters
             fut = waiters.park()
             try:
@@ -714,11 +716,13 @@ class PenguiFlow:
         waiters = inbox.waiters
         serial = rt.concurrency == 1
         generation = self._generation
+        entry: Entry | None = None
         try:
             while True:
                 if self._generation != generation:
                     raise asyncio.CancelledError  # stopped, but our cancellation was eaten
                 if not items:
+                    entry = None  # an idle worker keeps nothing of the last item alive
                     fut = waiters.park()
                     try:
                         await fut
@@ -728,27 +732,23 @@ class PenguiFlow:
                     continue
                 entry = items.popleft()
                 if entry.dead:
+                    inbox.dead -= 1
                     continue
                 if serial or entry.trace is None:
-                    try:
-                        await self._handle(rt, slot, entry)
-                    except Exception:  # a bug or a broken hook: keep the worker alive
-                        logger.exception("worker_error", extra={"node_name": rt.node.name})
+                    await self._contained(rt, slot, entry)
                     continue
                 # max_concurrency > 1: items of one trace run one after another, in order.
                 trace = entry.trace
                 backlog = rt.backlogs.get(trace)
                 if backlog is not None:
+                    defer(rt, entry)
                     backlog.append(entry)
                     continue
                 backlog = rt.backlogs[trace] = deque()
                 rt.owners[trace] = slot
                 try:
                     while True:
-                        try:
-                            await self._handle(rt, slot, entry)
-                        except Exception:
-                            logger.exception("worker_error", extra={"node_name": rt.node.name})
+                        await self._contained(rt, slot, entry)
                         while backlog and backlog[0].dead:
                             backlog.popleft()
                         if not backlog:
@@ -764,6 +764,17 @@ class PenguiFlow:
             if hooks.observed(DEBUG):
                 await hooks.emit("node_cancelled", ports=rt.ports, level=DEBUG)
             raise
+
+    async def _contained(self, rt: NodeRuntime, slot: Slot, entry: Entry) -> None:
+        """Handle one item; whatever escapes (a bug, a broken hook) never ends the worker."""
+        try:
+            await self._handle(rt, slot, entry)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and _cancelling():
+                raise  # stop(), or whoever owns the worker task: the worker ends
+            logger.exception("worker_error", extra={"node_name": rt.node.name})
 
     async def _handle(self, rt: NodeRuntime, slot: Slot, entry: Entry) -> None:
         """Handle one item: deadline, cancel check, attempts, routing, accounting.
@@ -783,12 +794,15 @@ class PenguiFlow:
             tid = trace.trace_id
         slot.busy = True
         hooks = self._hooks
+        ctx = slot.ctx
+        ctx.message = item
         try:
-            if (type(item) is Message or isinstance(item, Message)) and (
-                item.deadline_s is not None and wall_time() > item.deadline_s
-            ):
-                await self._router.deadline_skip(rt, item, trace)
-                return
+            deadline: float | None = None
+            if type(item) is Message or isinstance(item, Message):
+                deadline = item.deadline_s
+                if deadline is not None and wall_time() > deadline:
+                    await self._router.deadline_answer(rt, slot, item, trace)
+                    return
             ports = rt.ports
             if trace is not None and trace.cancelled:
                 if hooks.observed(INFO):
@@ -796,13 +810,12 @@ class PenguiFlow:
                         "trace_cancel_drop", ports=ports, level=INFO, trace=trace, trace_id=tid
                     )
                 return
-            ctx = rt.ctx
             func = rt.func
             validator = rt.validator
             timeout = rt.timeout
             loop_time = asyncio.get_running_loop().time
             attempt = 0
-            failure: Exception | None
+            failure: BaseException | None
             while True:
                 # INFO disabled implies DEBUG disabled: one check covers node_start/success.
                 watched = bool(hooks.middlewares) or enabled(INFO)
@@ -815,14 +828,20 @@ class PenguiFlow:
                 slot.current = trace
                 if trace is not None:
                     trace.inflight += 1
+                limit = timeout
+                scope: asyncio.Timeout | None = None
+                if deadline is not None:  # an attempt never runs past the message deadline
+                    left = deadline - wall_time()
+                    if limit is None or left < limit:
+                        limit = left
                 try:
                     if trace is not None and trace.cancelled:
                         raise TraceCancelled(tid)
                     arg = item if validator is None else validator.prepare(item)
-                    if timeout is None:
+                    if limit is None:
                         result = await func(arg, ctx)
                     else:
-                        async with asyncio.timeout(timeout):
+                        async with (scope := asyncio.timeout(limit)):
                             result = await func(arg, ctx)
                     if validator is not None:
                         result = validator.finish(item, result)
@@ -836,8 +855,15 @@ class PenguiFlow:
                         else:
                             rtid = trace_id_of(result)
                             special = isinstance(result, Message) and is_special(result.payload)
+                            if not special and is_special(result) and isinstance(item, Message):
+                                # A bare WM/FinalAnswer (no registry to re-wrap it) still
+                                # belongs to the incoming envelope and its trace.
+                                result = with_payload(item, result)
+                                rtid, special = result.trace_id, True
                         if rtid is None:
-                            rtrace = None
+                            # A bare result still belongs to the request it came from:
+                            # its trace follows it (cancel, accounting, the handle).
+                            rtrace = trace
                         elif trace is not None and rtid == tid:
                             rtrace = trace
                         else:
@@ -847,34 +873,36 @@ class PenguiFlow:
                             i = self._offer(outs, result, rtrace, 0)
                             if i < len(outs):
                                 await self._send_rest(outs, result, rtrace, i)
-                except asyncio.CancelledError:
-                    if slot.cancel_for is None:
-                        raise
-                    absorb_cancel(slot)
-                    failure = None
+                    elif trace is not None:
+                        trace.last_node = rt.node.name  # ends here unless more follows
                 except TraceCancelled:
                     failure = None
-                except Exception as exc:
-                    # A node that raises while being cancelled must not eat the
-                    # cancellation: the trace's or stop()'s, whichever it was.
-                    if slot.cancel_for is not None:
-                        absorb_cancel(slot)
-                        failure = None
-                    else:
-                        failure = exc
-                    if _cancelling():
-                        raise asyncio.CancelledError from exc
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except BaseException as exc:
-                    # Other BaseExceptions are never retried, but they must not kill the
-                    # worker either: the item fails at once, with an event.
                     if slot.cancel_for is not None:
+                        # Our own trace cancel, however the node reacted to it.
                         absorb_cancel(slot)
                         failure = None
+                    elif _cancelling():
+                        # stop() or the worker's owner: never eaten, never retried.
+                        if isinstance(exc, asyncio.CancelledError):
+                            raise
+                        raise asyncio.CancelledError from exc
+                    elif scope is not None and scope.expired() and limit != timeout:
+                        # Cut short by the message deadline, not by the node's timeout.
+                        slot.current = None
+                        if trace is not None:
+                            trace.inflight -= 1
+                        await self._router.deadline_answer(rt, slot, item, trace)
+                        return
+                    elif isinstance(exc, Exception | asyncio.CancelledError):
+                        # A CancelledError nobody asked for (an awaited future cancelled
+                        # elsewhere) is a failure of the node, retried like any other.
+                        failure = exc
                     else:
-                        if _cancelling():
-                            raise asyncio.CancelledError from exc
+                        # Other BaseExceptions are never retried, but they do not kill
+                        # the worker either: the item fails at once.
                         latency = (loop_time() - started) * 1000.0
                         await self._retries.give_up(rt, trace, tid, attempt, latency, exc)
                         return
@@ -902,16 +930,15 @@ class PenguiFlow:
                     return
                 latency = (loop_time() - started) * 1000.0
                 attempt = await self._retries.failed(
-                    rt, slot, trace, tid, attempt, failure, latency
+                    rt, slot, trace, tid, attempt, failure, latency, item, deadline
                 )
                 if attempt < 0:
                     return
         finally:
+            ctx.message = None
             slot.busy = False
             if trace is not None and self._release(trace):
                 await self._cancel_finished(trace.trace_id)
-
-    # -- playbooks ----------------------------------------------------------------------
 
     async def _play(self, playbook: SubflowFactory, parent_msg: Any, timeout: float | None) -> Any:
         trace_id = trace_id_of(parent_msg)

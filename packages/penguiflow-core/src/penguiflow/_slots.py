@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 
@@ -11,15 +12,17 @@ from ._edges import ROOKERY, Entry, Floe, Inbox, Ports, Trace
 from ._validation import Validator
 from .node import Node, NodePolicy
 
-__all__ = ["NodeRuntime", "Slot", "absorb_cancel", "interrupt", "join_workers"]
+__all__ = ["NodeRuntime", "Slot", "absorb_cancel", "defer", "interrupt", "join_workers"]
 
 
 class Slot:
     """One worker task of a node, and the trace it is handling right now."""
 
-    __slots__ = ("busy", "cancel_for", "current", "task")
+    __slots__ = ("busy", "cancel_for", "ctx", "current", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        """The context this slot's invocations get (its ``message`` is theirs)."""
         self.task: asyncio.Task[None] | None = None
         self.current: Trace | None = None
         """The trace whose node code runs now (what a trace cancel interrupts)."""
@@ -32,6 +35,7 @@ class NodeRuntime:
     """A node's wiring, policy and workers, resolved once at ``create``/``run``."""
 
     __slots__ = (
+        "backlog_floe",
         "backlogs",
         "concurrency",
         "ctx",
@@ -50,7 +54,7 @@ class NodeRuntime:
         "validator",
     )
 
-    def __init__(self, node: Node, ports: Ports, ctx: Context) -> None:
+    def __init__(self, node: Node, ports: Ports, ctx: Context, queue_maxsize: int) -> None:
         self.node = node
         self.ports = ports
         self.ctx = ctx
@@ -69,6 +73,9 @@ class NodeRuntime:
         """max_concurrency > 1: items of a trace waiting behind the one running."""
         self.owners: dict[Trace, Slot] = {}
         """max_concurrency > 1: which slot runs a trace now."""
+        bound = queue_maxsize * self.concurrency if self.concurrency > 1 else 0
+        self.backlog_floe = Floe(node, node, maxsize=max(bound, 0))
+        """max_concurrency > 1: counts backlog items that gave their edge slot back."""
 
 
 def interrupt(runtimes: Iterable[NodeRuntime], trace: Trace) -> None:
@@ -93,14 +100,21 @@ def interrupt(runtimes: Iterable[NodeRuntime], trace: Trace) -> None:
             backlog.clear()
 
 
-async def join_workers(tasks: list[asyncio.Task[None]], grace: float) -> bool:
+async def join_workers(
+    tasks: list[asyncio.Task[None]], grace: float, timeout: float | None
+) -> tuple[bool, list[asyncio.Task[None]]]:
     """Wait until every (already cancelled) worker task has ended.
 
-    It waits even if the caller is cancelled meanwhile, so a stopped flow never leaves a
-    task behind; returns True when the caller was cancelled, for it to re-raise. A worker
-    still alive after ``grace`` seconds (a node that swallows cancellation, a middleware
-    blocking on ``node_cancelled``) is cancelled again.
+    A worker still alive after ``grace`` seconds (a node that swallows cancellation, a
+    middleware blocking on ``node_cancelled``) is cancelled again. The wait goes on even
+    if the caller is cancelled meanwhile, so a stopped flow leaves no task behind, but
+    then for ``grace`` seconds at most; ``timeout`` bounds the whole wait.
+
+    Returns:
+        Whether the caller was cancelled (for it to re-raise), and the workers given up on.
     """
+    loop = asyncio.get_running_loop()
+    give_up = None if timeout is None else loop.time() + timeout
     interrupted = False
     pending = {task for task in tasks if not task.done()}
     if pending:
@@ -110,16 +124,21 @@ async def join_workers(tasks: list[asyncio.Task[None]], grace: float) -> bool:
             await asyncio.sleep(0)
         except asyncio.CancelledError:
             interrupted = True
+            give_up = min(give_up or math.inf, loop.time() + grace)
         pending = {task for task in pending if not task.done()}
     while pending:
+        wait = grace if give_up is None else min(grace, give_up - loop.time())
+        if wait <= 0:
+            break
         try:
-            _, pending = await asyncio.wait(pending, timeout=grace)
+            _, pending = await asyncio.wait(pending, timeout=wait)
         except asyncio.CancelledError:
             interrupted = True
+            give_up = min(give_up or math.inf, loop.time() + grace)
             pending = {task for task in pending if not task.done()}
         for task in pending:
             task.cancel()
-    return interrupted
+    return interrupted, sorted(pending, key=lambda t: t.get_name())
 
 
 def absorb_cancel(slot: Slot) -> None:
@@ -133,3 +152,19 @@ def absorb_cancel(slot: Slot) -> None:
     task = slot.task
     if task is not None and task.uncancel() > 0:
         raise asyncio.CancelledError
+
+
+def defer(rt: NodeRuntime, entry: Entry) -> None:
+    """Park an item behind its trace's running item, giving its edge slot back.
+
+    So one trace's backlog never throttles other traces while slots sit idle; the node's
+    backlog is bounded instead (``queue_maxsize`` per slot), and so is its memory.
+    """
+    backlog = rt.backlog_floe
+    if backlog.maxsize > 0 and backlog.live < backlog.maxsize:
+        floe = entry.floe
+        floe.live -= 1
+        if floe.putters:
+            floe.putters.unpark()
+        entry.floe = backlog
+        backlog.live += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from ._chunks import STREAMS_PROBE, StreamCounters
+from ._chunks import STREAMS_PROBE
 from ._edges import Floe, Trace, entries
 from ._events import Hooks
 from ._slots import NodeRuntime
@@ -20,7 +20,7 @@ def snapshot(
     runtimes: Iterable[NodeRuntime],
     floes: Iterable[Floe],
     traces: Mapping[str, Trace],
-    streams: Iterable[StreamCounters],
+    streams: Mapping[str, int],
     probes: Hooks,
     workers: int,
     subscriptions: int,
@@ -50,16 +50,13 @@ def snapshot(
         )
         for tid, t in traces.items()
     }
-    open_streams: dict[str, int] = {}
-    for counters in streams:
-        counters.count_into(open_streams)
     return FlowSnapshot(
         running=running,
         queue_maxsize=queue_maxsize,
         nodes=nodes,
         edges=edges,
         traces=trace_snaps,
-        resources={STREAMS_PROBE: open_streams, **probes.read_probes()},
+        resources={STREAMS_PROBE: dict(streams), **probes.read_probes()},
         workers=workers,
         subscriptions=subscriptions,
     )

@@ -27,18 +27,34 @@ class Subscription:
     trace is done, cancelled, or the flow stops, and ``done`` says which.
     """
 
-    __slots__ = ("_floe", "_kernel", "_seen", "_subs", "done", "trace_id")
+    __slots__ = ("_floe", "_kernel", "_seen", "_subs", "done", "errors", "last_node", "trace_id")
 
     def __init__(
-        self, kernel: KernelPort, subs: dict[str, Subscription], trace_id: str, *, seen: bool
+        self,
+        kernel: KernelPort,
+        subs: dict[str, Subscription],
+        trace_id: str,
+        *,
+        seen: bool,
+        errors: bool = False,
     ) -> None:
         self._kernel = kernel
         self._subs = subs
         self.trace_id = trace_id
         self._floe = Floe(ROOKERY, ROOKERY, maxsize=kernel.queue_maxsize)
         self._seen = seen
+        self.errors = errors
+        """Whether a ``FlowError`` is delivered when a node gives up on the trace."""
         self.done: SubscriptionEnd | None = None
         """Why iteration ended, or ``None`` while it may still produce items."""
+        self.last_node: str | None = None
+        """When the trace drained: the node that last handled one of its items without
+        passing anything on (a router or join that dropped it), if any."""
+
+    @property
+    def started(self) -> bool:
+        """True once the trace has had work in the flow (and so can end)."""
+        return self._seen
 
     def __aiter__(self) -> Subscription:
         return self
@@ -89,10 +105,17 @@ def mark_seen(sub: Subscription) -> None:
     sub._seen = True
 
 
-def finish(sub: Subscription, reason: SubscriptionEnd, *, if_seen: bool = False) -> None:
+def finish(
+    sub: Subscription,
+    reason: SubscriptionEnd,
+    *,
+    if_seen: bool = False,
+    last_node: str | None = None,
+) -> None:
     """End the subscription (the first reason sticks) and wake its reader."""
     if if_seen and not sub._seen:
         return
     if sub.done is None:
         sub.done = reason
+        sub.last_node = last_node
     sub._floe.inbox.waiters.unpark_all()

@@ -94,20 +94,22 @@ class TraceCancelled(PenguiFlowError):
 
 
 class FlowError(PenguiFlowError):
-    """A node gave up on an item (retries exhausted, or a non-retryable failure).
+    """A request ended without a result: a node gave up on it, or it was dropped.
 
-    With ``create(..., emit_errors_to_rookery=True)`` the runtime *delivers* one of these to
-    Rookery instead of dropping the item silently, so a caller waiting on ``fetch()`` (or on
-    ``subscribe()``) learns that its trace failed. It carries the trace id, so it reaches
-    the trace's subscription like any other result.
+    ``flow.invoke`` and ``Request.result()`` raise it; the node's own exception is the
+    ``__cause__``, so the traceback shows the failing line. A trace with a per-trace view
+    (``flow.request``, ``flow.subscribe``) always gets it delivered; the shared
+    ``fetch()`` path gets it with ``create(..., emit_errors_to_rookery=True)``.
 
     Attributes:
         trace_id: The failed item's trace, or ``None`` for an untracked item.
-        node_name: The node that gave up.
-        node_id: That node's ``node_id``.
-        code: ``"NODE_TIMEOUT"`` or ``"NODE_EXCEPTION"``.
-        attempts: How many attempts were made.
-        original: The exception of the last attempt.
+        node_name: The node (or component) that gave up or dropped the item; empty when
+            the item never reached a node.
+        node_id: That node's ``node_id`` (empty when unknown).
+        code: ``"NODE_EXCEPTION"``, ``"NODE_TIMEOUT"``, ``"RETRY_BUDGET"`` (the request's
+            retry budget was spent) or ``"NO_RESULT"`` (the trace ended without a result).
+        attempts: How many attempts were made (0 for ``"NO_RESULT"``).
+        original: The exception of the last attempt, if any.
     """
 
     def __init__(
@@ -118,11 +120,14 @@ class FlowError(PenguiFlowError):
         node_id: str,
         code: str,
         attempts: int,
-        original: BaseException,
+        original: BaseException | None,
+        message: str | None = None,
     ) -> None:
         super().__init__(
-            f"node {node_name!r} failed ({code}) after {attempts} attempt(s): {original!r}"
+            message
+            or f"node {node_name!r} failed ({code}) after {attempts} attempt(s): {original!r}"
         )
+        self.__cause__ = original
         self.trace_id = trace_id
         self.node_name = node_name
         self.node_id = node_id

@@ -118,6 +118,8 @@ class StreamChunk(BaseModel):
     """True on the last chunk of the stream."""
     meta: dict[str, Any] = Field(default_factory=dict)
     """Free-form metadata."""
+    node: str | None = None
+    """The node that emitted the chunk (``None`` for chunks emitted from outside a flow)."""
 
 
 class PlanStep(BaseModel):

@@ -94,12 +94,12 @@ def _single_line(name: str, value: str) -> str:
 def chunk_node(chunk: StreamChunk) -> str | None:
     """The name of the node that produced ``chunk``, when the chunk carries it.
 
-    Read from the chunk's ``node`` attribute when core provides one, else from
-    ``meta["node"]`` (written by ``StreamWriter`` / ``emit_node_chunk``).
+    An explicit ``meta["node"]`` (written by ``StreamWriter`` / ``emit_node_chunk``)
+    wins; otherwise the chunk's ``node``, which core sets to the emitting node.
     """
-    node = getattr(chunk, "node", None)
+    node = chunk.meta.get(NODE_META_KEY)
     if not isinstance(node, str):
-        node = chunk.meta.get(NODE_META_KEY)
+        node = chunk.node
     return node if isinstance(node, str) else None
 
 

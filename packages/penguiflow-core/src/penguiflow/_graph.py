@@ -1,0 +1,147 @@
+"""``FlowGraph``: what a built flow shows before and while it runs.
+
+Its topology (nodes, edges, contexts), the hooks and probes that observe it, and its
+``inspect()`` snapshot. The kernel (``PenguiFlow``) builds the graph and runs it; this
+base class holds the read-only and registration side, which needs no event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+
+from ._chunks import StreamCounters
+from ._context import Context
+from ._edges import Endpoint, Floe, Owner, Ports, Trace, name_of
+from ._events import Hooks
+from ._slots import NodeRuntime
+from ._snapshot import snapshot
+from ._subscription import Subscription
+from ._validation import AdapterSource
+from .errors import UnknownNodeError
+from .inspect import FlowSnapshot
+from .middlewares import Middleware
+from .node import Node
+
+__all__ = ["FlowGraph"]
+
+
+class FlowGraph:
+    """The wired graph of a flow: topology, observation hooks and snapshots."""
+
+    # Set by the kernel when it builds the flow.
+    _nodes: tuple[Node, ...]
+    _floes: tuple[Floe, ...]
+    _contexts: dict[Owner, Context]
+    _endpoint_contexts: dict[Endpoint, Context]
+    _node_ports: dict[Owner, Ports]
+    _runtimes: list[NodeRuntime]
+    _hooks: Hooks
+    _traces: dict[str, Trace]
+    _subs: dict[str, Subscription]
+    _streams: StreamCounters
+    _client_streams: StreamCounters
+    _tasks: list[asyncio.Task[None]]
+    _running: bool
+    _queue_maxsize: int
+    _registry: AdapterSource | None
+
+    # -- public topology --------------------------------------------------------------
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        """The nodes, in order of first appearance in the adjacency list."""
+        return self._nodes
+
+    @property
+    def floes(self) -> tuple[Floe, ...]:
+        """Every edge: ingress, then internal edges in declaration order, then egress."""
+        return self._floes
+
+    def successors(self, node: Node) -> tuple[Owner, ...]:
+        """The targets of ``node``'s outgoing edges (``ROOKERY`` for an egress node)."""
+        return tuple(floe.target for floe in self._ports_of(node).outs)
+
+    def predecessors(self, node: Node) -> tuple[Owner, ...]:
+        """The sources of ``node``'s incoming edges (``OPEN_SEA`` for an ingress node)."""
+        return tuple(floe.source for floe in self._ports_of(node).ins)
+
+    def context(self, owner: Owner) -> Context:
+        """The context of a node of this flow, or of ``OPEN_SEA`` / ``ROOKERY``."""
+        try:
+            if isinstance(owner, Endpoint):
+                return self._endpoint_contexts[owner]
+            return self._contexts[owner]
+        except (KeyError, TypeError):
+            raise UnknownNodeError(
+                f"{name_of(owner)} is not a node of this flow (nodes: "
+                + ", ".join(repr(n.name) for n in self._nodes)
+                + ")"
+            ) from None
+
+    def _ports_of(self, node: Node) -> Ports:
+        self.context(node)  # the error for a stranger
+        return self._node_ports[node]
+
+    @property
+    def is_running(self) -> bool:
+        """True between ``run()`` and ``stop()``."""
+        return self._running
+
+    @property
+    def queue_maxsize(self) -> int:
+        """The capacity of every edge (``<= 0``: unbounded)."""
+        return self._queue_maxsize
+
+    @property
+    def registry(self) -> AdapterSource | None:
+        """The registry given to the last ``run()``."""
+        return self._registry
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return f"<PenguiFlow {len(self._nodes)} nodes, {len(self._floes)} floes, {state}>"
+
+    # -- hooks and probes ---------------------------------------------------------------
+
+    def add_middleware(self, mw: Middleware) -> None:
+        """Append a middleware; it receives every later event, even while running."""
+        self._hooks.add_middleware(mw)
+
+    def remove_middleware(self, mw: Middleware) -> bool:
+        """Remove a middleware (its first registration); return False if it was not there."""
+        return self._hooks.remove_middleware(mw)
+
+    def on_trace_cancel(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(trace_id)`` when a cancel of that trace starts."""
+        return self._hooks.on_cancel(callback)
+
+    def on_trace_done(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(trace_id)`` when a trace's pending count reaches 0."""
+        return self._hooks.on_done(callback)
+
+    def on_stop(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` on every ``stop()``, after the workers are gone."""
+        return self._hooks.on_stop(callback)
+
+    def register_probe(
+        self, name: str, probe: Callable[[], Mapping[str, int]]
+    ) -> Callable[[], None]:
+        """Report per-trace state held outside core (shown in ``inspect().resources``)."""
+        return self._hooks.add_probe(name, probe)
+
+    # -- introspection ------------------------------------------------------------------
+
+    def inspect(self) -> FlowSnapshot:
+        """Return a read-only snapshot of nodes, edges, live traces and probes."""
+        return snapshot(
+            running=self._running,
+            queue_maxsize=self._queue_maxsize,
+            runtimes=self._runtimes,
+            floes=self._floes,
+            traces=self._traces,
+            streams=self._streams.open_streams(self._client_streams),
+            probes=self._hooks,
+            workers=sum(1 for t in self._tasks if not t.done()),
+            subscriptions=len(self._subs),
+        )

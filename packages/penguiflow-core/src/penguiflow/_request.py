@@ -1,0 +1,217 @@
+"""Request handles: one request in, exactly one outcome out.
+
+``flow.request(message)`` follows one trace from the moment it enters the flow to its
+outcome, which is one of: a result, a typed error (a node gave up, or the trace ended
+without a result), a cancellation, or the flow stopping. ``flow.invoke(message)`` is the
+one-line form. Both are built on the flow's per-trace view (``Subscription``): whatever
+of the trace reaches Rookery comes to the handle, never to another caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Final, Literal, Protocol, TypeAlias
+
+from ._subscription import Subscription
+from ._trace import trace_id_of
+from .errors import FlowError, FlowRuntimeError, FlowStoppedError, TraceCancelled
+from .node import Node
+from .types import Message, StreamChunk
+
+__all__ = ["Request", "RequestState", "no_result"]
+
+RequestState: TypeAlias = Literal["pending", "result", "failed", "cancelled", "stopped"]
+"""Where a request stands: still ``"pending"``, or how it ended."""
+
+_PENDING: Final = object()
+UNWIND_GRACE_S: Final = 1.0
+"""How long leaving a request waits for its cancelled work to unwind."""
+
+
+class _Flow(Protocol):
+    @property
+    def is_running(self) -> bool: ...
+
+    def subscribe(self, trace_id: str, *, errors: bool = False) -> Subscription: ...
+
+    async def emit(self, msg: Any, to: Node | Sequence[Node] | None = None) -> None: ...
+
+    async def cancel(self, trace_id: str) -> bool: ...
+
+    async def wait_ended(self, trace_id: str, *, timeout: float | None = None) -> bool: ...
+
+
+def no_result(trace_id: str | None, node: str | None) -> FlowError:
+    """The error of a trace that ended without a result."""
+    if node is None:
+        text = f"trace {trace_id} ended without a result: nothing of it entered the flow"
+    else:
+        text = (
+            f"trace {trace_id} ended at node {node!r} without a result: the item was "
+            "dropped there (a router with no matching route, a join that dropped its "
+            "bucket, or a node that returned None)"
+        )
+    return FlowError(
+        trace_id=trace_id,
+        node_name=node or "",
+        node_id="",
+        code="NO_RESULT",
+        attempts=0,
+        original=None,
+        message=text,
+    )
+
+
+class Request:
+    """A handle on one request: its trace id, its stream chunks and its outcome.
+
+    Use it as ``async with flow.request(message) as req:``. Entering emits the message
+    (waiting for room like ``emit``); leaving the block before the outcome cancels the
+    trace, and leaving it after the outcome releases whatever the trace still holds.
+
+    ``chunks()`` and ``result()`` read the same per-trace stream; call them from one task.
+    """
+
+    __slots__ = ("_flow", "_message", "_outcome", "_sub", "_to", "state", "trace_id")
+
+    def __init__(self, flow: _Flow, message: Any, to: Node | Sequence[Node] | None) -> None:
+        trace_id = trace_id_of(message)
+        if trace_id is None:
+            raise FlowRuntimeError(
+                f"a request needs a message with a trace id; got {type(message).__name__}. "
+                "Wrap the payload: Message(payload=..., headers=Headers(tenant=...))"
+            )
+        self._flow = flow
+        self._message = message
+        self._to = to
+        self._sub: Subscription | None = None
+        self._outcome: Any = _PENDING
+        self.trace_id: str = trace_id
+        """The request's trace id (to log it, or to ``flow.cancel`` it from elsewhere)."""
+        self.state: RequestState = "pending"
+        """``"pending"`` until the outcome is known, then how the request ended."""
+
+    async def __aenter__(self) -> Request:
+        flow = self._flow
+        sub = self._sub = flow.subscribe(self.trace_id, errors=True)
+        try:
+            await flow.emit(self._message, to=self._to)
+        except BaseException:
+            await sub.aclose()
+            raise
+        if not sub.started:
+            # Nothing was enqueued (``to=[]``, or a repeated controller message): the
+            # request is over before it began.
+            self._settle(no_result(self.trace_id, None), "failed")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        sub = self._sub
+        if sub is None:
+            return
+        self._sub = None
+        flow = self._flow
+        try:
+            if flow.is_running:
+                if sub.done is None:
+                    # Left before the trace ended (or with branches still running after
+                    # the result): cancel it, so nothing it holds outlives the handle.
+                    await flow.cancel(self.trace_id)
+                # Interrupted work unwinds within a loop step or two; a node that
+                # swallows cancellation is not waited for beyond the grace period.
+                await flow.wait_ended(self.trace_id, timeout=UNWIND_GRACE_S)
+        finally:
+            await sub.aclose()
+            if self.state == "pending":
+                self._settle(TraceCancelled(self.trace_id), "cancelled")
+
+    def _settle(self, outcome: Any, state: RequestState) -> None:
+        if self._outcome is _PENDING:
+            self._outcome = outcome
+            self.state = state
+
+    async def _next(self) -> StreamChunk | None:
+        """Read the next item; return a chunk, or None once the outcome is settled."""
+        sub = self._sub
+        if sub is None:
+            raise FlowRuntimeError(
+                "this request handle is closed; read it inside `async with flow.request(...)`"
+            )
+        try:
+            item = await sub.get()
+        except StopAsyncIteration:
+            reason = sub.done
+            if reason == "drained":
+                self._settle(no_result(self.trace_id, sub.last_node), "failed")
+            elif reason == "stopped":
+                self._settle(
+                    FlowStoppedError(f"the flow stopped before trace {self.trace_id} ended"),
+                    "stopped",
+                )
+            else:
+                self._settle(TraceCancelled(self.trace_id), "cancelled")
+            return None
+        if type(item) is Message or isinstance(item, Message):
+            payload = item.payload
+            if isinstance(payload, StreamChunk):
+                return payload
+        if isinstance(item, FlowError):
+            self._settle(item, "failed")
+        else:
+            self._settle(item, "result")
+        return None
+
+    async def chunks(self) -> AsyncIterator[StreamChunk]:
+        """Yield the trace's stream chunks as they arrive (in order per stream).
+
+        Iteration ends when the outcome is known; ``result()`` then returns it at once.
+        """
+        while self._outcome is _PENDING:
+            chunk = await self._next()
+            if chunk is not None:
+                yield chunk
+
+    async def result(self) -> Any:
+        """Wait for the outcome: return the result, or raise why there is none.
+
+        Chunks not read through ``chunks()`` are skipped.
+
+        Returns:
+            What ``flow.fetch()`` would have returned for this trace: the item that reached
+            Rookery, as it was delivered (including deadline and budget answers).
+
+        Raises:
+            FlowError: A node gave up (``node_name``, ``code``, ``attempts``; the node's
+                exception is the ``__cause__``), or the trace ended without a result
+                (``code="NO_RESULT"``, naming the node that dropped it).
+            TraceCancelled: The trace was cancelled.
+            FlowStoppedError: The flow stopped first.
+        """
+        while self._outcome is _PENDING:
+            await self._next()
+        outcome = self._outcome
+        if self.state == "result":
+            return outcome
+        raise outcome
+
+    async def cancel(self) -> bool:
+        """Cancel the request's trace; ``result()`` then raises ``TraceCancelled``.
+
+        Returns:
+            True if the trace still had work to cancel.
+        """
+        if not self._flow.is_running:
+            return False
+        return await self._flow.cancel(self.trace_id)
+
+
+async def invoke(
+    flow: _Flow, message: Any, timeout: float | None, to: Node | Sequence[Node] | None
+) -> Any:
+    """Run one request to its outcome; see ``PenguiFlow.invoke``."""
+    if timeout is None:
+        async with Request(flow, message, to) as req:
+            return await req.result()
+    async with asyncio.timeout(timeout), Request(flow, message, to) as req:
+        return await req.result()
