@@ -162,15 +162,25 @@ class Request:
             self._settle(item, "result")
         return None
 
+    async def next_chunk(self) -> StreamChunk | None:
+        """The next stream chunk, or ``None`` once the outcome is known.
+
+        Safe to cancel (for example under ``asyncio.timeout`` to send keep-alives): a
+        cancelled call loses nothing, and the next call carries on.
+        """
+        while self._outcome is _PENDING:
+            chunk = await self._next()
+            if chunk is not None:
+                return chunk
+        return None
+
     async def chunks(self) -> AsyncIterator[StreamChunk]:
         """Yield the trace's stream chunks as they arrive (in order per stream).
 
         Iteration ends when the outcome is known; ``result()`` then returns it at once.
         """
-        while self._outcome is _PENDING:
-            chunk = await self._next()
-            if chunk is not None:
-                yield chunk
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
 
     async def result(self) -> Any:
         """Wait for the outcome: return the result, or raise why there is none.

@@ -15,6 +15,7 @@ from ._controller import (
 )
 from ._edges import OPEN_SEA as OPEN_SEA, ROOKERY as ROOKERY, Endpoint as Endpoint, Floe as Floe
 from ._playbook import Subflow as Subflow
+from ._request import Request as Request, RequestState as RequestState
 from ._runtime import (
     DEFAULT_QUEUE_MAXSIZE as DEFAULT_QUEUE_MAXSIZE,
     PenguiFlow as PenguiFlow,
