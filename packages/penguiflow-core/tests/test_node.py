@@ -54,6 +54,8 @@ def test_policy_positional_order() -> None:
         "backoff_mult",
         "max_backoff",
         "max_concurrency",
+        "retry_on",
+        "jitter",
     ]
 
 

@@ -9,6 +9,7 @@ to each context it builds.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -148,7 +149,7 @@ class Context:
     ``Node.invoke`` directly, and its ``emit`` raises.
     """
 
-    __slots__ = ("_kernel", "_node_name", "_outs", "_ports", "_streams", "message")
+    __slots__ = ("_kernel", "_node_name", "_outs", "_ports", "_streams", "attempt", "message")
 
     def __init__(self, owner: Owner, runtime: Runtime | None = None) -> None:
         self._streams: StreamCounters | None = None
@@ -167,6 +168,8 @@ class Context:
         arrived, even when the node function receives only its validated payload; use it
         to stream (``parent=ctx.message``), call a playbook under the same trace, or read
         headers and meta. ``None`` outside an invocation."""
+        self.attempt = 0
+        """The current attempt of the current invocation, starting at 1 (0 outside one)."""
 
     def __repr__(self) -> str:
         return f"Context({name_of(self._ports.owner)})"
@@ -175,6 +178,27 @@ class Context:
     def owner(self) -> Owner:
         """The node or endpoint this context belongs to."""
         return self._ports.owner
+
+    @property
+    def idempotency_key(self) -> str:
+        """A key for making the current invocation's side effects idempotent.
+
+        The same across the retries of one item at this node, and across a redelivery of
+        the same request to another process; different for other items and other
+        nodes. Derived from the trace id, the node's name and the item's content, and
+        computed only when read.
+        """
+        item = self.message
+        if isinstance(item, Message):
+            content = item.model_dump_json(include={"payload", "headers", "trace_id"})
+            trace_id = item.trace_id
+        else:
+            content = repr(item)
+            trace_id = ""
+        digest = hashlib.sha256(
+            f"{trace_id}\x1f{self._ports.owner.name}\x1f{content}".encode()
+        ).hexdigest()
+        return digest[:32]
 
     @property
     def runtime(self) -> Runtime | None:
@@ -351,4 +375,5 @@ def wired_context(
     owner = ports.owner
     ctx._node_name = owner.name if isinstance(owner, Node) else None
     ctx.message = None
+    ctx.attempt = 0
     return ctx

@@ -68,6 +68,7 @@ class Trace:
         "inflight",
         "last_node",
         "pending",
+        "retries",
         "trace_id",
         "waiters",
         "wm_hops",
@@ -84,6 +85,8 @@ class Trace:
         """A deadline answer was already sent: a trace gets at most one."""
         self.head: Entry | None = None
         """Newest queued entry of the trace; the others follow through ``Entry.next``."""
+        self.retries = 0
+        """Retries spent on the trace so far, across all nodes (for the retry budget)."""
         self.last_node: str | None = None
         """The node that last handled an item of the trace without passing anything on."""
         self.wm_hops: int | None = None

@@ -53,7 +53,16 @@ class Hooks:
         traces: The kernel's live traces by id, to describe a trace named only by id.
     """
 
-    __slots__ = ("cancel", "done", "middlewares", "probes", "queue_maxsize", "stop", "traces")
+    __slots__ = (
+        "background",
+        "cancel",
+        "done",
+        "middlewares",
+        "probes",
+        "queue_maxsize",
+        "stop",
+        "traces",
+    )
 
     def __init__(
         self,
@@ -71,6 +80,8 @@ class Hooks:
         self.probes: dict[str, Probe] = {}
         self.queue_maxsize = queue_maxsize
         self.traces = traces
+        self.background: set[asyncio.Task[None]] = set()
+        """Event deliveries started where nothing could await them."""
 
     # -- registration -------------------------------------------------------------------
 
@@ -182,6 +193,18 @@ class Hooks:
                 await mw(event)
             except BaseException as exc:
                 _contain(exc, "middleware_error")
+
+    async def cancel_finished(self, ports: Ports, trace_id: str) -> None:
+        """A cancelled trace has nothing left: ``trace_cancel_finish``."""
+        if self.observed(INFO):
+            await self.emit("trace_cancel_finish", ports=ports, level=INFO, trace_id=trace_id)
+
+    def schedule_cancel_finished(self, ports: Ports, trace_id: str) -> None:
+        """``cancel_finished`` from code that cannot await (a task keeps it alive)."""
+        if self.observed(INFO):
+            task = asyncio.get_running_loop().create_task(self.cancel_finished(ports, trace_id))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
 
 
 def _contain(exc: BaseException, what: str) -> None:

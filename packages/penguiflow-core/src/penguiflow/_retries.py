@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,7 @@ from ._events import ERROR, INFO, WARNING, Hooks
 from ._slots import NodeRuntime, Slot, absorb_cancel
 from ._subscription import Subscription
 from .clock import wall_time
-from .errors import FlowError, TraceCancelled
+from .errors import FlowBuildError, FlowError, TraceCancelled
 
 __all__ = ["Retries"]
 
@@ -25,9 +26,10 @@ class Retries:
         router: Where a ``FlowError`` goes when errors are delivered to Rookery.
         errors_to_rookery: Deliver a ``FlowError`` to the shared Rookery path too.
         views: Per-trace views (requests, subscriptions) by trace id.
+        budget: The flow's per-request retry budget.
     """
 
-    __slots__ = ("errors_to_rookery", "hooks", "router", "views")
+    __slots__ = ("budget", "errors_to_rookery", "hooks", "random", "router", "views")
 
     def __init__(
         self,
@@ -35,12 +37,21 @@ class Retries:
         router: Router,
         errors_to_rookery: bool,
         views: Mapping[str, Subscription],
+        budget: int | None,
     ) -> None:
         self.hooks = hooks
         self.router = router
         self.errors_to_rookery = errors_to_rookery
         self.views = views
         """The flow's per-trace views by trace id: their traces always get the error."""
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget < 0
+        ):
+            raise FlowBuildError(f"retry_budget must be an int >= 0 or None, got {budget!r}")
+        self.budget = budget
+        """Retries one trace may spend across all nodes (``None``: no cap)."""
+        # The flow's own random source: jitter never touches the global ``random`` state.
+        self.random = random.Random()
 
     async def failed(
         self,
@@ -67,13 +78,27 @@ class Retries:
             await hooks.emit(
                 "node_timeout" if is_timeout else "node_error", ports=ports, level=level,
                 trace=trace, trace_id=tid, attempt=attempt, latency_ms=latency,
-                extra={"exception": repr(failure)},
+                extra={"exception": repr(failure), "error": failure},
             )  # fmt: skip
-        if attempt >= rt.retries:
+        policy = rt.policy
+        if attempt >= rt.retries or not policy.retries(failure):
             await self.give_up(rt, trace, tid, attempt, latency, failure)
             return -1
+        budget = self.budget
+        if budget is not None and trace is not None:
+            if trace.retries >= budget:
+                if hooks.observed(INFO):
+                    await hooks.emit(
+                        "budget_exhausted", ports=ports, level=INFO, trace=trace, trace_id=tid,
+                        attempt=attempt, extra={"budget": "retries", "limit": budget},
+                    )  # fmt: skip
+                await self.give_up(rt, trace, tid, attempt, latency, failure, "RETRY_BUDGET")
+                return -1
+            trace.retries += 1
         attempt += 1
-        delay = rt.policy.backoff(attempt)
+        delay = policy.backoff(attempt)
+        if policy.jitter:
+            delay *= 1.0 - policy.jitter * self.random.random()
         if deadline is not None and wall_time() + delay >= deadline:
             await self.router.deadline_skip(rt, item, trace)
             return -1
@@ -114,13 +139,15 @@ class Retries:
         attempt: int,
         latency: float,
         failure: BaseException,
+        code: str | None = None,
     ) -> None:
         """The item is dropped: ``node_failed``, and a ``FlowError`` to Rookery if asked."""
         hooks = self.hooks
         if hooks.observed(ERROR):
             await hooks.emit(
                 "node_failed", ports=rt.ports, level=ERROR, trace=trace, trace_id=tid,
-                attempt=attempt, latency_ms=latency, extra={"exception": repr(failure)},
+                attempt=attempt, latency_ms=latency,
+                extra={"exception": repr(failure), "error": failure, "code": code or ""},
             )  # fmt: skip
         view = None if tid is None else self.views.get(tid)
         wanted = self.errors_to_rookery or (view is not None and view.errors)
@@ -129,7 +156,8 @@ class Retries:
                 trace_id=tid,
                 node_name=rt.node.name,
                 node_id=rt.node.node_id,
-                code="NODE_TIMEOUT" if isinstance(failure, TimeoutError) else "NODE_EXCEPTION",
+                code=code
+                or ("NODE_TIMEOUT" if isinstance(failure, TimeoutError) else "NODE_EXCEPTION"),
                 attempts=attempt + 1,
                 original=failure,
             )

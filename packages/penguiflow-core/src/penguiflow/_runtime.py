@@ -83,6 +83,8 @@ class PenguiFlow(FlowGraph):
         emit_errors_to_rookery: When a node gives up on an item, deliver a
             :class:`~penguiflow.errors.FlowError` to Rookery instead of dropping it
             silently (``False``, the default, keeps the behaviour of earlier versions).
+        retry_budget: Retries one request may spend across all its nodes; once spent,
+            failures are final and the outcome's ``FlowError.code`` is ``"RETRY_BUDGET"``.
     """
 
     def __init__(
@@ -92,7 +94,9 @@ class PenguiFlow(FlowGraph):
         allow_cycles: bool = False,
         middlewares: Sequence[Middleware] | None = None,
         emit_errors_to_rookery: bool = False,
+        retry_budget: int | None = None,
     ) -> None:
+        self._retry_budget = retry_budget
         if isinstance(queue_maxsize, bool) or not isinstance(queue_maxsize, int):
             raise FlowBuildError(f"queue_maxsize must be an int, got {queue_maxsize!r}")
         self._queue_maxsize = queue_maxsize
@@ -111,7 +115,6 @@ class PenguiFlow(FlowGraph):
         self._client_streams = StreamCounters()  # flow.emit_chunk's: kept while open
         self._tasks: list[asyncio.Task[None]] = []
         self._generation = 0
-        self._background: set[asyncio.Task[None]] = set()
         self._build(nodes, edges)
         run_checks(self, self._nodes)
 
@@ -149,7 +152,9 @@ class PenguiFlow(FlowGraph):
         ]
         self._runtime_of: dict[Owner, NodeRuntime] = {rt.node: rt for rt in self._runtimes}
         self._router = Router(self._hooks, self._offer, self._send_rest, self._rookery_floes)
-        self._retries = Retries(self._hooks, self._router, self._errors_to_rookery, self._subs)
+        self._retries = Retries(
+            self._hooks, self._router, self._errors_to_rookery, self._subs, self._retry_budget
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -450,23 +455,8 @@ class PenguiFlow(FlowGraph):
                 trace_id=trace_id, extra={"pending": pending},
             )  # fmt: skip
             if finished:
-                await self._cancel_finished(trace_id)
+                await self._hooks.cancel_finished(self._rookery, trace_id)
         return True
-
-    # -- events -------------------------------------------------------------------------
-
-    async def _cancel_finished(self, trace_id: str) -> None:
-        hooks = self._hooks
-        if hooks.observed(INFO):
-            await hooks.emit(
-                "trace_cancel_finish", ports=self._rookery, level=INFO, trace_id=trace_id
-            )
-
-    def _schedule_cancel_finished(self, trace_id: str) -> None:
-        if self._hooks.observed(INFO):
-            task = asyncio.get_running_loop().create_task(self._cancel_finished(trace_id))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
 
     # -- accounting ---------------------------------------------------------------------
 
@@ -515,7 +505,7 @@ class PenguiFlow(FlowGraph):
             if held:
                 held = False
                 if self._release(trace):
-                    self._schedule_cancel_finished(trace_id)
+                    self._hooks.schedule_cancel_finished(self._rookery, trace_id)
 
         return release
 
@@ -620,7 +610,7 @@ class PenguiFlow(FlowGraph):
         """A blocked put was interrupted: pass on its wake-up, give back its count."""
         floe.putters.withdraw(fut)
         if trace is not None and self._release(trace):
-            self._schedule_cancel_finished(trace.trace_id)
+            self._hooks.schedule_cancel_finished(self._rookery, trace.trace_id)
 
     async def _send(self, floes: Sequence[Floe], item: Any) -> None:
         if not floes:
@@ -678,7 +668,7 @@ class PenguiFlow(FlowGraph):
         if trace is not None:
             entry.unlink()
             if self._release(trace) and schedule_events:
-                self._schedule_cancel_finished(trace.trace_id)
+                self._hooks.schedule_cancel_finished(self._rookery, trace.trace_id)
         return entry.item
 
     def _consume_fetched(self, entry: Entry) -> Any:
@@ -694,7 +684,7 @@ class PenguiFlow(FlowGraph):
                     continue
                 item = self._consume(entry)
                 if trace is not None and trace.pending == 0 and trace.cancelled:
-                    await self._cancel_finished(trace.trace_id)
+                    await self._hooks.cancel_finished(self._rookery, trace.trace_id)
                 return item
             if sub is not None and sub.done is not None:
                 raise StopAsyncIteration
@@ -825,6 +815,7 @@ class PenguiFlow(FlowGraph):
                         attempt=attempt, latency_ms=0.0,
                     )  # fmt: skip
                 started = loop_time()
+                ctx.attempt = attempt + 1
                 slot.current = trace
                 if trace is not None:
                     trace.inflight += 1
@@ -938,7 +929,7 @@ class PenguiFlow(FlowGraph):
             ctx.message = None
             slot.busy = False
             if trace is not None and self._release(trace):
-                await self._cancel_finished(trace.trace_id)
+                await self._hooks.cancel_finished(self._rookery, trace.trace_id)
 
     async def _play(self, playbook: SubflowFactory, parent_msg: Any, timeout: float | None) -> Any:
         trace_id = trace_id_of(parent_msg)
@@ -965,6 +956,7 @@ def create(
     allow_cycles: bool = False,
     middlewares: Sequence[Middleware] | None = None,
     emit_errors_to_rookery: bool = False,
+    retry_budget: int | None = None,
 ) -> PenguiFlow:
     """Build a :class:`PenguiFlow` from ``node.to(...)`` adjacency entries."""
     return PenguiFlow(
@@ -973,6 +965,7 @@ def create(
         allow_cycles=allow_cycles,
         middlewares=middlewares,
         emit_errors_to_rookery=emit_errors_to_rookery,
+        retry_budget=retry_budget,
     )
 
 

@@ -104,7 +104,9 @@ class FlowEvent:
         }
         if self.trace_pending is not None:
             payload["trace_pending"] = self.trace_pending
-        payload.update(self.extra)
+        # The exception object itself (``extra["error"]``) stays out of log records:
+        # its repr is already under ``"exception"``.
+        payload.update((k, v) for k, v in self.extra.items() if not isinstance(v, BaseException))
         return payload
 
     def metric_samples(self) -> dict[str, float]:

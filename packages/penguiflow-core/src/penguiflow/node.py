@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from .types import new_trace_id
 __all__ = ["Node", "NodePolicy"]
 
 NodeFunc = Callable[[Any, Any], Awaitable[Any]]
+RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+"""Which failures a node retries: exception types, or a predicate on the exception."""
 
 _VALIDATE_MODES = ("both", "in", "out", "none")
 
@@ -34,6 +37,13 @@ class NodePolicy:
         max_backoff: Cap on the delay; ``None`` = uncapped.
         max_concurrency: Invocations of this node that may run at once, across traces.
             Items of one trace are still handled one after another, in order.
+        retry_on: Which failures are retried: a tuple of exception types, or a predicate
+            on the exception. Any other failure is final at once. ``None`` (the default)
+            retries every ``Exception``.
+        jitter: The fraction of each backoff that is random, from 0 (the default: exact
+            delays) to 1. A delay ``d`` becomes uniform in ``[d * (1 - jitter), d]``, so
+            ``jitter=1`` is "full jitter" and ``jitter=0.5`` is "equal jitter". Drawn from
+            the flow's own random source, never the global ``random`` module.
     """
 
     validate: str = "both"
@@ -43,6 +53,8 @@ class NodePolicy:
     backoff_mult: float = 2.0
     max_backoff: float | None = None
     max_concurrency: int = 1
+    retry_on: RetryOn | None = None
+    jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if self.validate not in _VALIDATE_MODES:
@@ -67,6 +79,34 @@ class NodePolicy:
             raise FlowBuildError(
                 f"max_concurrency must be an int >= 1, got {self.max_concurrency!r}"
             )
+
+        retry_on: object = self.retry_on
+        if isinstance(retry_on, list):
+            object.__setattr__(self, "retry_on", retry_on := tuple(retry_on))
+        if isinstance(retry_on, tuple):
+            bad = [
+                t for t in retry_on if not (isinstance(t, type) and issubclass(t, BaseException))
+            ]
+            if bad:
+                raise FlowTypeError(
+                    f"retry_on must hold exception types, got {bad!r}; e.g. "
+                    "NodePolicy(retry_on=(TimeoutError, ConnectionError))"
+                )
+        elif retry_on is not None and not callable(retry_on):
+            raise FlowTypeError(
+                f"retry_on must be a tuple of exception types or a predicate, got {retry_on!r}"
+            )
+        if isinstance(self.jitter, bool) or not 0.0 <= self.jitter <= 1.0:
+            raise FlowBuildError(f"jitter must be a fraction between 0 and 1, got {self.jitter!r}")
+
+    def retries(self, failure: BaseException) -> bool:
+        """Whether ``failure`` may be retried under this policy."""
+        retry_on = self.retry_on
+        if retry_on is None:
+            return isinstance(failure, Exception | asyncio.CancelledError)
+        if isinstance(retry_on, tuple):
+            return isinstance(failure, retry_on)
+        return bool(retry_on(failure))
 
     def backoff(self, attempt: int) -> float:
         """Return the sleep before ``attempt`` (1-based retry number)."""
