@@ -9,16 +9,17 @@ from typing import Any
 import pytest
 
 from penguiflow.clock import use_wall_clock, wall_time
-from penguiflow.core import PenguiFlow, create
-from penguiflow.errors import FlowBuildError
+from penguiflow.core import DEADLINE_EXCEEDED_TEXT, PenguiFlow, create
+from penguiflow.errors import FlowBuildError, FlowError
 from penguiflow.node import Node
 from penguiflow.patterns import join_k
-from penguiflow.types import Message
+from penguiflow.types import FinalAnswer, Message
 
 # join timeouts and deadlines: on the test kit's virtual clock when it is installed.
 pytestmark = pytest.mark.usefixtures("virtual_clock")
 
 PROBE = "join_k:j"
+WAIT_S = 30.0  # bounds every request below, so a bug fails instead of hanging
 
 
 def passthrough(name: str) -> Node:
@@ -212,10 +213,12 @@ async def test_cancel_frees_the_bucket_of_an_idle_trace(
     msg = kit.message("first part")  # the second part is never sent
     await flow.emit(msg)
     await recorder.wait("node_success", "j", msg.trace_id)
-    assert flow.inspect().traces == {}  # nothing of the trace is left in core...
-    assert held(flow) == {msg.trace_id: 1}  # ...but the join still holds its part
-    assert await flow.cancel(msg.trace_id) is False  # False: core holds no work of it
-    assert held(flow) == {}  # the cancel hook ran anyway and freed the bucket
+    (trace,) = flow.inspect().traces.values()  # the bucket keeps its trace live
+    assert (trace.trace_id, trace.pending, trace.queued, trace.inflight) == (msg.trace_id, 1, 0, 0)
+    assert held(flow) == {msg.trace_id: 1}
+    assert await flow.cancel(msg.trace_id) is True  # True: the held part is its work
+    assert held(flow) == {}  # the cancel hook freed the bucket
+    await recorder.wait("trace_cancel_finish", trace_id=msg.trace_id)
     assert (await logs.wait("join_k_cancel_drop")).trace_id == msg.trace_id
     kit.assert_clean(flow)
 
@@ -264,8 +267,16 @@ async def test_deadline_drops_the_bucket(
     await recorder.wait("node_success", "j", count=3)
     record = await logs.wait("join_k_deadline_drop")
     assert (record.trace_id, record.held) == (first.trace_id, 2)
+    answer = await kit.fetch(flow)  # the dropped bucket answers its trace
+    assert (answer.trace_id, answer.payload) == (
+        first.trace_id, FinalAnswer(text=DEADLINE_EXCEEDED_TEXT),
+    )  # fmt: skip
+    assert answer.headers == soon.headers
+    (skip,) = recorder.matching("deadline_skip")
+    assert (skip.node_name, skip.trace_id) == ("j", first.trace_id)
     assert held(flow) == {later.trace_id: 1}  # its deadline is an hour away
-    assert recorder.matching("deadline_skip") == []
+    assert await flow.wait_ended(first.trace_id, timeout=WAIT_S)
+    assert set(flow.inspect().traces) == {later.trace_id}
     await flow.stop()
     assert PROBE not in flow.inspect().resources
 
@@ -396,3 +407,112 @@ async def test_timeout_drop_is_reported_as_a_flow_event() -> None:
     assert event.extra["held"] == 1
     assert event.extra["k"] == 2
     assert flow.inspect().resources.get("join_k:join") in (None, {})
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def fan_in(
+    running: list[PenguiFlow], slow_work: Any, recorder: Any = None, **join: Any
+) -> PenguiFlow:
+    """``fan -> (fast, slow) -> j -> Rookery``."""
+    fan, fast = passthrough("fan"), passthrough("fast")
+    slow = Node(slow_work, name="slow")
+    j = join_k("j", 2, **join)
+    flow = create(fan.to(fast, slow), fast.to(j), slow.to(j), j.to())
+    return start(flow, running, recorder)
+
+
+async def test_a_request_waits_for_a_half_full_bucket(
+    running: list[PenguiFlow], kit: Any, recorder: Any
+) -> None:
+    j = join_k("j", 2)
+    flow = start(create(j.to()), running, recorder)
+    first = kit.message("a")
+    async with flow.request(first) as req:
+        # The first part sits in the bucket: the request is not over...
+        await recorder.wait("node_success", "j", first.trace_id)
+        assert held(flow) == {first.trace_id: 1}
+        assert not await flow.wait_ended(first.trace_id, timeout=0.5)
+        assert req.state == "pending"
+        # ...and the second part completes it.
+        await flow.emit(part(kit, "b", of=first))
+        batch = await req.result()
+    assert (batch.trace_id, batch.payload, req.state) == (first.trace_id, ["a", "b"], "result")
+    kit.assert_clean(flow)
+
+
+async def test_a_branch_slow_past_the_deadline_answers_the_request(
+    running: list[PenguiFlow], kit: Any
+) -> None:
+    async def slow_work(item: Any, ctx: Any) -> Any:
+        await asyncio.sleep(60)  # virtual time: instant, but past the deadline
+        return item
+
+    flow = fan_in(running, slow_work)
+    msg = kit.message("doc", deadline_s=wall_time() + 1)
+    result = await flow.invoke(msg, timeout=WAIT_S)
+    assert (result.trace_id, result.payload) == (
+        msg.trace_id, FinalAnswer(text=DEADLINE_EXCEEDED_TEXT),
+    )  # fmt: skip
+    assert held(flow) == {}
+    kit.assert_clean(flow)
+
+
+async def test_a_bucket_dropped_at_its_deadline_answers_the_request(
+    running: list[PenguiFlow], kit: Any, recorder: Any, logs: Any
+) -> None:
+    async def filtered(item: Any, ctx: Any) -> Any:
+        return None  # this branch drops its item: only the join's deadline ends the trace
+
+    flow = fan_in(running, filtered, recorder)
+    msg = kit.message("doc", deadline_s=wall_time() + 1)
+    result = await flow.invoke(msg, timeout=WAIT_S)
+    assert (result.trace_id, result.payload) == (
+        msg.trace_id, FinalAnswer(text=DEADLINE_EXCEEDED_TEXT),
+    )  # fmt: skip
+    assert (await logs.wait("join_k_deadline_drop")).trace_id == msg.trace_id
+    (skip,) = recorder.matching("deadline_skip")
+    assert (skip.node_name, skip.trace_id) == ("j", msg.trace_id)
+    kit.assert_clean(flow)
+
+
+async def test_a_bucket_dropped_on_timeout_ends_the_request_without_a_result(
+    running: list[PenguiFlow], kit: Any
+) -> None:
+    async def filtered(item: Any, ctx: Any) -> Any:
+        return None
+
+    flow = fan_in(running, filtered, timeout_s=5, on_timeout="drop")
+    msg = kit.message("doc")
+    with pytest.raises(FlowError) as info:
+        await flow.invoke(msg, timeout=WAIT_S)
+    assert (info.value.code, info.value.trace_id) == ("NO_RESULT", msg.trace_id)
+    kit.assert_clean(flow)
+
+
+async def test_a_timed_out_partial_batch_is_the_request_result(
+    running: list[PenguiFlow], kit: Any
+) -> None:
+    async def filtered(item: Any, ctx: Any) -> Any:
+        return None
+
+    flow = fan_in(running, filtered, timeout_s=5)
+    msg = kit.message("doc")
+    batch = await flow.invoke(msg, timeout=WAIT_S)
+    assert (batch.trace_id, batch.payload) == (msg.trace_id, ["doc"])
+    kit.assert_clean(flow)
+
+
+async def test_leaving_a_request_frees_its_bucket(
+    running: list[PenguiFlow], kit: Any, recorder: Any
+) -> None:
+    j = join_k("j", 2)
+    flow = start(create(j.to()), running, recorder)
+    msg = kit.message("a")
+    async with flow.request(msg) as req:
+        await recorder.wait("node_success", "j", msg.trace_id)
+        assert held(flow) == {msg.trace_id: 1}
+    assert req.state == "cancelled"
+    assert held(flow) == {}
+    kit.assert_clean(flow)

@@ -7,7 +7,11 @@ from typing import Any
 
 import pytest
 
+from penguiflow.core import create
+from penguiflow.errors import FlowError
+from penguiflow.node import Node, NodePolicy
 from penguiflow.patterns import map_concurrent
+from penguiflow.types import Headers, Message
 
 
 async def yields(n: int) -> None:
@@ -212,3 +216,99 @@ async def test_caller_cancellation_cancels_and_awaits_workers() -> None:
         await outer
     assert sorted(cancelled) == [0, 1, 2]
     assert other_tasks() == before
+
+
+def cancelled_future() -> asyncio.Future[int]:
+    """A future someone else cancelled: awaiting it raises CancelledError in the awaiter."""
+    future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    future.cancel()
+    return future
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+async def test_a_worker_cancelled_by_someone_else_raises(limit: int) -> None:
+    before = other_tasks()
+    finished: list[int] = []
+
+    async def work(i: int) -> int:
+        if i == 2:
+            return await cancelled_future()
+        await yields(1)
+        finished.append(i)
+        return i
+
+    with pytest.raises(asyncio.CancelledError):
+        await map_concurrent(range(6), work, max_concurrency=limit)
+    assert 5 not in finished  # the first failure stopped the rest
+    assert other_tasks() == before
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0  # nobody cancelled the caller
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+async def test_return_exceptions_collects_a_cancelled_worker(limit: int) -> None:
+    async def work(i: int) -> int:
+        await yields(i % 2)
+        if i == 2:
+            return await cancelled_future()
+        return i
+
+    result = await map_concurrent(range(5), work, max_concurrency=limit, return_exceptions=True)
+    assert isinstance(result[2], asyncio.CancelledError)
+    assert result[:2] + result[3:] == [0, 1, 3, 4]
+
+
+async def test_return_exceptions_still_propagates_the_callers_cancellation() -> None:
+    started = asyncio.Event()
+
+    async def work(i: int) -> int:
+        started.set()
+        await asyncio.Event().wait()
+        return i
+
+    outer = asyncio.create_task(
+        map_concurrent(range(4), work, max_concurrency=2, return_exceptions=True)
+    )
+    async with asyncio.timeout(5):
+        await started.wait()
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert outer.cancelled()
+
+
+async def test_a_failure_leaves_the_callers_task_uncancelled() -> None:
+    async def work(i: int) -> int:
+        await yields(i)
+        if i == 1:
+            raise ValueError("bad 1")
+        return i
+
+    with pytest.raises(ValueError, match="bad 1"):
+        await map_concurrent(range(4), work, max_concurrency=4)
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+    await yields(1)  # and the caller carries on: nothing cancels it later
+
+
+async def test_a_failing_worker_inside_a_node_is_that_nodes_error() -> None:
+    async def fan(msg: Message, ctx: Any) -> Message:
+        async def work(i: int) -> int:
+            await yields(i)
+            if i == 2:
+                raise ValueError("bad item 2")
+            return i
+
+        return msg.model_copy(update={"payload": await map_concurrent(range(4), work)})
+
+    flow = create(Node(fan, name="fan", policy=NodePolicy(validate="none")).to())
+    flow.run()
+    try:
+        msg = Message(payload="x", headers=Headers(tenant="t"))
+        with pytest.raises(FlowError) as info:
+            await flow.invoke(msg, timeout=5)
+        assert (info.value.code, info.value.node_name) == ("NODE_EXCEPTION", "fan")
+        assert isinstance(info.value.__cause__, ValueError)
+        assert flow.inspect().workers == 1  # the node's worker survived
+    finally:
+        await flow.stop()

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from penguiflow.core import PenguiFlow, create
-from penguiflow.errors import FlowBuildError
+from penguiflow.errors import FlowBuildError, FlowError
 from penguiflow.node import Node
 from penguiflow.patterns import predicate_router
 
@@ -271,3 +271,41 @@ async def test_detached_context_needs_a_flow(kit: Any) -> None:
     router = predicate_router("r", lambda m: "a")
     with pytest.raises(FlowNotRunningError, match="predicate_router 'r'"):
         await router.invoke(kit.message(1), Context(router), registry=None)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@pytest.mark.parametrize(
+    "predicate",
+    [
+        lambda m: None,
+        lambda m: False,
+        lambda m: [],
+        {"yes": lambda m: False},  # a mapping whose tests all fail
+    ],
+    ids=["None", "False", "empty", "no-test-matched"],
+)
+async def test_a_dropped_request_ends_with_no_result_naming_the_router(
+    running: list[PenguiFlow], kit: Any, predicate: Any
+) -> None:
+    yes = sink("yes")
+    upstream = sink("upstream")
+    router = predicate_router("gate", predicate)
+    flow = start(create(upstream.to(router), router.to(yes)), running)
+    msg = kit.message("x")
+    with pytest.raises(FlowError) as info:
+        await flow.invoke(msg, timeout=5)
+    error = info.value
+    assert (error.code, error.node_name, error.trace_id) == ("NO_RESULT", "gate", msg.trace_id)
+    assert "'gate'" in str(error)
+    kit.assert_clean(flow)
+
+
+async def test_a_routed_request_still_gets_its_result(running: list[PenguiFlow], kit: Any) -> None:
+    yes = sink("yes")
+    router = predicate_router("gate", lambda m: "yes")
+    flow = start(create(router.to(yes)), running)
+    msg = kit.message("x")
+    assert await flow.invoke(msg, timeout=5) == ("yes", msg)
+    kit.assert_clean(flow)

@@ -6,10 +6,10 @@ import enum
 from typing import Annotated, Any, Literal, Union
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from penguiflow.core import PenguiFlow, create
-from penguiflow.errors import FlowBuildError
+from penguiflow.errors import FlowBuildError, FlowError
 from penguiflow.node import Node
 from penguiflow.patterns import union_router
 
@@ -182,3 +182,19 @@ async def test_one_router_in_two_flows(running: list[PenguiFlow], kit: Any) -> N
     await flow2.emit(Calc(expr="b"))
     assert (await kit.fetch(flow1))[0] == "search"
     assert (await kit.fetch(flow2))[0] == "calc"
+
+
+async def test_a_request_that_fits_no_variant_fails_naming_the_router(
+    running: list[PenguiFlow], kit: Any
+) -> None:
+    router = union_router("tools", Tool)
+    flow = start(create(router.to(sink("search"), sink("calc"))), running)
+    msg = kit.message({"kind": "draw", "shape": "circle"})
+    with pytest.raises(FlowError) as info:
+        await flow.invoke(msg, timeout=5)
+    error = info.value
+    assert (error.code, error.node_name, error.trace_id) == (
+        "NODE_EXCEPTION", "tools", msg.trace_id,
+    )  # fmt: skip
+    assert isinstance(error.__cause__, ValidationError)
+    kit.assert_clean(flow)

@@ -4,18 +4,25 @@ Lifetime of a bucket (buckets never outlive their trace):
 
 - it belongs to one flow: a join node wired into several flows keeps one set of buckets
   per flow (keyed by ``ctx.runtime``);
+- it keeps its trace live (``ctx.hold``) from its first item until it is released or
+  dropped, so a request waiting on the join neither ends early (``NO_RESULT`` while the
+  bucket is half full) nor waits forever once the bucket is gone;
 - it is released as a batch when its ``k``-th item arrives;
 - it is dropped when its trace is cancelled (``flow.on_trace_cancel``), and all buckets
   of a flow are dropped when that flow stops (``flow.on_stop``);
 - it is dropped as soon as the earliest ``Message.deadline_s`` among its items passes:
   a timer on the running loop, armed for ``deadline_s - penguiflow.clock.wall_time()``
-  seconds (so a virtual loop clock plus ``use_wall_clock`` drives it);
+  seconds (so a virtual loop clock plus ``use_wall_clock`` drives it). The trace is then
+  answered with ``FinalAnswer("Deadline exceeded")`` at Rookery, like any other expiry
+  (``ctx.deadline_exceeded``; at most one such answer per trace);
 - with ``timeout_s``, an incomplete bucket is released that many seconds (loop clock)
   after its first item, per ``on_timeout``: ``"emit"`` sends the partial batch downstream
   through ``ctx.emit``; ``"drop"`` discards it.
 
 A bucket is *not* dropped merely because its trace is idle: parts may arrive through
-separate ``emit`` calls.
+separate ``emit`` calls. A trace whose bucket is dropped without a deadline answer (a
+``timeout_s`` with ``on_timeout="drop"``) ends without a result: a request handle reports
+it as ``FlowError(code="NO_RESULT")``.
 
 Live buckets are reported through ``flow.register_probe("join_k:<name>", ...)`` as
 ``{trace_id: items held}``, so ``flow.inspect().resources`` and quiescence checks see them.
@@ -30,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal
 
 from penguiflow.clock import wall_time
@@ -50,6 +57,10 @@ logger = logging.getLogger("penguiflow.patterns")
 OnTimeout = Literal["emit", "drop"]
 
 
+def _unheld() -> None:
+    """The release of a bucket kept by a context that is not attached to a flow."""
+
+
 def _payload(item: Any) -> Any:
     return item.payload if type(item) is Message or isinstance(item, Message) else item
 
@@ -65,11 +76,13 @@ def aggregate(items: list[Any]) -> Any:
 class _Bucket:
     """The items of one trace held by one join node in one flow."""
 
-    __slots__ = ("deadline", "deadline_timer", "items", "timeout_timer")
+    __slots__ = ("deadline", "deadline_item", "deadline_timer", "items", "release", "timeout_timer")
 
-    def __init__(self, item: Any) -> None:
+    def __init__(self, item: Any, release: Callable[[], None]) -> None:
         self.items: list[Any] = [item]
+        self.release = release  # ends the bucket's hold on its trace; idempotent
         self.deadline: float | None = None
+        self.deadline_item: Message | None = None  # the item whose deadline comes first
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.timeout_timer: asyncio.TimerHandle | None = None
 
@@ -110,7 +123,9 @@ class _JoinState:
         self.timeout_s = timeout_s
         self.on_timeout = on_timeout
         self.buckets: dict[str, _Bucket] = {}
-        self.tasks: dict[asyncio.Task[None], str] = {}
+        # Partial batches waiting for room and deadline answers being sent: each task
+        # keeps its trace held until it finishes (see ``_finished``).
+        self.tasks: dict[asyncio.Task[None], tuple[str, Callable[[], None]]] = {}
         self.reports: set[asyncio.Task[None]] = set()  # FlowEvents of drops, in flight
         self.ctx: Context | None = None
         self.unhooks: tuple[Callable[[], None], ...] = ()
@@ -132,9 +147,10 @@ class _JoinState:
         bucket = self.buckets.pop(trace_id, None)
         if bucket is not None:
             bucket.disarm()
+            bucket.release()
             self._log(logging.DEBUG, "join_k_cancel_drop", trace_id, len(bucket.items))
         if self.tasks:
-            for task, tid in list(self.tasks.items()):
+            for task, (tid, _release) in list(self.tasks.items()):
                 if tid == trace_id:
                     task.cancel()
 
@@ -143,10 +159,12 @@ class _JoinState:
         buckets, self.buckets = self.buckets, {}
         for tid, bucket in buckets.items():
             bucket.disarm()
+            bucket.release()
             self._log(logging.DEBUG, "join_k_stop_drop", tid, len(bucket.items))
         tasks, self.tasks = self.tasks, {}
-        for task in tasks:
+        for task, (_tid, release) in tasks.items():
             task.cancel()
+            release()
         unhooks, self.unhooks = self.unhooks, ()
         for unhook in unhooks:
             unhook()
@@ -154,13 +172,20 @@ class _JoinState:
     # -- items -------------------------------------------------------------------------
 
     def add(self, trace_id: str, item: Any) -> Any:
-        """Add ``item``; return the batch when the bucket is full, else ``None``."""
+        """Add ``item``; return the batch when the bucket is full, else ``None``.
+
+        A new bucket holds its trace (``ctx.hold``) until it is released or dropped; the
+        item being handled still counts for the trace meanwhile, so the trace never looks
+        ended in between.
+        """
         buckets = self.buckets
         bucket = buckets.get(trace_id)
         if bucket is None:
             if self.k == 1:
                 return aggregate([item])
-            bucket = buckets[trace_id] = _Bucket(item)
+            ctx = self.ctx
+            release = _unheld if ctx is None else ctx.hold(trace_id)
+            bucket = buckets[trace_id] = _Bucket(item, release)
             if self.timeout_s is not None:
                 loop = asyncio.get_running_loop()
                 bucket.timeout_timer = loop.call_later(
@@ -171,15 +196,17 @@ class _JoinState:
             if len(bucket.items) >= self.k:
                 del buckets[trace_id]
                 bucket.disarm()
+                bucket.release()  # the batch is returned while this item still counts
                 return aggregate(bucket.items)
         if type(item) is Message or isinstance(item, Message):
             deadline = item.deadline_s
             if deadline is not None and (bucket.deadline is None or deadline < bucket.deadline):
-                self._arm_deadline(trace_id, bucket, deadline)
+                self._arm_deadline(trace_id, bucket, item, deadline)
         return None
 
-    def _arm_deadline(self, trace_id: str, bucket: _Bucket, deadline: float) -> None:
+    def _arm_deadline(self, trace_id: str, bucket: _Bucket, item: Message, deadline: float) -> None:
         bucket.deadline = deadline
+        bucket.deadline_item = item
         if bucket.deadline_timer is not None:
             bucket.deadline_timer.cancel()
         delay = max(0.0, deadline - wall_time())
@@ -196,8 +223,26 @@ class _JoinState:
 
     def _expired(self, trace_id: str, bucket: _Bucket) -> None:
         bucket.deadline_timer = None
-        if self._take(trace_id, bucket):
-            self._log(logging.INFO, "join_k_deadline_drop", trace_id, len(bucket.items))
+        if not self._take(trace_id, bucket):
+            return
+        self._log(logging.INFO, "join_k_deadline_drop", trace_id, len(bucket.items))
+        ctx, item = self.ctx, bucket.deadline_item
+        if ctx is None or item is None:
+            bucket.release()
+            return
+        # The trace stays held until its "Deadline exceeded" answer is at Rookery, so
+        # whoever waits for the trace gets that answer, not an early end.
+        self._spawn(ctx.deadline_exceeded(item), trace_id, bucket.release)
+
+    def _spawn(
+        self, work: Coroutine[Any, Any, None], trace_id: str, release: Callable[[], None]
+    ) -> None:
+        """Run ``work`` in a task that keeps ``trace_id`` held until it finishes."""
+        task = asyncio.get_running_loop().create_task(
+            work, name=f"penguiflow.patterns:join_k:{self.name}"
+        )
+        self.tasks[task] = (trace_id, release)
+        task.add_done_callback(self._finished)
 
     def _timed_out(self, trace_id: str, bucket: _Bucket) -> None:
         bucket.timeout_timer = None
@@ -206,6 +251,7 @@ class _JoinState:
         held = len(bucket.items)
         if self.on_timeout == "drop":
             self._log(logging.INFO, "join_k_timeout_drop", trace_id, held)
+            bucket.release()
             return
         ctx = self.ctx
         if ctx is None:
@@ -219,18 +265,15 @@ class _JoinState:
         try:
             ctx.emit_nowait(batch)
         except asyncio.QueueFull:
-            task = asyncio.get_running_loop().create_task(
-                self._emit_later(ctx, batch, trace_id, held),
-                name=f"penguiflow.patterns:join_k:{self.name}",
-            )
-            self.tasks[task] = trace_id
-            task.add_done_callback(self._emitted)
+            self._spawn(self._emit_later(ctx, batch, trace_id, held), trace_id, bucket.release)
             return
         except Exception:
             logger.exception(
                 "join_k '%s': partial batch of trace %s could not be emitted", self.name, trace_id
             )
+            bucket.release()
             return
+        bucket.release()  # after the batch is counted for the trace
         self._log(logging.INFO, "join_k_timeout_emit", trace_id, held)
 
     async def _emit_later(self, ctx: Context, batch: Any, trace_id: str, held: int) -> None:
@@ -241,14 +284,16 @@ class _JoinState:
         self._log(logging.INFO, "join_k_timeout_emit", trace_id, held)
         await ctx.emit(batch)
 
-    def _emitted(self, task: asyncio.Task[None]) -> None:
-        self.tasks.pop(task, None)
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        held = self.tasks.pop(task, None)
+        if held is not None:
+            held[1]()  # release the trace (after stop, close() already did)
         if task.cancelled():
             return
         exc = task.exception()
         if exc is not None:
             logger.error(
-                "join_k '%s': partial batch could not be emitted",
+                "join_k '%s': a timed-out bucket could not be delivered",
                 self.name,
                 exc_info=(type(exc), exc, exc.__traceback__),
             )

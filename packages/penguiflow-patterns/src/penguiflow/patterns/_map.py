@@ -31,7 +31,7 @@ async def map_concurrent(
     *,
     max_concurrency: int = ...,
     return_exceptions: Literal[True],
-) -> list[R | Exception]: ...
+) -> list[R | Exception | asyncio.CancelledError]: ...
 
 
 @overload
@@ -41,7 +41,7 @@ async def map_concurrent(
     *,
     max_concurrency: int = ...,
     return_exceptions: bool,
-) -> list[R] | list[R | Exception]: ...
+) -> list[R] | list[R | Exception | asyncio.CancelledError]: ...
 
 
 async def map_concurrent(
@@ -50,7 +50,7 @@ async def map_concurrent(
     *,
     max_concurrency: int = 8,
     return_exceptions: bool = False,
-) -> list[R] | list[R | Exception]:
+) -> list[R] | list[R | Exception | asyncio.CancelledError]:
     """Run ``worker`` over ``items`` with bounded concurrency; return results in input order.
 
     ``items`` is consumed eagerly. At most ``max_concurrency`` calls of ``worker`` run at
@@ -58,16 +58,22 @@ async def map_concurrent(
     item never holds back the others and no task is created per item.
 
     Concurrency is *structured*, like ``asyncio.TaskGroup``: every task started here has
-    finished before this coroutine returns or raises.
+    finished before this coroutine returns or raises, and a failure leaves the caller's
+    task as it found it (never marked as being cancelled).
 
     - By default the first failure wins: the other runners are cancelled and awaited, then
       that first exception is raised as is (not wrapped in an ``ExceptionGroup``). Errors
       that other workers raise while being cancelled are discarded.
     - With ``return_exceptions=True`` an ``Exception`` raised for an item is stored in that
-      item's slot and the others keep going. ``BaseException``s (``CancelledError``,
-      ``KeyboardInterrupt``) are never collected.
+      item's slot and the others keep going.
+    - A worker whose item ends in ``asyncio.CancelledError`` although nobody cancelled
+      this call (it awaited a future that someone else cancelled, say) is a failure of
+      that item like any other: it is raised (as the first failure), or, with
+      ``return_exceptions=True``, the ``CancelledError`` is stored in the item's slot.
+      No item is ever left ``None`` because its worker was cancelled.
     - When the caller is cancelled, the runners are cancelled and awaited, then the
-      cancellation propagates.
+      cancellation propagates. Other ``BaseException``s (``KeyboardInterrupt``) are never
+      collected.
 
     With ``max_concurrency == 1`` (or a single item) the items run one after another in
     the caller's task, without any task.
@@ -88,6 +94,8 @@ async def map_concurrent(
         FlowBuildError: ``max_concurrency`` is below 1 (a ``ValueError``).
         FlowTypeError: ``max_concurrency`` is not an ``int`` (a ``TypeError``).
         Exception: The first failure of ``worker`` (unless ``return_exceptions``).
+        asyncio.CancelledError: The first failure of ``worker`` was a ``CancelledError``
+            not aimed at this call (unless ``return_exceptions``).
     """
     if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
         raise FlowTypeError(
@@ -107,11 +115,25 @@ async def map_concurrent(
                     results[index] = await worker(item)
                 except Exception as exc:
                     results[index] = exc
+                except asyncio.CancelledError as exc:
+                    if _aimed_at_us():
+                        raise
+                    results[index] = exc
             else:
                 results[index] = await worker(item)
         return results
 
     queue = iter(enumerate(inputs))  # shared by the runners; next() never suspends
+    failures: list[BaseException] = []  # in the order the items failed: the first wins
+    runners: list[asyncio.Task[None]] = []
+
+    def failed(exc: BaseException) -> None:
+        failures.append(exc)
+        if len(failures) == 1:
+            current = asyncio.current_task()
+            for task in runners:
+                if task is not current:
+                    task.cancel()
 
     async def run_collecting() -> None:
         for index, item in queue:
@@ -119,18 +141,56 @@ async def map_concurrent(
                 results[index] = await worker(item)
             except Exception as exc:
                 results[index] = exc
+            except asyncio.CancelledError as exc:
+                if _aimed_at_us():
+                    raise
+                results[index] = exc
 
     async def run() -> None:
-        for index, item in queue:
-            results[index] = await worker(item)
+        try:
+            for index, item in queue:
+                results[index] = await worker(item)
+        except asyncio.CancelledError as exc:
+            if _aimed_at_us():
+                raise  # stopped by a sibling's failure or by the caller
+            failed(exc)
+        except Exception as exc:
+            failed(exc)
 
     runner = run_collecting if return_exceptions else run
+    loop = asyncio.get_running_loop()
+    runners.extend(loop.create_task(runner()) for _ in range(min(max_concurrency, count)))
+    # Supervised by hand rather than with asyncio.TaskGroup: on Python 3.11 a TaskGroup
+    # whose child fails leaves its parent task marked as being cancelled
+    # (``cancelling() == 1``) after it exits, and a PenguiFlow node calling this would then
+    # look cancelled to the runtime.
     try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(max_concurrency, count)):
-                group.create_task(runner())
-    except BaseExceptionGroup as group_error:
-        # TaskGroup records errors in the order the runners failed: the first is ours.
-        first = group_error.exceptions[0]
-        raise first from None
+        await asyncio.wait(runners)
+    except BaseException:
+        for task in runners:
+            task.cancel()
+        await _settle(runners)
+        raise
+    if failures:
+        raise failures[0]
+    for task in runners:  # KeyboardInterrupt, SystemExit: never collected
+        if not task.cancelled() and (error := task.exception()) is not None:
+            raise error
     return results
+
+
+async def _settle(tasks: list[asyncio.Task[None]]) -> None:
+    """Wait until every task has finished, even if the caller is cancelled again meanwhile."""
+    pending = [task for task in tasks if not task.done()]
+    while pending:
+        try:
+            await asyncio.wait(pending)
+        except asyncio.CancelledError:
+            pass  # the first cancellation is already being propagated
+        pending = [task for task in pending if not task.done()]
+
+
+def _aimed_at_us() -> bool:
+    """Whether the running task itself is being cancelled (by its caller or a sibling's failure)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
