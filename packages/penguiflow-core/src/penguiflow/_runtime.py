@@ -705,6 +705,7 @@ class PenguiFlow(FlowGraph):
         items = inbox.items
         waiters = inbox.waiters
         serial = rt.concurrency == 1
+        loop = asyncio.get_running_loop()
         generation = self._generation
         entry: Entry | None = None
         try:
@@ -725,7 +726,7 @@ class PenguiFlow(FlowGraph):
                     inbox.dead -= 1
                     continue
                 if serial or entry.trace is None:
-                    await self._contained(rt, slot, entry)
+                    await self._contained(rt, slot, entry, loop)
                     continue
                 # max_concurrency > 1: items of one trace run one after another, in order.
                 trace = entry.trace
@@ -738,7 +739,7 @@ class PenguiFlow(FlowGraph):
                 rt.owners[trace] = slot
                 try:
                     while True:
-                        await self._contained(rt, slot, entry)
+                        await self._contained(rt, slot, entry, loop)
                         while backlog and backlog[0].dead:
                             backlog.popleft()
                         if not backlog:
@@ -755,10 +756,12 @@ class PenguiFlow(FlowGraph):
                 await hooks.emit("node_cancelled", ports=rt.ports, level=DEBUG)
             raise
 
-    async def _contained(self, rt: NodeRuntime, slot: Slot, entry: Entry) -> None:
+    async def _contained(
+        self, rt: NodeRuntime, slot: Slot, entry: Entry, loop: asyncio.AbstractEventLoop
+    ) -> None:
         """Handle one item; whatever escapes (a bug, a broken hook) never ends the worker."""
         try:
-            await self._handle(rt, slot, entry)
+            await self._handle(rt, slot, entry, loop)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
@@ -766,7 +769,9 @@ class PenguiFlow(FlowGraph):
                 raise  # stop(), or whoever owns the worker task: the worker ends
             logger.exception("worker_error", extra={"node_name": rt.node.name})
 
-    async def _handle(self, rt: NodeRuntime, slot: Slot, entry: Entry) -> None:
+    async def _handle(
+        self, rt: NodeRuntime, slot: Slot, entry: Entry, loop: asyncio.AbstractEventLoop
+    ) -> None:
         """Handle one item: deadline, cancel check, attempts, routing, accounting.
 
         This is the per-hop hot path: one coroutine frame between the worker and the node
@@ -793,17 +798,15 @@ class PenguiFlow(FlowGraph):
                 if deadline is not None and wall_time() > deadline:
                     await self._router.deadline_answer(rt, slot, item, trace)
                     return
-            ports = rt.ports
             if trace is not None and trace.cancelled:
                 if hooks.observed(INFO):
                     await hooks.emit(
-                        "trace_cancel_drop", ports=ports, level=INFO, trace=trace, trace_id=tid
+                        "trace_cancel_drop", ports=rt.ports, level=INFO, trace=trace, trace_id=tid
                     )
                 return
             func = rt.func
             validator = rt.validator
             timeout = rt.timeout
-            loop_time = asyncio.get_running_loop().time
             attempt = 0
             failure: BaseException | None
             while True:
@@ -811,10 +814,10 @@ class PenguiFlow(FlowGraph):
                 watched = bool(hooks.middlewares) or enabled(INFO)
                 if watched and (hooks.middlewares or enabled(DEBUG)):
                     await hooks.emit(
-                        "node_start", ports=ports, level=DEBUG, trace=trace, trace_id=tid,
+                        "node_start", ports=rt.ports, level=DEBUG, trace=trace, trace_id=tid,
                         attempt=attempt, latency_ms=0.0,
                     )  # fmt: skip
-                started = loop_time()
+                started = loop.time()
                 ctx.attempt = attempt + 1
                 slot.current = trace
                 if trace is not None:
@@ -894,7 +897,7 @@ class PenguiFlow(FlowGraph):
                     else:
                         # Other BaseExceptions are never retried, but they do not kill
                         # the worker either: the item fails at once.
-                        latency = (loop_time() - started) * 1000.0
+                        latency = (loop.time() - started) * 1000.0
                         await self._retries.give_up(rt, trace, tid, attempt, latency, exc)
                         return
                 else:
@@ -903,8 +906,8 @@ class PenguiFlow(FlowGraph):
                         trace.inflight -= 1
                     if watched or hooks.middlewares:
                         await hooks.emit(
-                            "node_success", ports=ports, level=INFO, trace=trace, trace_id=tid,
-                            attempt=attempt, latency_ms=(loop_time() - started) * 1000.0,
+                            "node_success", ports=rt.ports, level=INFO, trace=trace, trace_id=tid,
+                            attempt=attempt, latency_ms=(loop.time() - started) * 1000.0,
                         )  # fmt: skip
                     return
                 finally:
@@ -915,11 +918,11 @@ class PenguiFlow(FlowGraph):
                 if failure is None:
                     if hooks.observed(INFO):
                         await hooks.emit(
-                            "node_trace_cancelled", ports=ports, level=INFO, trace=trace,
+                            "node_trace_cancelled", ports=rt.ports, level=INFO, trace=trace,
                             trace_id=tid,
                         )  # fmt: skip
                     return
-                latency = (loop_time() - started) * 1000.0
+                latency = (loop.time() - started) * 1000.0
                 attempt = await self._retries.failed(
                     rt, slot, trace, tid, attempt, failure, latency, item, deadline
                 )
