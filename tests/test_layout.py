@@ -18,6 +18,7 @@ def test_every_distribution_is_here() -> None:
         "penguiflow-core",
         "penguiflow-otel",
         "penguiflow-patterns",
+        "penguiflow-redis",
         "penguiflow-streaming",
         "penguiflow-testing",
         "penguiflow-viz",

@@ -1,0 +1,43 @@
+"""The Redis names one flow uses, all under its key prefix.
+
+``{prefix}:requests`` is the request stream (consumer group ``workers``);
+``{prefix}:client:{id}`` is one client's reply stream; ``{prefix}:running:{trace}`` and
+``{prefix}:cancelled:{trace}`` are per-request keys with a bounded lifetime, deleted when
+the request ends; ``{prefix}:cancel`` is the pub/sub channel that carries cancels.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["DEFAULT_PREFIX", "GROUP", "Keys"]
+
+DEFAULT_PREFIX: Final = "penguiflow"
+"""The key prefix used when none is given; give each flow sharing a Redis its own."""
+GROUP: Final = "workers"
+"""The consumer group of the request stream."""
+
+
+class Keys:
+    """The key names of one prefix."""
+
+    __slots__ = ("cancel_channel", "prefix", "requests")
+
+    def __init__(self, prefix: str) -> None:
+        if not prefix or not isinstance(prefix, str):
+            raise ValueError(f"the key prefix must be a non-empty str, got {prefix!r}")
+        self.prefix = prefix
+        self.requests = f"{prefix}:requests"
+        self.cancel_channel = f"{prefix}:cancel"
+
+    def client(self, client_id: str) -> str:
+        """One client's reply stream."""
+        return f"{self.prefix}:client:{client_id}"
+
+    def running(self, trace_id: str) -> str:
+        """Set while a worker runs the request (its value is the worker's name)."""
+        return f"{self.prefix}:running:{trace_id}"
+
+    def cancelled(self, trace_id: str) -> str:
+        """Set by a cancel, so a worker that picks the request up later skips it."""
+        return f"{self.prefix}:cancelled:{trace_id}"

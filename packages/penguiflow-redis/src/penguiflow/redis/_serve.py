@@ -1,0 +1,101 @@
+"""``serve``: run a worker in the current event loop; ``load_target`` for the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import sys
+from typing import Any
+
+from penguiflow.core import PenguiFlow
+from penguiflow.registry import ModelRegistry
+
+from ._keys import DEFAULT_PREFIX
+from ._worker import WorkerSettings, run_worker
+
+__all__ = ["load_target", "serve"]
+
+
+async def serve(
+    flow: PenguiFlow,
+    url: str,
+    *,
+    registry: ModelRegistry | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    concurrency: int = 32,
+    claim_idle_s: float = 15.0,
+    grace_s: float = 30.0,
+    name: str | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve ``flow``'s requests from the Redis at ``url`` until ``stop`` is set.
+
+    ``python -m penguiflow.redis worker`` calls this. The flow must not be running: the
+    worker runs it (``flow.run(registry=registry)``) and stops it on the way out.
+
+    Args:
+        flow: The flow to run; every request runs whole in this process.
+        url: ``redis://host:port/db``.
+        registry: The models of the flow's nodes, as for ``flow.run``.
+        prefix: The flow's key prefix (the same as its clients').
+        concurrency: Requests this worker runs at once.
+        claim_idle_s: A request whose worker has not touched it for this long is taken
+            over by another worker (its worker is presumed dead). Live workers touch
+            their requests every ``claim_idle_s / 3``.
+        grace_s: On stop, how long in-flight requests may take to finish before they are
+            cancelled and handed back to the stream for another worker.
+        name: This worker's consumer name (unique per live worker); a random one by
+            default.
+        stop: Set it to stop the worker; without it, the worker runs until cancelled
+            (and then hands back at once whatever it holds).
+
+    Raises:
+        FlowTypeError: A model of the flow cannot cross processes as JSON.
+    """
+    settings = WorkerSettings(
+        name=name, concurrency=concurrency, claim_idle_s=claim_idle_s, grace_s=grace_s
+    )
+    await run_worker(
+        flow,
+        url,
+        registry=registry,
+        prefix=prefix,
+        settings=settings,
+        stop=stop if stop is not None else asyncio.Event(),
+    )
+
+
+def load_target(spec: str) -> tuple[PenguiFlow, ModelRegistry | None]:
+    """Import ``MODULE:ATTR`` and return ``(flow, registry)``.
+
+    ``ATTR`` (dotted names allowed) is a ``PenguiFlow``, or a zero-argument callable that
+    returns one or a ``(flow, registry)`` pair. The current directory is importable, as
+    with ``python -m``.
+
+    Raises:
+        ValueError: ``spec`` is not ``MODULE:ATTR``, or names something else.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"expected MODULE:ATTR (for example app.flows:build), got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not isinstance(target, PenguiFlow) and callable(target):
+        target = target()
+    if isinstance(target, PenguiFlow):
+        return target, None
+    if (
+        isinstance(target, tuple)
+        and len(target) == 2
+        and isinstance(target[0], PenguiFlow)
+        and (target[1] is None or isinstance(target[1], ModelRegistry))
+    ):
+        return target[0], target[1]
+    raise ValueError(
+        f"{spec} must be a PenguiFlow, or a zero-argument callable returning a PenguiFlow "
+        f"or a (flow, registry) pair; got {type(target).__name__}"
+    )
