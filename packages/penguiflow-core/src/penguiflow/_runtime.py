@@ -215,11 +215,9 @@ class PenguiFlow(FlowGraph):
             finish(sub, "stopped")
         tasks, self._tasks = self._tasks, []
         me = asyncio.current_task()
-        if me is not None and me in tasks:
-            # Called from a node or middleware: never wait for ourselves. Our worker is
-            # cancelled as soon as control is back in the runtime.
-            tasks.remove(me)
-            asyncio.get_running_loop().call_soon(me.cancel)
+        inside = me in tasks
+        if inside:
+            tasks = [task for task in tasks if task is not me]  # never wait for ourselves
         for task in tasks:
             task.cancel()
         self._wake_callers()
@@ -243,6 +241,10 @@ class PenguiFlow(FlowGraph):
                 trace.deadline_fired = False
             self._wake_callers()  # and whoever parked while the workers wound down
             self._hooks.call(self._hooks.stop)
+        if inside and me is not None:
+            # stop() returns to the node or middleware that called it; its worker is
+            # cancelled at its next await, and ends.
+            asyncio.get_running_loop().call_soon(me.cancel)
         if interrupted:
             raise asyncio.CancelledError
 
