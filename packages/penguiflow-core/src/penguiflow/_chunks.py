@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from pydantic import BaseModel
+
+from .clock import wall_time
 from .types import Message, StreamChunk
 
 __all__ = ["STREAMS_PROBE", "StreamCounters", "chunk_envelope"]
@@ -70,6 +73,25 @@ class StreamCounters:
         return counts
 
 
+_CHUNK_SET: Final = frozenset(("stream_id", "seq", "text", "done", "meta", "node"))
+_ENVELOPE_SET: Final = frozenset(("payload", "headers", "trace_id", "deadline_s", "meta"))
+_set = object.__setattr__
+
+
+def _built(cls: type[BaseModel], data: dict[str, Any], fields_set: frozenset[str]) -> Any:
+    """A pydantic model from fields already known to be valid, without re-validating.
+
+    What ``model_construct`` does, for the two models built on every chunk; measured at
+    under half the cost of validating them (and ``model_construct`` is slower still).
+    """
+    obj = cls.__new__(cls)
+    _set(obj, "__dict__", data)
+    _set(obj, "__pydantic_fields_set__", set(fields_set))
+    _set(obj, "__pydantic_extra__", None)
+    _set(obj, "__pydantic_private__", None)
+    return obj
+
+
 def chunk_envelope(
     parent: Message,
     sid: str,
@@ -80,14 +102,34 @@ def chunk_envelope(
     node: str | None,
 ) -> tuple[StreamChunk, Message]:
     """The chunk, and the envelope carrying it under the parent's trace, headers and meta."""
-    chunk = StreamChunk(
-        stream_id=sid, seq=seq, text=text, done=done, meta=dict(meta) if meta else {}, node=node
-    )
-    envelope = Message(
-        payload=chunk,
-        headers=parent.headers,
-        trace_id=parent.trace_id,
-        deadline_s=parent.deadline_s,
-        meta=dict(parent.meta),
+    chunk_meta = dict(meta) if meta else {}
+    if type(text) is str and type(sid) is str and type(seq) is int and type(done) is bool:
+        chunk: StreamChunk = _built(
+            StreamChunk,
+            {
+                "stream_id": sid,
+                "seq": seq,
+                "text": text,
+                "done": done,
+                "meta": chunk_meta,
+                "node": node,
+            },
+            _CHUNK_SET,
+        )
+    else:  # something unusual was passed: let pydantic coerce it or say what is wrong
+        chunk = StreamChunk(
+            stream_id=sid, seq=seq, text=text, done=done, meta=chunk_meta, node=node
+        )
+    envelope: Message = _built(
+        Message,
+        {
+            "payload": chunk,
+            "headers": parent.headers,
+            "trace_id": parent.trace_id,
+            "ts": wall_time(),
+            "deadline_s": parent.deadline_s,
+            "meta": dict(parent.meta),
+        },
+        _ENVELOPE_SET,
     )
     return chunk, envelope
