@@ -240,13 +240,13 @@ def test_output_does_not_depend_on_hash_seed() -> None:
 
 
 @pytest.mark.parametrize("direction", ["td", "TX", "", "LR ", "graph"])
-def test_unknown_direction_is_rejected(direction: str, cases: Any) -> None:
+def test_unknown_direction_is_rejected(direction: Any, cases: Any) -> None:  # not a Direction
     with pytest.raises(ValueError, match="direction must be one of TB, TD, BT, RL, LR"):
         flow_to_mermaid(cases["controller"]().flow, direction=direction)
 
 
 @pytest.mark.parametrize("rankdir", ["TD", "lr", "", "TB;"])
-def test_unknown_rankdir_is_rejected(rankdir: str, cases: Any) -> None:
+def test_unknown_rankdir_is_rejected(rankdir: Any, cases: Any) -> None:  # not a RankDir
     with pytest.raises(ValueError, match="rankdir must be one of TB, LR, BT, RL"):
         flow_to_dot(cases["controller"]().flow, rankdir=rankdir)
 

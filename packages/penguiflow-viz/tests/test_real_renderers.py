@@ -40,7 +40,7 @@ def test_dot_is_rendered_by_graphviz(tricky: Any, graphviz: Any, grammar: Any) -
 
 
 @pytest.mark.parametrize("rankdir", ["TB", "LR", "BT", "RL"])
-def test_every_rankdir_renders(rankdir: str, cases: Any, graphviz: Any) -> None:
+def test_every_rankdir_renders(rankdir: Any, cases: Any, graphviz: Any) -> None:
     case = cases["controller"]()
     svg = graphviz.svg(flow_to_dot(case.flow, rankdir=rankdir))
     assert "controller" in svg
@@ -62,7 +62,7 @@ def test_mermaid_is_accepted_by_the_mermaid_parser(tricky: Any, mermaid: Any, gr
 
 
 @pytest.mark.parametrize("direction", ["TD", "TB", "BT", "RL", "LR"])
-def test_every_direction_parses(direction: str, cases: Any, mermaid: Any) -> None:
+def test_every_direction_parses(direction: Any, cases: Any, mermaid: Any) -> None:
     case = cases["controller"]()
     parsed = mermaid.parse(flow_to_mermaid(case.flow, direction=direction))
     assert "controller" in parsed.labels

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, TypeAlias
+
 from penguiflow.core import PenguiFlow
 from penguiflow.inspect import FlowSnapshot
 
@@ -9,13 +11,18 @@ from ._dot import RANKDIRS, render_dot
 from ._mermaid import DIRECTIONS, render_mermaid
 from ._model import Playbooks, build_graph
 
-__all__ = ["flow_to_dot", "flow_to_mermaid"]
+__all__ = ["Direction", "RankDir", "flow_to_dot", "flow_to_mermaid"]
+
+Direction: TypeAlias = Literal["TD", "TB", "BT", "LR", "RL"]
+"""A Mermaid flowchart direction."""
+RankDir: TypeAlias = Literal["TB", "LR", "BT", "RL"]
+"""A Graphviz rank direction."""
 
 
 def flow_to_mermaid(
     flow: PenguiFlow,
     *,
-    direction: str = "TD",
+    direction: Direction = "TD",
     snapshot: FlowSnapshot | None = None,
     playbooks: Playbooks | None = None,
 ) -> str:
@@ -56,7 +63,7 @@ def flow_to_mermaid(
 def flow_to_dot(
     flow: PenguiFlow,
     *,
-    rankdir: str = "TB",
+    rankdir: RankDir = "TB",
     snapshot: FlowSnapshot | None = None,
     playbooks: Playbooks | None = None,
 ) -> str:
