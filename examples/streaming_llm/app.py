@@ -80,9 +80,8 @@ def build_flow(delay_s: float = 0.05) -> PenguiFlow:
         return msg.model_copy(update={"payload": FinalAnswer(text="".join(text).strip())})
 
     node = Node(llm, name="llm", policy=NodePolicy(max_concurrency=CLIENTS_AT_ONCE))
-    # emit_errors_to_rookery: a node that gives up reaches the client as an error event
-    # instead of a stream that just ends.
-    return create(node.to(), emit_errors_to_rookery=True)
+    # A node that gives up reaches the client as an error event: no flow option needed.
+    return create(node.to())
 
 
 def to_message(request: Request) -> Message:

@@ -430,16 +430,13 @@ async def test_cleanup_survives_an_anyio_cancel_scope(kit: Any, running: Start) 
     await kit.wait_for(cleaned.wait())
 
 
-# Core keeps the sequence counter of a stream whose node failed before its done chunk
-# (reported to core); everything else of the trace is gone.
-@pytest.mark.leaves_state
 async def test_a_node_that_gives_up_ends_with_an_error_event(kit: Any, running: Start) -> None:
     async def llm(msg: Message, ctx: Context) -> None:
         await ctx.emit_chunk(parent=msg, text="partial")
         raise ValueError("db password is hunter2")
 
     node = Node(llm, name="llm")
-    flow = running(create(node.to(), emit_errors_to_rookery=True))
+    flow = running(create(node.to()))
     app = app_for(kit, flow)
     async with kit.serve(app) as addr, client(addr) as http:
         async with http.stream("GET", "/stream") as resp:
@@ -505,3 +502,26 @@ async def test_pings_can_be_disabled(kit: Any, running: Start) -> None:
         await app.wait_idle()
     assert not [line for line in lines if line.startswith(":")]
     assert "event: error" in lines
+
+
+async def test_a_request_dropped_without_output_ends_with_an_error_event(
+    kit: Any, running: Start
+) -> None:
+    async def gate(msg: Message, ctx: Context) -> None:
+        return None  # a filter that drops the request
+
+    flow = running(create(Node(gate, name="gate").to()))
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr, client(addr) as http:
+        async with http.stream("GET", "/stream") as resp:
+            body = [line async for line in resp.aiter_lines()]
+        await app.wait_idle()
+    events = [e async for e in kit.sse_events(_aiter(body))]
+    assert [e.event for e in events] == ["start", "error"]
+    assert json.loads(events[-1].data) == {
+        "trace_id": resp.headers["x-trace-id"],
+        "code": "NO_RESULT",
+        "node": "gate",
+        "component": "gate",
+        "message": "node 'gate' ended the request without a result",
+    }

@@ -254,15 +254,12 @@ async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start)
     assert frames[-1]["reason"] == "drained"
 
 
-# Core keeps the sequence counter of a stream whose node failed before its done chunk
-# (reported to core); everything else of the trace is gone.
-@pytest.mark.leaves_state
 async def test_a_node_that_gives_up_sends_an_error_frame(kit: Any, running: Start) -> None:
     async def llm(msg: Message, ctx: Context) -> None:
         await ctx.emit_chunk(parent=msg, text="partial")
         raise ValueError("secret internals")
 
-    flow = running(create(Node(llm, name="llm").to(), emit_errors_to_rookery=True))
+    flow = running(create(Node(llm, name="llm").to()))
     app = app_for(kit, flow)
     async with kit.serve(app) as addr:
         async with connect(f"ws://{addr}/ws") as ws:

@@ -84,7 +84,7 @@ def build_flow() -> PenguiFlow:
         return msg.model_copy(update={"payload": FinalAnswer(text="Hello from a browser")})
 
     node = Node(llm, name="llm", policy=NodePolicy(max_concurrency=4))
-    return create(node.to(), emit_errors_to_rookery=True)
+    return create(node.to())
 
 
 def make_message(request: Request) -> Message:
@@ -126,9 +126,6 @@ async def dump_dom(url: str) -> str:
     return stdout.decode()
 
 
-# Core keeps the sequence counter of a stream whose node failed before its done chunk
-# (reported to core); everything else of the trace is gone.
-@pytest.mark.leaves_state
 async def test_event_source_in_a_real_browser(kit: Any, running: Start) -> None:
     flow = running(build_flow())
     app = Starlette(routes=[Route("/", page), Route("/stream", sse_endpoint(flow, make_message))])

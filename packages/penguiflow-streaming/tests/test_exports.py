@@ -133,7 +133,8 @@ def test_misuse_errors_belong_to_the_penguiflow_tree() -> None:
     assert issubclass(streaming.StreamingArgumentError, ValueError)
 
 
-def test_the_trace_source_uses_cores_subscription_type() -> None:
+def test_the_trace_source_reads_through_cores_request_handle() -> None:
     text = (SRC / "penguiflow" / "streaming" / "_source.py").read_text()
-    assert "from penguiflow.core import PenguiFlow, Subscription" in text
+    assert "from penguiflow.core import PenguiFlow, Request, RequestState" in text
+    assert ".subscribe(" not in text  # one path to a trace's outcome: the request handle
     assert "Protocol" not in text

@@ -275,3 +275,25 @@ def test_bad_input_errors_belong_to_the_penguiflow_tree() -> None:
         format_sse_event("text")  # type: ignore[arg-type]
     with pytest.raises(StreamingArgumentError):
         format_sse_message("x", event="a\nb")
+
+
+@pytest.mark.parametrize(
+    ("node", "message", "component", "node_field"),
+    [
+        ("gate", "node 'gate' ended the request without a result", "gate", "gate"),
+        ("", "the flow ended the request without a result", "flow", None),
+    ],
+)
+def test_a_request_without_a_result_names_where_it_ended(
+    node: str, message: str, component: str, node_field: str | None
+) -> None:
+    failure = FlowError(
+        trace_id="tr",
+        node_name=node,
+        node_id="",
+        code="NO_RESULT",
+        attempts=0,
+        original=None,
+        message="trace tr ended without a result",
+    )
+    assert error_event(failure) == ErrorEvent("NO_RESULT", message, component, node_field, "tr")

@@ -75,26 +75,35 @@ async def test_provenance_node_stream_and_seq(kit: Any, running: Start) -> None:
     assert provenance(StreamChunk(stream_id="s", seq=3, text="")) == Provenance(None, "s", 3)
 
 
-async def test_events_interleave_chunks_and_results_in_arrival_order(
-    kit: Any, running: Start
-) -> None:
+async def test_events_end_with_the_result_in_arrival_order(kit: Any, running: Start) -> None:
+    finish = asyncio.Event()  # never set: the node is still busy after its result
+    cancelled = asyncio.Event()
+
     async def node(msg: Message, ctx: Context) -> None:
         await emit_node_chunk(ctx, parent=msg, text="one", meta={"k": 1, NODE_META_KEY: "x"})
-        await ctx.emit(answer(msg, "mid"))
         await emit_node_chunk(ctx, parent=msg, text="two", done=True)
+        await ctx.emit(answer(msg, "mid"))
+        try:
+            await finish.wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
 
     flow = running(create(Node(node, name="n").to()))
     async with open_stream(flow, kit.message()) as stream:
         events = [e async for e in stream.events()]
-    assert [type(e).__name__ for e in events] == ["StreamChunk", "StreamResult", "StreamChunk"]
-    first, mid, last = events
+        assert stream.ended == "drained"
+    assert [type(e).__name__ for e in events] == ["StreamChunk", "StreamChunk", "StreamResult"]
+    first, second, result = events
     assert isinstance(first, StreamChunk)
     assert first.meta == {"k": 1, NODE_META_KEY: "n"}  # the stamp wins
-    assert isinstance(mid, StreamResult)
-    assert mid.value == FinalAnswer(text="mid")
-    assert isinstance(mid.item, Message)
-    assert isinstance(last, StreamChunk)
-    assert (last.text, last.seq, last.done) == ("two", 1, True)
+    assert isinstance(second, StreamChunk)
+    assert (second.text, second.seq, second.done) == ("two", 1, True)
+    assert isinstance(result, StreamResult)
+    assert result.value == FinalAnswer(text="mid")
+    assert isinstance(result.item, Message)
+    # The result is the request's outcome: what the trace still does is cancelled.
+    await kit.wait_for(cancelled.wait())
 
 
 async def test_only_this_trace_while_others_run(kit: Any, running: Start) -> None:
@@ -198,17 +207,22 @@ async def test_leaving_early_cancels_the_trace(kit: Any, running: Start, recorde
     assert flow.inspect().is_quiescent
 
 
-@pytest.mark.leaves_state  # the point of the test: the trace keeps running
 async def test_cancel_on_exit_false_leaves_the_trace_running(kit: Any, running: Start) -> None:
     started, cleaned, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
     flow = running(create(blocking_node(started, cleaned, release).to()))
-    async with open_stream(flow, kit.message(), cancel_on_exit=False) as stream:
+    msg = kit.message()
+    async with open_stream(flow, msg, cancel_on_exit=False) as stream:
         await anext(stream)
     assert stream.ended == "closed"
+    assert msg.trace_id in flow.inspect().traces  # still running
     release.set()
-    late = await kit.wait_for(flow.fetch())  # no subscriber any more: the shared Rookery
-    assert late.payload == FinalAnswer(text="late")
-    assert not cleaned.is_set()
+    assert await flow.wait_ended(msg.trace_id, timeout=kit.WAIT_S)  # ran to its end
+    assert not cleaned.is_set()  # never cancelled
+    # The stream's helper lets go of the finished trace (it may be done already).
+    await kit.wait_for(
+        asyncio.gather(*(t for t in asyncio.all_tasks() if msg.trace_id in t.get_name()))
+    )
+    assert flow.inspect().is_quiescent  # its late result was discarded, not left at Rookery
 
 
 async def test_cleanup_runs_when_the_consumer_task_is_cancelled(
@@ -393,15 +407,12 @@ async def test_slow_consumer_back_pressures_the_producer(kit: Any, running: Star
     assert state["produced"] == total
 
 
-# Core keeps the sequence counter of a stream whose node failed before its done chunk
-# (reported to core); everything else of the trace is gone.
-@pytest.mark.leaves_state
 async def test_a_node_that_gives_up_raises_its_flow_error(kit: Any, running: Start) -> None:
     async def llm(msg: Message, ctx: Context) -> None:
         await ctx.emit_chunk(parent=msg, text="partial")
         raise ValueError("boom")
 
-    flow = running(create(Node(llm, name="llm").to(), emit_errors_to_rookery=True))
+    flow = running(create(Node(llm, name="llm").to()))
     msg = kit.message()
     async with open_stream(flow, msg) as stream:
         first = await anext(stream)
@@ -431,3 +442,70 @@ async def test_a_closed_writer_names_itself_and_the_fix(kit: Any, running: Start
     assert isinstance(error, FlowRuntimeError)
     assert "StreamWriter" in str(error)
     assert "new StreamWriter" in str(error)
+
+
+async def test_a_failure_is_a_flow_error_whatever_the_flow_option(kit: Any, running: Start) -> None:
+    async def llm(msg: Message, ctx: Context) -> None:
+        await ctx.emit_chunk(parent=msg, text="partial")
+        raise ValueError("boom")
+
+    for errors_to_rookery in (False, True):
+        flow = running(create(Node(llm, name="llm").to(), emit_errors_to_rookery=errors_to_rookery))
+        msg = kit.message()
+        async with open_stream(flow, msg) as stream:
+            with pytest.raises(FlowError) as info:
+                await stream.result()
+        assert (info.value.code, info.value.node_name) == ("NODE_EXCEPTION", "llm")
+        assert isinstance(info.value.__cause__, ValueError)
+        assert stream.ended == "failed"
+        assert flow.inspect().is_quiescent  # nothing of it waits at the shared Rookery
+
+
+async def test_a_request_dropped_without_output_raises_no_result(kit: Any, running: Start) -> None:
+    async def gate(msg: Message, ctx: Context) -> None:
+        return None  # drops the request: no chunk, no result
+
+    flow = running(create(Node(gate, name="gate").to()))
+    msg = kit.message()
+    async with open_stream(flow, msg) as stream:
+        with pytest.raises(FlowError) as info:
+            await stream.result()
+    assert (info.value.code, info.value.node_name, info.value.trace_id) == (
+        "NO_RESULT", "gate", msg.trace_id,
+    )  # fmt: skip
+    assert stream.ended == "failed"
+
+
+async def test_chunks_then_no_result_is_a_normal_end(kit: Any, running: Start) -> None:
+    async def llm(msg: Message, ctx: Context) -> None:
+        await ctx.emit_chunk(parent=msg, text="only", done=True)
+
+    flow = running(create(Node(llm, name="llm").to()))
+    async with open_stream(flow, kit.message()) as stream:
+        assert [c.text async for c in stream] == ["only"]
+        assert await stream.result() is None
+    assert stream.ended == "drained"
+
+
+@pytest.mark.usefixtures("virtual_clock")  # the idle timeout fires only while all is idle
+async def test_an_idle_timeout_loses_nothing(kit: Any, running: Start) -> None:
+    gate = asyncio.Event()
+
+    async def llm(msg: Message, ctx: Context) -> Message:
+        await ctx.emit_chunk(parent=msg, text="early")
+        await gate.wait()
+        await ctx.emit_chunk(parent=msg, text="late", done=True)
+        return answer(msg, "done")
+
+    flow = running(create(Node(llm, name="llm").to()))
+    async with open_stream(flow, kit.message(), idle_timeout=1.0) as stream:
+        assert (await anext(stream)).text == "early"
+        with pytest.raises(TimeoutError):
+            await anext(stream)  # nothing more yet
+        assert stream.ended is None  # the stream stays usable
+        gate.set()
+        rest = [e async for e in stream.events()]
+    assert [type(e).__name__ for e in rest] == ["StreamChunk", "StreamResult"]
+    late, result = rest
+    assert isinstance(late, StreamChunk) and (late.text, late.seq) == ("late", 1)
+    assert isinstance(result, StreamResult) and result.value == FinalAnswer(text="done")

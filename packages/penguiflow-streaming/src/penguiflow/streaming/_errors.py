@@ -78,6 +78,9 @@ class ErrorCode(enum.StrEnum):
     """A node raised and gave up (retries exhausted or not retryable)."""
     NODE_TIMEOUT = "NODE_TIMEOUT"
     """A node exceeded its timeout and gave up."""
+    NO_RESULT = "NO_RESULT"
+    """The request ended with no output at all: a node dropped it (a router with no
+    matching route, a join that dropped its bucket, a node that returned nothing)."""
     TRACE_CANCELLED = "TRACE_CANCELLED"
     """The request's trace was cancelled by someone other than this client."""
     FLOW_STOPPED = "FLOW_STOPPED"
@@ -131,6 +134,15 @@ def error_event(error: BaseException, trace_id: str | None = None) -> ErrorEvent
     Errors other than PenguiFlow's own become ``INTERNAL``; they are logged here with
     their traceback, on the server.
     """
+    if isinstance(error, FlowError) and error.code == ErrorCode.NO_RESULT:
+        where = f"node {error.node_name!r}" if error.node_name else "the flow"
+        return ErrorEvent(
+            code=ErrorCode.NO_RESULT,
+            message=f"{where} ended the request without a result",
+            component=error.node_name or "flow",
+            node=error.node_name or None,
+            trace_id=trace_id if trace_id is not None else error.trace_id,
+        )
     if isinstance(error, FlowError):
         code = error.code
         what = "timed out" if code == ErrorCode.NODE_TIMEOUT else "failed"

@@ -1,10 +1,10 @@
-"""One request's stream as an async iterator, built on ``flow.subscribe``.
+"""One request's stream as an async iterator, built on core's request handle.
 
-``open_stream(flow, message)`` subscribes to the message's trace, emits the message, and
-then yields that trace's chunks in the order they reached Rookery: only this request's
-output, whatever else the flow is doing. The subscription's buffer is bounded by the
-flow's ``queue_maxsize``, so a consumer that reads slowly back-pressures the producing
-node instead of letting output pile up. Leaving the ``async with`` early (a client that
+``open_stream(flow, message)`` opens a request on the message (``flow.request``), which
+emits it, and then yields that trace's chunks in the order they reached Rookery: only
+this request's output, whatever else the flow is doing. The request's buffer is bounded
+by the flow's ``queue_maxsize``, so a consumer that reads slowly back-pressures the
+producing node instead of letting output pile up. Leaving the ``async with`` early (a client that
 went away) cancels the trace, and that cleanup runs even if the leaving task is itself
 being cancelled.
 """
@@ -54,16 +54,19 @@ class FlowStream:
         answer = await stream.result()      # the final non-chunk payload, or None
     ```
 
-    Iterating the stream yields the trace's ``StreamChunk`` objects; other items of the
-    trace (the final answer) are kept in :attr:`results`. :meth:`events` yields both,
-    in arrival order. Several streams of one trace (fan-out) arrive interleaved, each in
-    its own ``seq`` order; :func:`~penguiflow.streaming.provenance` tells them apart.
+    Iterating the stream yields the trace's ``StreamChunk`` objects; the trace's result
+    (the first non-chunk item that reaches Rookery) is kept in :attr:`results` and ends
+    the stream. :meth:`events` yields both, in arrival order. Several streams of one
+    trace (fan-out) arrive interleaved, each in its own ``seq`` order;
+    :func:`~penguiflow.streaming.provenance` tells them apart.
 
-    Iteration ends when the trace has no work left. If a node gives up on the request it
-    raises that ``FlowError`` (flows created with ``emit_errors_to_rookery=True``); if
-    the trace is cancelled by someone else it raises ``TraceCancelled``; if the flow
-    stops it raises ``FlowStoppedError``; if nothing arrives within ``idle_timeout`` it
-    raises ``TimeoutError``.
+    Iteration ends with the result, or when the trace has no work left after streaming
+    chunks. If a node gives up on the request it raises that ``FlowError`` (whatever
+    ``emit_errors_to_rookery`` says); if the request ended with no output at all it
+    raises ``FlowError(code="NO_RESULT")`` naming the node that dropped it; if the trace
+    is cancelled by someone else it raises ``TraceCancelled``; if the flow stops it
+    raises ``FlowStoppedError``; if nothing arrives within ``idle_timeout`` it raises
+    ``TimeoutError`` (and the stream stays usable).
 
     Leaving the ``async with`` (or :meth:`aclose`) before the trace finished cancels the
     trace when ``cancel_on_exit`` is true (the default): in-flight node invocations see
@@ -86,7 +89,7 @@ class FlowStream:
         self._idle_timeout = idle_timeout
         self._cancel_on_exit = cancel_on_exit
         self.results: list[Any] = []
-        """Payloads of the non-chunk items seen so far, in arrival order."""
+        """The result's payload once it arrived (a one-item list), else empty."""
 
     @property
     def trace_id(self) -> str:
@@ -109,14 +112,14 @@ class FlowStream:
         return self._source.ended
 
     async def start(self) -> None:
-        """Subscribe to the trace and emit the message (``async with`` does this).
+        """Open the request on the trace, emitting the message (``async with`` does this).
 
         Waits while the flow's ingress edges are full (backpressure on new requests).
 
         Raises:
             FlowNotRunningError: The flow is not running.
             StreamingPathError: No path leads from the ingress node(s) to Rookery.
-            FlowRuntimeError: The trace id already has a subscriber.
+            FlowRuntimeError: The trace id is already followed by another stream.
             StreamingUsageError: The stream was already started or closed.
         """
         await self._source.start("open_stream")
@@ -135,14 +138,14 @@ class FlowStream:
         return _Events(self)
 
     async def result(self) -> Any:
-        """Consume what is left of the trace and return its last non-chunk payload.
+        """Consume what is left of the trace and return its result's payload.
 
         Chunks not read yet are discarded. Returns ``None`` if the trace produced no
         non-chunk item.
 
         Raises:
-            FlowError: A node gave up on the request (flows created with
-                ``emit_errors_to_rookery=True``).
+            FlowError: A node gave up on the request, or it ended with no output at
+                all (``code="NO_RESULT"``).
             TraceCancelled: The trace was cancelled by someone else.
             FlowStoppedError: The flow stopped before the trace finished.
             TimeoutError: Nothing arrived within ``idle_timeout``.
@@ -166,7 +169,7 @@ class FlowStream:
         return event
 
     async def aclose(self) -> None:
-        """End the stream: cancel the unfinished trace (if asked to), then unsubscribe.
+        """End the stream: cancel the unfinished trace (if asked to), then let go of it.
 
         Idempotent, and shielded: it completes even if the calling task is being
         cancelled (the ``CancelledError`` is re-raised afterwards).

@@ -1,24 +1,26 @@
-"""The one place that obtains a trace's chunks, results and failure from a flow.
+"""The one place that obtains a trace's chunks, result and failure from a flow.
 
 Everything else in the package (``open_stream``, the SSE response, the WebSocket handler)
 reads one request through :class:`TraceSource`: ``start()`` emits the message, ``next()``
-returns the trace's next chunk or result, ``cancel()`` cancels the trace, ``aclose()``
+returns the trace's next chunk or its result, ``cancel()`` cancels the trace, ``aclose()``
 lets go of it. How those are obtained is this module's business alone.
 
-Today it is built on public core API: ``flow.subscribe(trace_id)`` diverts the trace's
-Rookery output into a bounded per-trace queue, then ``flow.emit`` sends the message. A
-node that gives up reaches the subscription as a ``penguiflow.errors.FlowError`` when the
-flow was created with ``emit_errors_to_rookery=True``; ``next()`` raises it. Without that
-option core drops the failed item and the trace simply drains.
+It is built on core's request handle (``flow.request``): the handle follows one trace
+from the moment it enters the flow to its single outcome, so a node that gives up arrives
+as a typed ``penguiflow.errors.FlowError`` whatever ``emit_errors_to_rookery`` says, and
+the reason a stream ended is the handle's ``state``. Its ``next_chunk()`` is safe to
+cancel, which is what idle timeouts and keep-alive pings rely on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal, final
 
-from penguiflow.core import PenguiFlow, Subscription
+from penguiflow.core import PenguiFlow, Request, RequestState
 from penguiflow.errors import FlowError, FlowStoppedError, TraceCancelled
 from penguiflow.node import Node
 from penguiflow.types import Message, StreamChunk
@@ -31,14 +33,26 @@ __all__ = ["StreamEnd", "StreamResult", "TraceSource"]
 
 StreamEnd = Literal["drained", "cancelled", "failed", "stopped", "closed"]
 """Why a stream ended: the trace finished (``drained``), was cancelled, a node gave up
-(``failed``), the flow stopped, or the stream was closed before the trace finished
-(``closed``)."""
+or the trace ended with no output at all (``failed``), the flow stopped, or the stream
+was closed before the trace finished (``closed``)."""
+
+_ENDS: dict[RequestState, StreamEnd] = {
+    "pending": "closed",
+    "result": "drained",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "stopped": "stopped",
+}
+"""A stream closed before it was read to the end ended the way its request did."""
+
+_released: set[asyncio.Task[None]] = set()
+"""Requests let go of without cancelling (``aclose(cancel=False)``), running to their end."""
 
 
 @final
 @dataclasses.dataclass(frozen=True, slots=True)
 class StreamResult:
-    """A non-chunk item of the trace that reached Rookery (normally the final answer)."""
+    """The item of the trace that reached Rookery as its outcome (normally the answer)."""
 
     value: Any
     """The payload (``item.payload`` for a ``Message``, else the item itself)."""
@@ -48,19 +62,31 @@ class StreamResult:
 
 @final
 class TraceSource:
-    """One request's output: emit it, then read its chunks and results until it ends.
+    """One request's output: emit it, then read its chunks and result until it ends.
 
-    ``next()`` returns a ``StreamChunk`` or a :class:`StreamResult`, and ends with:
+    ``next()`` returns a ``StreamChunk`` or the :class:`StreamResult`, and ends with:
 
-    - ``StopAsyncIteration``: the trace drained, or this source cancelled it;
-    - ``FlowError``: a node gave up on the request (``ended == "failed"``);
+    - ``StopAsyncIteration``: the trace finished (after its result, or after its chunks
+      when it had no result), or this source cancelled it;
+    - ``FlowError``: a node gave up on the request, or the trace ended with no output at
+      all (``code="NO_RESULT"``, naming the node that dropped it); ``ended == "failed"``;
     - ``TraceCancelled``: someone else cancelled the trace;
     - ``FlowStoppedError``: the flow stopped;
     - ``TimeoutError``: nothing arrived within the ``timeout`` given to that call (the
       source stays usable; the caller decides whether that ends the stream).
     """
 
-    __slots__ = ("_cancelling", "_closed", "_flow", "_message", "_sub", "_to", "ended")
+    __slots__ = (
+        "_cancelling",
+        "_closed",
+        "_flow",
+        "_message",
+        "_outputs",
+        "_req",
+        "_result_sent",
+        "_to",
+        "ended",
+    )
 
     def __init__(
         self, flow: PenguiFlow, message: Message, *, to: Node | Sequence[Node] | None = None
@@ -68,9 +94,11 @@ class TraceSource:
         self._flow = flow
         self._message = message
         self._to = to
-        self._sub: Subscription | None = None
+        self._req: Request | None = None
         self._closed = False
         self._cancelling = False
+        self._outputs = 0  # chunks handed out so far
+        self._result_sent = False
         self.ended: StreamEnd | None = None
         """Why the stream ended, or ``None`` while it may still produce items."""
 
@@ -87,18 +115,18 @@ class TraceSource:
     @property
     def started(self) -> bool:
         """True once the message was emitted."""
-        return self._sub is not None
+        return self._req is not None
 
     async def start(self, who: str) -> None:
-        """Subscribe to the trace and emit the message; ``who`` names the caller in errors.
+        """Open a request handle on the trace (emitting the message); ``who`` names the caller.
 
         Raises:
             FlowNotRunningError: The flow is not running.
             StreamingPathError: No path leads from the ingress node(s) to Rookery.
-            FlowRuntimeError: The trace id already has a subscriber.
+            FlowRuntimeError: The trace id is already followed by another stream.
             StreamingUsageError: The source was already started or closed.
         """
-        if self._sub is not None or self._closed:
+        if self._req is not None or self._closed:
             raise StreamingUsageError(
                 f"{who}: the stream of trace {self.trace_id} was already started; "
                 "open a new stream for each request"
@@ -106,51 +134,64 @@ class TraceSource:
         flow = self._flow
         check_running(flow, who)
         check_streaming_path(flow, self._to, who)
-        sub = flow.subscribe(self.trace_id)
-        self._sub = sub
+        req = flow.request(self._message, to=self._to)
         try:
-            await flow.emit(self._message, to=self._to)
+            await req.__aenter__()  # emits; on failure it lets go of the trace itself
         except BaseException:
             self._closed = True
             self.ended = "closed"
-            await finish(sub.aclose())
             raise
+        self._req = req
 
     async def next(self, timeout: float | None = None) -> StreamChunk | StreamResult:
-        """Return the trace's next chunk or result (see the class docstring for the ends).
+        """Return the trace's next chunk or its result (see the class docstring for the ends).
 
         Raises:
             StreamingUsageError: The source was not started.
         """
-        sub = self._sub
-        if sub is None:
+        req = self._req
+        if req is None:
             raise StreamingUsageError(
                 "the stream is not started; use 'async with open_stream(...)' or call start()"
             )
         if self._closed or self.ended is not None:
             raise StopAsyncIteration
+        if timeout is None:
+            chunk = await req.next_chunk()
+        else:
+            async with asyncio.timeout(timeout):  # next_chunk() loses nothing if cut short
+                chunk = await req.next_chunk()
+        if chunk is not None:
+            self._outputs += 1
+            return chunk
+        return await self._outcome(req)
+
+    async def _outcome(self, req: Request) -> StreamResult:
+        """The request has its outcome: hand out the result once, or end the stream."""
         try:
-            item = await sub.get(timeout)
-        except StopAsyncIteration:
-            reason = _end_reason(sub.done)
-            if reason == "drained" and not self._flow.is_running:
-                # stop() completes the in-flight items of the trace while it cancels the
-                # workers, so core reports "drained" for a trace that stop() cut short.
-                reason = "stopped"
-            self.ended = reason
-            if reason == "cancelled" and not self._cancelling:
-                raise TraceCancelled(self.trace_id) from None
-            if reason == "stopped":
-                raise FlowStoppedError(
-                    f"the flow stopped while streaming trace {self.trace_id}"
-                ) from None
-            raise
-        if isinstance(item, FlowError):
+            item = await req.result()  # known already: returns or raises at once
+        except FlowError as error:
+            if error.code == "NO_RESULT" and self._outputs:
+                # A streaming node that sent its chunks and returned nothing: done.
+                self.ended = "drained"
+                raise StopAsyncIteration from None
             self.ended = "failed"
-            raise item
+            raise
+        except TraceCancelled:
+            self.ended = "cancelled"
+            if self._cancelling:
+                raise StopAsyncIteration from None
+            raise
+        except FlowStoppedError as error:
+            self.ended = "stopped"
+            raise FlowStoppedError(
+                f"the flow stopped while streaming trace {self.trace_id}"
+            ) from error
+        if self._result_sent:
+            self.ended = "drained"
+            raise StopAsyncIteration
+        self._result_sent = True
         payload = item.payload if isinstance(item, Message) else item
-        if isinstance(payload, StreamChunk):
-            return payload
         return StreamResult(payload, item)
 
     async def cancel(self) -> bool:
@@ -159,42 +200,45 @@ class TraceSource:
         Returns:
             True if the trace still had work.
         """
-        if self._sub is None or not self._flow.is_running:
+        req = self._req
+        if req is None or not self._flow.is_running:
             return False
         self._cancelling = True
-        return await self._flow.cancel(self.trace_id)
+        return await req.cancel()
 
     async def aclose(self, *, cancel: bool = True) -> None:
-        """Let go of the trace: cancel it if unfinished (and ``cancel``), then unsubscribe.
+        """Let go of the trace: cancel it if unfinished (and ``cancel``), then release it.
 
-        Idempotent, and shielded: it completes even if the calling task is being
-        cancelled (the ``CancelledError`` is re-raised afterwards).
+        With ``cancel=False`` an unfinished trace keeps running to its end; what it still
+        produces is discarded. Idempotent, and shielded: it completes even if the calling
+        task is being cancelled (the ``CancelledError`` is re-raised afterwards).
         """
         if self._closed:
             return
         self._closed = True
-        sub = self._sub
-        if sub is None:
+        req = self._req
+        if req is None:
             self.ended = self.ended or "closed"
             return
-        await finish(self._cleanup(sub, cancel))
-
-    async def _cleanup(self, sub: Subscription, cancel: bool) -> None:
+        if not cancel and req.state == "pending" and self._flow.is_running:
+            self.ended = self.ended or "closed"
+            task = asyncio.get_running_loop().create_task(
+                _run_out(req), name=f"penguiflow-streaming:released:{self.trace_id}"
+            )
+            _released.add(task)
+            task.add_done_callback(_released.discard)
+            return
         try:
-            unfinished = sub.done is None
-            if cancel and unfinished and self._flow.is_running:
-                await self._flow.cancel(self.trace_id)
+            await finish(req.__aexit__(None, None, None))
         finally:
-            await sub.aclose()
             if self.ended is None:
-                self.ended = _end_reason(sub.done)
+                self.ended = _ENDS[req.state]
 
 
-def _end_reason(done: str | None) -> StreamEnd:
-    if done == "drained":
-        return "drained"
-    if done == "cancelled":
-        return "cancelled"
-    if done == "stopped":
-        return "stopped"
-    return "closed"
+async def _run_out(req: Request) -> None:
+    """Wait for a released request's outcome (discarding it), then let go of its trace."""
+    try:
+        with contextlib.suppress(Exception):
+            await req.result()
+    finally:
+        await req.__aexit__(None, None, None)

@@ -22,9 +22,10 @@ What both guarantee:
   previous one was handed to the server, and the server's ``send`` waits while the
   socket is full. The per-trace buffer holds at most ``queue_maxsize`` items and
   ``emit_chunk`` waits for per-trace capacity, so a slow client slows the producing node.
-- **Failures are reported, never as a traceback.** A node that gives up (flows created
-  with ``emit_errors_to_rookery=True``), a trace cancelled elsewhere, a stopped flow or an
-  idle timeout end the stream with an ``error`` event: ``{"trace_id", "code", "node",
+- **Failures are reported, never as a traceback.** A node that gives up (whatever
+  ``emit_errors_to_rookery`` says), a request dropped with no output at all, a trace
+  cancelled elsewhere, a stopped flow or an idle timeout end the stream with an
+  ``error`` event: ``{"trace_id", "code", "node",
   "component", "message"}`` (see :class:`~penguiflow.streaming.ErrorEvent`).
 - **A flow that is not running** answers ``503`` (SSE) or an ``error`` frame with code
   ``FLOW_NOT_RUNNING`` (WebSocket).
