@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 import penguiflow.node as node_mod
 from penguiflow.core import Context
-from penguiflow.node import Node, NodePolicy
+from penguiflow.node import Node, NodePolicy, ValidateMode
 from penguiflow.registry import ModelRegistry
 from penguiflow.types import Headers, Message
 
@@ -29,7 +29,7 @@ async def double(msg: Any, ctx: Any) -> Any:
 
 
 def test_module_all() -> None:
-    assert node_mod.__all__ == ["Node", "NodePolicy"]
+    assert node_mod.__all__ == ["Node", "NodeFunc", "NodePolicy", "ValidateMode"]
 
 
 # -- NodePolicy -------------------------------------------------------------------------
@@ -65,7 +65,7 @@ def test_policy_is_a_slotted_dataclass() -> None:
 
 
 @pytest.mark.parametrize("mode", ["both", "in", "out", "none"])
-def test_policy_accepts_every_validate_mode(mode: str) -> None:
+def test_policy_accepts_every_validate_mode(mode: ValidateMode) -> None:
     assert NodePolicy(validate=mode).validate == mode
 
 

@@ -121,23 +121,23 @@ class KernelPort:
         hold: Callable[[str], Callable[[], None]],
         expire: Callable[[Owner, Message], Awaitable[None]],
     ) -> None:
-        self.flow = flow
-        self.hooks = hooks
-        self.queue_maxsize = queue_maxsize
-        self.streams = streams
+        self.flow: Runtime = flow
+        self.hooks: Hooks = hooks
+        self.queue_maxsize: int = queue_maxsize
+        self.streams: StreamCounters = streams
         """The flow's stream counters: sequence numbers run per stream id, flow-wide."""
-        self.send = send
-        self.send_nowait = send_nowait
-        self.fetch = fetch
-        self.take = take
-        self.consume = consume
+        self.send: Callable[[Sequence[Floe], Any], Awaitable[None]] = send
+        self.send_nowait: Callable[[Sequence[Floe], Any], None] = send_nowait
+        self.fetch: Callable[[Inbox, set[Floe] | None, Ending | None], Awaitable[Any]] = fetch
+        self.take: Callable[[Inbox, set[Floe] | None], Entry | None] = take
+        self.consume: Callable[[Entry], Any] = consume
         """Complete a fetched entry's accounting; events of a finished cancel are scheduled."""
-        self.wait_trace_capacity = wait_trace_capacity
-        self.play = play
+        self.wait_trace_capacity: Callable[[str], Awaitable[None]] = wait_trace_capacity
+        self.play: Callable[[Any, Any, float | None], Awaitable[Any]] = play
         """Run a playbook under this flow (cancel mirrored): (factory, message, timeout)."""
-        self.hold = hold
+        self.hold: Callable[[str], Callable[[], None]] = hold
         """Count a trace as live while a component holds its items; returns the release."""
-        self.expire = expire
+        self.expire: Callable[[Owner, Message], Awaitable[None]] = expire
         """Answer a trace's deadline from a component (at most once per trace)."""
 
 
@@ -168,7 +168,7 @@ class Context:
         arrived, even when the node function receives only its validated payload; use it
         to stream (``parent=ctx.message``), call a playbook under the same trace, or read
         headers and meta. ``None`` outside an invocation."""
-        self.attempt = 0
+        self.attempt: int = 0
         """The current attempt of the current invocation, starting at 1 (0 outside one)."""
 
     def __repr__(self) -> str:

@@ -75,17 +75,17 @@ class Trace:
     )
 
     def __init__(self, trace_id: str) -> None:
-        self.trace_id = trace_id
-        self.pending = 0
+        self.trace_id: str = trace_id
+        self.pending: int = 0
         """Items of the trace queued, blocked on a full edge, or being handled."""
-        self.inflight = 0
+        self.inflight: int = 0
         """Node invocations running for the trace."""
-        self.cancelled = False
-        self.deadline_fired = False
+        self.cancelled: bool = False
+        self.deadline_fired: bool = False
         """A deadline answer was already sent: a trace gets at most one."""
         self.head: Entry | None = None
         """Newest queued entry of the trace; the others follow through ``Entry.next``."""
-        self.retries = 0
+        self.retries: int = 0
         """Retries spent on the trace so far, across all nodes (for the retry budget)."""
         self.last_node: str | None = None
         """The node that last handled an item of the trace without passing anything on."""
@@ -108,10 +108,10 @@ class Entry:
     __slots__ = ("dead", "floe", "item", "next", "prev", "trace")
 
     def __init__(self, item: Any, trace: Trace | None, floe: Floe) -> None:
-        self.item = item
-        self.trace = trace
-        self.floe = floe
-        self.dead = False
+        self.item: Any = item
+        self.trace: Trace | None = trace
+        self.floe: Floe = floe
+        self.dead: bool = False
         self.prev: Entry | None = None
         self.next: Entry | None = None
         if trace is not None:
@@ -186,9 +186,9 @@ class Inbox:
 
     def __init__(self) -> None:
         self.items: deque[Entry] = deque()
-        self.dead = 0
+        self.dead: int = 0
         """Purged entries still in ``items`` (consumers skip them)."""
-        self.waiters = ParkingLot()
+        self.waiters: ParkingLot = ParkingLot()
         """Consumers parked until an entry arrives."""
         self.floes: list[Floe] = []
 
@@ -239,7 +239,7 @@ class Floe:
         self.maxsize: int = maxsize
         self.live: int = 0
         """Items queued on this edge now."""
-        self.putters = ParkingLot()
+        self.putters: ParkingLot = ParkingLot()
         """Producers parked until the edge has room."""
         self.inbox: Inbox = Inbox() if inbox is None else inbox
         self.inbox.floes.append(self)
@@ -265,13 +265,16 @@ class Ports:
     __slots__ = ("by_target", "ident", "inbox", "ins", "outs", "owner")
 
     def __init__(self, owner: Owner) -> None:
-        self.owner = owner
+        self.owner: Owner = owner
         # (node_name, node_id) as events report them; endpoints use their name for both.
-        self.ident = (owner.name, owner.node_id if isinstance(owner, Node) else owner.name)
+        self.ident: tuple[str, str] = (
+            owner.name,
+            owner.node_id if isinstance(owner, Node) else owner.name,
+        )
         self.ins: list[Floe] = []
         self.outs: list[Floe] = []
         self.by_target: dict[Owner, Floe] = {}
-        self.inbox = Inbox()
+        self.inbox: Inbox = Inbox()
 
     def targets(self, to: Owner | Sequence[Owner] | None) -> list[Floe]:
         """The outgoing edges towards ``to`` (all of them for ``None``)."""

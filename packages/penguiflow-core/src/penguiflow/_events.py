@@ -73,13 +73,13 @@ class Hooks:
         for mw in middlewares:
             _check_middleware(mw)
         # A tuple, replaced (never mutated) on add/remove: events iterate it without a copy.
-        self.middlewares = middlewares
+        self.middlewares: tuple[Middleware, ...] = middlewares
         self.cancel: list[Callable[[str], None]] = []
         self.done: list[Callable[[str], None]] = []
         self.stop: list[Callable[[], None]] = []
         self.probes: dict[str, Probe] = {}
-        self.queue_maxsize = queue_maxsize
-        self.traces = traces
+        self.queue_maxsize: int = queue_maxsize
+        self.traces: Mapping[str, Trace] = traces
         self.background: set[asyncio.Task[None]] = set()
         """Event deliveries started where nothing could await them."""
 

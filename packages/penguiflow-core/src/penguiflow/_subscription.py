@@ -40,10 +40,10 @@ class Subscription:
     ) -> None:
         self._kernel = kernel
         self._subs = subs
-        self.trace_id = trace_id
+        self.trace_id: str = trace_id
         self._floe = Floe(ROOKERY, ROOKERY, maxsize=kernel.queue_maxsize)
         self._seen = seen
-        self.errors = errors
+        self.errors: bool = errors
         """Whether a ``FlowError`` is delivered when a node gives up on the trace."""
         self.done: SubscriptionEnd | None = None
         """Why iteration ended, or ``None`` while it may still produce items."""

@@ -7,15 +7,38 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import FunctionType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias
+
+if TYPE_CHECKING:
+    # Type checkers read the PEP 696 defaults below; at run time they change nothing, so
+    # core needs no dependency beyond pydantic.
+    from typing_extensions import TypeVar
+else:
+    from typing import TypeVar as _TypeVar
+
+    def TypeVar(name: str, *, default: object = None) -> object:
+        return _TypeVar(name)
+
 
 from ._validation import AdapterSource, Validator
 from .errors import FlowBuildError, FlowTypeError
 from .types import new_trace_id
 
-__all__ = ["Node", "NodePolicy"]
+__all__ = ["Node", "NodeFunc", "NodePolicy", "ValidateMode"]
 
-NodeFunc = Callable[[Any, Any], Awaitable[Any]]
+# Defaults (PEP 696) keep a bare ``Node`` meaning ``Node[Any, Any]``: code that does not
+# care about a node's types, such as the runtime, names it without parameters.
+InT = TypeVar("InT", default=Any)
+"""What a node function receives (its first parameter's annotation)."""
+OutT = TypeVar("OutT", default=Any)
+"""What a node function returns."""
+
+# ``ctx`` is typed ``Any`` here so that this module need not import ``Context`` (which
+# imports it): a function annotated ``ctx: Context`` is still a valid node function.
+NodeFunc: TypeAlias = Callable[[InT, Any], Awaitable[OutT]]
+"""``async def f(message: In, ctx: Context) -> Out``."""
+ValidateMode: TypeAlias = Literal["both", "in", "out", "none"]
+"""Which side of a node is validated against the registry."""
 RetryOn = tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 """Which failures a node retries: exception types, or a predicate on the exception."""
 
@@ -46,7 +69,7 @@ class NodePolicy:
             the flow's own random source, never the global ``random`` module.
     """
 
-    validate: str = "both"
+    validate: ValidateMode = "both"
     timeout_s: float | None = None
     max_retries: int = 0
     backoff_base: float = 0.5
@@ -150,8 +173,11 @@ def _arity(func: Any) -> tuple[int, bool]:
 
 
 @dataclass(slots=True, eq=False)
-class Node:
+class Node(Generic[InT, OutT]):
     """An async function ``(message, ctx)`` plus its name, policy and cycle permission.
+
+    ``Node[In, Out]`` is inferred from the function's annotations:
+    ``Node(f)`` with ``async def f(msg: In, ctx: Context) -> Out`` is a ``Node[In, Out]``.
 
     Args:
         func: ``async def f(message, ctx)``; both parameters positional.
@@ -162,7 +188,7 @@ class Node:
     Nodes hash by ``node_id`` and compare by identity, so they can be dict keys.
     """
 
-    func: NodeFunc
+    func: NodeFunc[InT, OutT]
     name: str = None  # type: ignore[assignment]  # always a str after __post_init__
     policy: NodePolicy = field(default=_DEFAULT_POLICY)
     allow_cycle: bool = False
@@ -200,11 +226,13 @@ class Node:
     def __repr__(self) -> str:
         return f"Node({self.name!r})"
 
-    def to(self, *nodes: Node) -> tuple[Node, tuple[Node, ...]]:
+    def to(self, *nodes: Node[Any, Any]) -> tuple[Node[InT, OutT], tuple[Node[Any, Any], ...]]:
         """Return the adjacency entry ``(self, nodes)`` for ``create``."""
         return (self, nodes)
 
     async def invoke(self, message: Any, ctx: Any, *, registry: AdapterSource | None) -> Any:
+        # ``Any`` on purpose: with validation the result may be the incoming envelope
+        # re-wrapped around the output, so neither ``InT`` nor ``OutT`` describes it.
         """Run one call with validation only: no timeout, no retry, no routing.
 
         Raises:
