@@ -113,7 +113,7 @@ async def test_flaky_knowledge_base_is_retried_instantly(
     assert time.perf_counter() - started < 0.5  # 6 s of backoff, run in milliseconds
     assert virtual_clock.time() == 6.0  # backoff 2 s, then 4 s
     assert flaky.attempts == 3
-    assert result.payload.seq == 0  # run_one returns the first item: the first chunk
+    assert result.payload.citations == ["kb/cached"]  # the result; the chunks are skipped
     retries = [
         e for e in flow_kit.get_recorded_events(message.trace_id) if e.event_type == "node_retry"
     ]
@@ -133,7 +133,12 @@ async def test_hanging_knowledge_base_times_out(
 
     run = await flow_kit.run_trace(flow, message, registry=registry, timeout_s=60)
 
-    assert run.items == ()  # every attempt timed out; the item was dropped
+    assert run.items == ()  # every attempt timed out: nothing reached Rookery...
+    assert run.done == "failed"  # ...and the run says why
+    assert run.error is not None
+    assert (run.error.code, run.error.node_name, run.error.attempts) == (
+        "NODE_TIMEOUT", "search_kb", 3,
+    )  # fmt: skip
     kinds = [e.event_type for e in run.events]
     assert kinds.count("node_timeout") == 3
     assert kinds[-1] == "node_failed"

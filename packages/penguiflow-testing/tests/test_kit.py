@@ -10,6 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from penguiflow.core import PenguiFlow, create
+from penguiflow.errors import FlowError
 from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
 from penguiflow.testing import (
@@ -129,9 +130,16 @@ async def test_run_one_trace_without_result(
     with pytest.raises(KitAssertionError) as info:
         await flow_kit.run_one(flow, message, timeout_s=60)
     text = str(info.value)
-    assert f"trace {message.trace_id} finished without delivering any result" in text
+    assert (
+        f"trace {message.trace_id} failed: node 'parse' gave up (NODE_EXCEPTION after "
+        "2 attempts) without delivering any result"
+    ) in text
     assert "parse.node_failed#1" in text
     assert "E_BAD_INPUT" in text
+    error = info.value.__cause__
+    assert isinstance(error, FlowError)
+    assert (error.node_name, error.code, error.attempts) == ("parse", "NODE_EXCEPTION", 2)
+    assert isinstance(error.__cause__, RuntimeError)  # the node's own exception
     assert virtual_clock.time() == 3.0
     assert failing.attempts == 2
 
@@ -391,3 +399,58 @@ async def test_manual_runs_are_recorded_once_attached(flow_kit: FlowTestKit) -> 
 def test_kit_helpers_are_exposed_on_the_class() -> None:
     assert FlowTestKit.simulate_error is simulate_error
     assert FlowTestKit.__test__ is False
+
+
+async def test_run_one_returns_the_result_after_the_chunks(flow_kit: FlowTestKit) -> None:
+    async def streamer(message: Message, ctx: Any) -> Message:
+        await ctx.emit_chunk(parent=message, text="tok")
+        await ctx.emit_chunk(parent=message, text="", done=True)
+        return message.model_copy(update={"payload": "final"})
+
+    flow = create(Node(streamer).to())
+    message = make_message()
+    result = await flow_kit.run_one(flow, message)
+    assert (result.trace_id, result.payload) == (message.trace_id, "final")
+    assert not flow.is_running
+
+
+async def test_run_one_names_the_node_that_dropped_the_trace(flow_kit: FlowTestKit) -> None:
+    async def gate(message: Message, ctx: Any) -> None:
+        return None
+
+    parse, drop = Node(upper, name="parse"), Node(gate)
+    flow = create(parse.to(drop), drop.to())
+    message = make_message()
+    with pytest.raises(KitAssertionError) as info:
+        await flow_kit.run_one(flow, message)
+    assert (
+        f"trace {message.trace_id} finished at node 'gate' without delivering any result"
+    ) in str(info.value)
+    error = info.value.__cause__
+    assert isinstance(error, FlowError)
+    assert (error.code, error.node_name) == ("NO_RESULT", "gate")
+
+
+async def test_run_trace_reports_the_node_that_gave_up(
+    flow_kit: FlowTestKit, virtual_clock: VirtualClock
+) -> None:
+    async def streamer(message: Message, ctx: Any) -> Message:
+        await ctx.emit_chunk(parent=message, text="partial")
+        raise ValueError("model backend down")
+
+    flow = create(Node(streamer, policy=NodePolicy(max_retries=1)).to())
+    message = make_message()
+    run = await flow_kit.run_trace(flow, message, timeout_s=60)
+    assert run.done == "failed"
+    assert run.text == "partialpartial"  # one chunk per attempt
+    assert run.results == ()  # the error is not an item
+    assert run.error is not None
+    assert (run.error.node_name, run.error.code, run.error.attempts) == (
+        "streamer", "NODE_EXCEPTION", 2,
+    )  # fmt: skip
+    assert isinstance(run.error.__cause__, ValueError)
+
+
+async def test_a_finished_run_has_no_error(flow_kit: FlowTestKit) -> None:
+    run = await flow_kit.run_trace(chain(), make_message())
+    assert (run.done, run.error, run.payloads) == ("drained", None, ("HELLO!",))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, final
 
 from penguiflow.core import PenguiFlow
+from penguiflow.errors import FlowError, FlowStoppedError, TraceCancelled
 from penguiflow.types import Message, StreamChunk
 
 from ._errors import (
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FlowTestKit", "TraceRun"]
 
-TraceEnd = Literal["drained", "cancelled", "stopped"]
+TraceEnd = Literal["drained", "failed", "cancelled", "stopped"]
 
 
 def _trace_id_of(item: object) -> str | None:
@@ -69,9 +70,13 @@ class TraceRun:
     items: tuple[Any, ...]
     """Every item of the trace that reached Rookery, exactly as delivered."""
     done: TraceEnd
-    """``"drained"`` (all work finished), ``"cancelled"`` or ``"stopped"``."""
+    """``"drained"`` (all work finished), ``"failed"`` (a node gave up: see ``error``),
+    ``"cancelled"`` or ``"stopped"``."""
     events: tuple[FlowEvent, ...]
     """The events the kit recorded for the trace while it ran."""
+    error: FlowError | None = None
+    """The ``FlowError`` of the first node that gave up on the trace, if any (its
+    ``__cause__`` is the node's exception)."""
 
     @property
     def chunks(self) -> tuple[StreamChunk, ...]:
@@ -350,13 +355,18 @@ class FlowTestKit:
         registry: Any = None,
         timeout_s: float = 1.0,
     ) -> Any:
-        """Start ``flow``, emit ``message``, return the first result, stop the flow.
+        """Start ``flow``, emit ``message``, return the trace's result, stop the flow.
 
-        With a ``Message`` (anything with a ``trace_id``), the result is the first item
-        *of that trace* to reach Rookery (read through ``flow.subscribe``); with a bare
-        payload, the first item at Rookery. If the trace still has work when the result
-        arrives (a fan-out, a loop), that work is cancelled (``flow.cancel``) so nothing
-        is left behind. The flow is always stopped, also on error or timeout.
+        With a ``Message`` (anything with a ``trace_id``), the message is sent as a request
+        (``flow.request``) and the result is the outcome ``flow.invoke`` would return: the
+        first item *of that trace* to reach Rookery that is not a stream chunk (chunks
+        are skipped; ``run_trace`` shows them). A node that gives up, a trace that ends
+        without a result, a cancel or a stop is reported as a ``KitAssertionError`` whose
+        ``__cause__`` is the request's error (a ``FlowError`` naming the node, whose own
+        ``__cause__`` is the node's exception). With a bare payload, the result is the
+        first item at Rookery. If the trace still has work when the result arrives (a
+        fan-out, a loop), that work is cancelled so nothing is left behind. The flow is
+        always stopped, also on error or timeout.
 
         Args:
             flow: A flow that is not running.
@@ -366,12 +376,14 @@ class FlowTestKit:
                 where a generous value costs nothing).
 
         Returns:
-            The first result, exactly as delivered.
+            The result, exactly as delivered.
 
         Raises:
             KitUsageError: The flow is running, the registry misses nodes, bad timeout.
             FlowTimeoutError: No result in time; the message lists the events seen.
-            KitAssertionError: The trace finished (or was cancelled) without a result.
+            KitAssertionError: A node gave up, or the trace finished (or was cancelled or
+                stopped) without a result; the message names the node and lists the
+                events.
         """
         self._prepare("run_one", flow, registry, timeout_s, start=True)
         trace_id = _trace_id_of(message)
@@ -379,15 +391,40 @@ class FlowTestKit:
         try:
             if trace_id is None:
                 return await self._fetch_one(flow, message, timeout_s)
-            run = await self._collect("run_one", flow, message, trace_id, timeout_s, first=True)
-            if not run.items:
-                raise KitAssertionError(
-                    f"run_one: trace {trace_id} {_ending(run.done)} without delivering any "
-                    f"result to Rookery\n  events: {_format_events(run.events)}"
-                )
-            return run.items[0]
+            return await self._request_one(flow, message, trace_id, timeout_s)
         finally:
             await _wind_down(flow, trace_id)
+
+    async def _request_one(
+        self, flow: PenguiFlow, message: Any, trace_id: str, timeout_s: float
+    ) -> Any:
+        self._note_trace(trace_id)
+        start = len(self._by_trace[trace_id])
+        scope = asyncio.timeout(timeout_s)
+        report = ""
+        try:
+            async with scope, flow.request(message) as req:
+                try:
+                    return await req.result()
+                except asyncio.CancelledError:
+                    if scope.expired():
+                        # Described now, before leaving the request cancels what is left.
+                        report = self._timeout_report(
+                            "run_one", flow, trace_id, timeout_s, [], start
+                        )
+                    raise
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise FlowTimeoutError(
+                report or self._timeout_report("run_one", flow, trace_id, timeout_s, [], start)
+            ) from None
+        except (FlowError, TraceCancelled, FlowStoppedError) as error:
+            events = tuple(ev for fl, ev in self._by_trace[trace_id][start:] if fl is flow)
+            raise KitAssertionError(
+                f"run_one: trace {trace_id} {_failure(error)} without delivering any "
+                f"result to Rookery\n  events: {_format_events(events)}"
+            ) from error
 
     async def run_trace(
         self,
@@ -399,7 +436,8 @@ class FlowTestKit:
         """Start ``flow``, emit ``message``, collect its whole trace, stop the flow.
 
         Collects every item of the message's trace that reaches Rookery (results and
-        stream chunks, in order) until the trace is done, via ``flow.subscribe``.
+        stream chunks, in order) until the trace is done, via ``flow.subscribe(trace_id,
+        errors=True)``: a node that gives up shows as ``TraceRun.error``.
 
         Args:
             flow: A flow that is not running.
@@ -452,25 +490,29 @@ class FlowTestKit:
         message: Any,
         trace_id: str,
         timeout_s: float,
-        *,
-        first: bool = False,
     ) -> TraceRun:
         self._note_trace(trace_id)
         start = len(self._by_trace[trace_id])
         items: list[Any] = []
+        error: FlowError | None = None
         done: TraceEnd = "drained"
         scope = asyncio.timeout(timeout_s)
         try:
-            async with scope, flow.subscribe(trace_id) as results:
+            # A per-trace view with errors: every item of the trace, not only its first
+            # result (a request handle ends at its outcome), and a node that gives up
+            # arrives as its FlowError.
+            async with scope, flow.subscribe(trace_id, errors=True) as results:
                 await flow.emit(message)
                 async for item in results:
-                    items.append(item)
-                    if first:
-                        break
-                else:
-                    ended = results.done
-                    if ended in ("drained", "cancelled", "stopped"):
-                        done = ended
+                    if isinstance(item, FlowError):
+                        error = error or item
+                    else:
+                        items.append(item)
+                ended = results.done
+                if ended in ("drained", "cancelled", "stopped"):
+                    done = ended
+                if error is not None and done == "drained":
+                    done = "failed"
         except TimeoutError:
             if not scope.expired():
                 raise
@@ -478,7 +520,9 @@ class FlowTestKit:
                 self._timeout_report(helper, flow, trace_id, timeout_s, items, start)
             ) from None
         events = tuple(ev for fl, ev in self._by_trace[trace_id][start:] if fl is flow)
-        return TraceRun(trace_id=trace_id, items=tuple(items), done=done, events=events)
+        return TraceRun(
+            trace_id=trace_id, items=tuple(items), done=done, events=events, error=error
+        )
 
     async def _fetch_one(self, flow: PenguiFlow, message: Any, timeout_s: float) -> Any:
         scope = asyncio.timeout(timeout_s)
@@ -531,12 +575,22 @@ def _format_events(events: Sequence[FlowEvent]) -> str:
     return "[" + ", ".join(format_event(ev) for ev in events) + "]"
 
 
-def _ending(done: TraceEnd) -> str:
-    return {
-        "drained": "finished",
-        "cancelled": "was cancelled",
-        "stopped": "was interrupted by flow.stop()",
-    }[done]
+def _failure(error: BaseException) -> str:
+    """How a request ended without a result, in words."""
+    if isinstance(error, TraceCancelled):
+        return "was cancelled"
+    if isinstance(error, FlowStoppedError):
+        return "was interrupted by flow.stop()"
+    if isinstance(error, FlowError):
+        if error.code == "NO_RESULT":
+            where = f" at node {error.node_name!r}" if error.node_name else ""
+            return f"finished{where}"
+        tries = "attempt" if error.attempts == 1 else "attempts"
+        return (
+            f"failed: node {error.node_name!r} gave up ({error.code} after {error.attempts} "
+            f"{tries})"
+        )
+    return "ended"
 
 
 def _snapshot_report(flow: PenguiFlow, trace_id: str | None) -> str:
