@@ -49,7 +49,7 @@ from ._slots import NodeRuntime, Slot, absorb_cancel, defer, interrupt, join_wor
 from ._subscription import Subscription, SubscriptionEnd, finish, mark_seen, redirect
 from ._trace import trace_id_of
 from ._validation import AdapterSource, build_validators, with_payload
-from ._wiring import Adjacency, Wiring, check_cycles, collect, run_checks
+from ._wiring import Adjacency, Wiring, WiringMode, check_cycles, check_wiring, collect, run_checks
 from .clock import wall_time
 from .errors import (
     FlowBuildError,
@@ -158,12 +158,14 @@ class PenguiFlow(FlowGraph):
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def run(self, *, registry: AdapterSource | None = None) -> None:
+    def run(self, *, registry: AdapterSource | None = None, wiring: WiringMode = "warn") -> None:
         """Start one worker task per node (``max_concurrency`` per node) on the running loop.
 
         Raises:
             RuntimeError: Already running, no running event loop, or ``registry`` lacks
                 nodes that validate. A failed ``run()`` leaves the flow stopped.
+            FlowBuildError: ``wiring="strict"`` and an edge's models do not fit (``"warn"``,
+                the default, logs it once per edge; ``"off"`` skips the check).
         """
         if self._running:
             raise FlowRuntimeError("PenguiFlow already running")
@@ -171,6 +173,7 @@ class PenguiFlow(FlowGraph):
         validators = build_validators(
             [(rt.node.name, rt.policy.validate) for rt in self._runtimes], registry
         )
+        check_wiring(self._floes, registry, wiring)
         self._registry = registry
         tasks = self._tasks
         for rt, validator in zip(self._runtimes, validators, strict=True):

@@ -6,14 +6,33 @@ message, and stays index-based so that building a small flow is cheap.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Final, TypeAlias
+import logging
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias
+
+from pydantic import BaseModel
 
 from ._edges import OPEN_SEA, ROOKERY, Floe, Ports
 from .errors import CycleError, FlowBuildError
 from .node import Node
+from .types import WM, FinalAnswer, Message
 
-__all__ = ["CHECK_HOOK", "Adjacency", "Wiring", "check_cycles", "collect", "run_checks"]
+__all__ = [
+    "CHECK_HOOK",
+    "SHAPE_HOOK",
+    "Adjacency",
+    "Shape",
+    "Wiring",
+    "WiringMode",
+    "check_cycles",
+    "check_wiring",
+    "collect",
+    "declare_shape",
+    "run_checks",
+]
 
 Adjacency: TypeAlias = tuple[Node, Iterable[Node]]
 
@@ -162,3 +181,231 @@ def run_checks(flow: Any, nodes: Iterable[Node]) -> None:
         check = getattr(node.func, CHECK_HOOK, None)
         if check is not None:
             check(flow, node)
+
+
+# -- build-time type checks of the edges ----------------------------------------------------
+
+WiringMode: TypeAlias = Literal["strict", "warn", "off"]
+"""What ``run(wiring=...)`` does with an edge whose models do not fit."""
+
+SHAPE_HOOK: Final = "__penguiflow_shape__"
+"""Attribute name of a component's declared shape (a :class:`Shape`); see ``declare_shape``."""
+
+logger = logging.getLogger("penguiflow.wiring")
+_warned: dict[tuple[str, str, str, str], None] = {}
+_WARNED_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """How a component that does not validate (a join, a router) transforms its input.
+
+    Attributes:
+        out: ``out(incoming, successor)`` returns the type ``successor`` receives from the
+            component, given the type arriving at the component (``None`` = unknown).
+            Types are models, unions of them (``A | B``) or ``list[...]`` of them; return
+            ``None`` when it cannot be known.
+        routes: ``True`` for a router: each item goes to *some* successors, so the check
+            asks that every member of the incoming type has a successor that takes it,
+            instead of asking every successor to take every member.
+    """
+
+    out: Callable[[object, Node], object]
+    routes: bool = False
+
+
+def declare_shape(
+    node: Node, out: Callable[[object, Node], object], *, routes: bool = False
+) -> None:
+    """Declare how ``node`` (a component with ``validate="none"``) shapes its output.
+
+    The build-time wiring check (``run(wiring=...)``) then follows types through it: a
+    join declares ``lambda t, _: list[t]``, a router ``lambda t, _: t`` with ``routes=True``.
+    """
+    setattr(node.func, SHAPE_HOOK, Shape(out, routes))
+
+
+def _members(tp: object) -> tuple[object, ...]:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        return tuple(m for arg in typing.get_args(tp) for m in _members(arg))
+    if origin is typing.Annotated:
+        return _members(typing.get_args(tp)[0])
+    return (tp,)
+
+
+def _union(parts: Iterable[object]) -> object:
+    seen: dict[object, None] = {}
+    for part in parts:
+        for member in _members(part):
+            seen[member] = None
+    members = tuple(seen)
+    if len(members) == 1:
+        return members[0]
+    return typing.Union[members]  # noqa: UP007 - built from a tuple at run time
+
+
+def _payload(model: object) -> object:
+    """The payload type an envelope model carries (``Any`` for ``Message`` itself)."""
+    if isinstance(model, type) and issubclass(model, Message):
+        return model.model_fields["payload"].annotation
+    return model
+
+
+def _describe(tp: object) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    members = _members(tp)
+    if len(members) > 1:
+        return " | ".join(_describe(m) for m in members)
+    args = typing.get_args(tp)
+    origin = typing.get_origin(tp)
+    if origin is not None and args:
+        name = getattr(origin, "__name__", repr(origin))
+        return f"{name}[{', '.join(_describe(a) for a in args)}]"
+    return repr(tp)
+
+
+def _fits(member: object, accepted: object) -> bool:
+    """Whether an item of type ``member`` validates as ``accepted`` without coercion."""
+    if accepted is Any or accepted is object:
+        return True
+    accepted_members = _members(accepted)
+    if len(accepted_members) > 1:
+        return any(_fits(member, a) for a in accepted_members)
+    if isinstance(accepted, type) and issubclass(accepted, BaseModel):
+        if getattr(accepted, "__pydantic_root_model__", False):
+            return _fits(member, accepted.model_fields["root"].annotation)
+        return isinstance(member, type) and issubclass(member, accepted)
+    if typing.get_origin(accepted) is list and typing.get_origin(member) is list:
+        (inner,) = typing.get_args(accepted) or (Any,)
+        (item,) = typing.get_args(member) or (Any,)
+        return item is Any or all(_fits(m, inner) for m in _members(item))
+    if isinstance(accepted, type) and isinstance(member, type):
+        return issubclass(member, accepted)
+    return member == accepted
+
+
+def _models(registry: object, node: Node) -> tuple[object, object]:
+    """``(takes, returns)`` of a node as the registry declares them (``None`` = unknown)."""
+    validate = node.policy.validate
+    models = getattr(registry, "models", None)
+    if validate == "none" or models is None:
+        return None, None
+    try:
+        in_model, out_model = models(node.name)
+    except KeyError:
+        return None, None
+    takes = _payload(in_model) if validate in ("in", "both") else None
+    returns = _payload(out_model) if validate in ("out", "both") else None
+    if returns is Any or returns in (WM, FinalAnswer):
+        returns = None  # unknown, or routed by the runtime (controller loop, Rookery)
+    return (None if takes is Any else takes), returns
+
+
+def check_wiring(floes: Sequence[Floe], registry: object, mode: WiringMode) -> list[str]:
+    """Check that every edge's producer returns what its consumer takes.
+
+    Types come from the registry (nodes that validate) and from components' declared
+    shapes (:class:`Shape`); an edge with an unknown side is not checked.
+
+    Returns:
+        The mismatches found, one sentence each.
+
+    Raises:
+        FlowBuildError: ``mode="strict"`` and an edge does not fit; every mismatch is named.
+    """
+    if mode not in ("strict", "warn", "off"):
+        raise FlowBuildError(f"wiring must be 'strict', 'warn' or 'off', got {mode!r}")
+    if mode == "off" or registry is None:
+        return []
+    edges: list[tuple[Node, Node]] = []
+    for floe in floes:
+        src, dst = floe.source, floe.target
+        if isinstance(src, Node) and isinstance(dst, Node):
+            edges.append((src, dst))
+    nodes = list({id(n): n for edge in edges for n in edge}.values())
+    declared = {id(n): _models(registry, n) for n in nodes}
+    shapes: dict[int, Shape | None] = {id(n): getattr(n.func, SHAPE_HOOK, None) for n in nodes}
+    incoming: dict[int, list[Node]] = {id(n): [] for n in nodes}
+    for a, b in edges:
+        incoming[id(b)].append(a)
+    ingress = {id(f.target) for f in floes if f.source is OPEN_SEA}
+    sent: dict[tuple[int, int], object] = {}
+
+    def arriving(node: Node) -> object:
+        if id(node) in ingress:
+            return None
+        parts = [sent.get((id(a), id(node))) for a in incoming[id(node)] if a is not node]
+        return None if not parts or any(p is None for p in parts) else _union(parts)
+
+    # Types through components settle in a few passes (one per component on a chain).
+    for _ in range(len(nodes) + 1):
+        changed = False
+        for a, b in edges:
+            shape = shapes[id(a)]
+            if shape is not None:
+                source = arriving(a)
+                out = None if source is None else shape.out(source, b)
+            else:
+                out = declared[id(a)][1]
+            if sent.get((id(a), id(b))) != out:
+                sent[(id(a), id(b))] = out
+                changed = True
+        if not changed:
+            break
+
+    problems: list[tuple[tuple[str, str, str, str], str]] = []
+    for a, b in edges:
+        out = sent.get((id(a), id(b)))
+        takes = declared[id(b)][0]
+        if out is None or takes is None or (a is b and a.allow_cycle and shapes[id(a)] is None):
+            continue
+        shape = shapes[id(a)]
+        if shape is not None and shape.routes:
+            continue  # checked per router below
+        bad = [m for m in _members(out) if not _fits(m, takes)]
+        if bad:
+            what = "returns" if shape is None else "passes on"
+            problems.append(
+                (
+                    (a.name, b.name, _describe(out), _describe(takes)),
+                    f"node {a.name!r} {what} {_describe(out)}, but its successor {b.name!r} "
+                    f"takes {_describe(takes)}: {_describe(_union(bad))} is not a "
+                    f"{_describe(takes)}",
+                )
+            )
+    for router in nodes:
+        shape = shapes[id(router)]
+        if shape is None or not shape.routes:
+            continue
+        outs = [b for a, b in edges if a is router]
+        source = arriving(router)
+        if source is None:
+            continue
+        takers = {id(b): declared[id(b)][0] for b in outs}
+        for member in _members(source):
+            if any(t is None or _fits(member, t) for t in takers.values()):
+                continue
+            listed = ", ".join(f"{b.name!r} takes {_describe(takers[id(b)])}" for b in outs)
+            problems.append(
+                (
+                    (router.name, "*", _describe(member), _describe(source)),
+                    f"router {router.name!r} receives {_describe(source)}, but none of its "
+                    f"successors takes {_describe(member)} ({listed or 'no successors'})",
+                )
+            )
+    if problems and mode == "strict":
+        raise FlowBuildError(
+            "the flow's edges do not fit the registry's models: "
+            + "; ".join(text for _, text in problems)
+            + ". Change a model, register the node with the model it really takes, or "
+            "run(wiring='off') to skip this check"
+        )
+    for key, text in problems:
+        if key not in _warned:
+            if len(_warned) >= _WARNED_MAX:
+                _warned.clear()
+            _warned[key] = None
+            logger.warning("wiring: %s", text)
+    return [text for _, text in problems]

@@ -25,7 +25,13 @@ from ._runtime import (
 )
 from ._subscription import Subscription as Subscription, SubscriptionEnd as SubscriptionEnd
 from ._trace import trace_id_of as trace_id_of
-from ._wiring import CHECK_HOOK as CHECK_HOOK
+from ._wiring import (
+    CHECK_HOOK as CHECK_HOOK,
+    SHAPE_HOOK as SHAPE_HOOK,
+    Shape as Shape,
+    WiringMode as WiringMode,
+    declare_shape as declare_shape,
+)
 from .errors import CycleError as CycleError, TraceCancelled as TraceCancelled
 
 # Exactly the names earlier PenguiFlow versions exported; the others above are public

@@ -41,6 +41,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal
 
 from penguiflow.clock import wall_time
+from penguiflow.core import declare_shape
 from penguiflow.errors import FlowBuildError, FlowTypeError
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Message
@@ -395,4 +396,10 @@ def join_k(
         return states.get(ctx).add(trace_id, item)
 
     join.__name__ = join.__qualname__ = name
-    return Node(join, name=name, policy=NodePolicy(validate="none"), allow_cycle=False)
+    node = Node(join, name=name, policy=NodePolicy(validate="none"), allow_cycle=False)
+    declare_shape(node, _batch_of)  # the wiring check: k items of T become one list[T]
+    return node
+
+
+def _batch_of(incoming: object, successor: Node) -> object:
+    return list[incoming]  # type: ignore[valid-type]

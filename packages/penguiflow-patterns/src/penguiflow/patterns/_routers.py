@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union, get
 
 from pydantic import BaseModel, TypeAdapter
 
+from penguiflow.core import declare_shape
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Message
 
@@ -160,7 +161,17 @@ def predicate_router(name: str, predicate: Predicate | PredicateMap) -> Node:
         return None
 
     route.__name__ = route.__qualname__ = router
-    return Node(route, name=router, policy=_policy(), allow_cycle=False)
+    return _routing(Node(route, name=router, policy=_policy(), allow_cycle=False))
+
+
+def _passes_on(incoming: object, successor: Node) -> object:
+    return incoming
+
+
+def _routing(node: Node) -> Node:
+    """Tell the wiring check that ``node`` hands each item unchanged to some successors."""
+    declare_shape(node, _passes_on, routes=True)
+    return node
 
 
 def _mapping_router(router: str, mapping: PredicateMap) -> Node:
@@ -200,7 +211,7 @@ def _mapping_router(router: str, mapping: PredicateMap) -> Node:
 
     route.__name__ = route.__qualname__ = router
     attach_check(route, check)
-    return Node(route, name=router, policy=_policy(), allow_cycle=False)
+    return _routing(Node(route, name=router, policy=_policy(), allow_cycle=False))
 
 
 # --------------------------------------------------------------------------- union
@@ -361,6 +372,15 @@ def union_router(name: str, union_model: Any) -> Node:
     def check(flow: Runtime, node: Node) -> None:
         check_flow(flow, node)
 
+    def variants_of(incoming: object, successor: Node) -> object:
+        # What the wiring check sees on the edge to ``successor``: its variants.
+        picked = tuple(m for m in members if successor.name in (_member_names(m) or ()))
+        if not picked:
+            return None
+        return picked[0] if len(picked) == 1 else Union[picked]  # noqa: UP007
+
     route.__name__ = route.__qualname__ = router
     attach_check(route, check)
-    return Node(route, name=router, policy=_policy(), allow_cycle=False)
+    node = Node(route, name=router, policy=_policy(), allow_cycle=False)
+    declare_shape(node, variants_of)
+    return node
