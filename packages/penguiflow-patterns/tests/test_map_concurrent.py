@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 import pytest
@@ -315,16 +314,6 @@ async def test_a_failing_worker_inside_a_node_is_that_nodes_error() -> None:
         await flow.stop()
 
 
-@pytest.mark.xfail(
-    sys.version_info < (3, 12),
-    strict=True,
-    reason=(
-        "core: on Python 3.11 a node whose asyncio.TaskGroup had a failing child is left "
-        "with task.cancelling() == 1 (a TaskGroup quirk fixed in 3.12); the runtime reads "
-        "that as stop() cancelling the worker, so the worker dies, the request fails with a "
-        "NO_RESULT that says nothing entered the flow, and later requests to the node hang"
-    ),
-)
 async def test_a_node_whose_task_group_fails_is_that_nodes_error() -> None:
     async def fan(msg: Message, ctx: Any) -> Message:
         if msg.payload == "fail":

@@ -50,8 +50,9 @@ class Retries:
             raise FlowBuildError(f"retry_budget must be an int >= 0 or None, got {budget!r}")
         self.budget = budget
         """Retries one trace may spend across all nodes (``None``: no cap)."""
-        # The flow's own random source: jitter never touches the global ``random`` state.
-        self.random = random.Random()
+        # The flow's own random source, made on first use (seeding one costs ~10 µs, and
+        # flows are built per playbook call): jitter never touches the global ``random``.
+        self.random: random.Random | None = None
 
     async def failed(
         self,
@@ -98,7 +99,10 @@ class Retries:
         attempt += 1
         delay = policy.backoff(attempt)
         if policy.jitter:
-            delay *= 1.0 - policy.jitter * self.random.random()
+            rng = self.random
+            if rng is None:
+                rng = self.random = random.Random()
+            delay *= 1.0 - policy.jitter * rng.random()
         if deadline is not None and wall_time() + delay >= deadline:
             await self.router.deadline_skip(rt, item, trace)
             return -1

@@ -221,6 +221,9 @@ class PenguiFlow(FlowGraph):
         inside = me in tasks
         if inside:
             tasks = [task for task in tasks if task is not me]  # never wait for ourselves
+        for rt in self._runtimes:
+            for slot in rt.slots:
+                slot.stopping = True
         for task in tasks:
             task.cancel()
         self._wake_callers()
@@ -770,7 +773,7 @@ class PenguiFlow(FlowGraph):
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError) and _cancelling():
+            if isinstance(exc, asyncio.CancelledError) and slot.stopping:
                 raise  # stop(), or whoever owns the worker task: the worker ends
             logger.exception("worker_error", extra={"node_name": rt.node.name})
 
@@ -883,7 +886,7 @@ class PenguiFlow(FlowGraph):
                         # Our own trace cancel, however the node reacted to it.
                         absorb_cancel(slot)
                         failure = None
-                    elif _cancelling():
+                    elif slot.stopping:
                         # stop() or the worker's owner: never eaten, never retried.
                         if isinstance(exc, asyncio.CancelledError):
                             raise
@@ -946,12 +949,6 @@ class PenguiFlow(FlowGraph):
             if trace is not None and trace.cancelled:
                 raise TraceCancelled(trace_id)
         return await run_playbook(playbook, parent_msg, timeout, on_cancel=self.on_trace_cancel)
-
-
-def _cancelling() -> int:
-    """Cancellation requests pending on the current task (``Task.cancelling()``)."""
-    task = asyncio.current_task()
-    return task.cancelling() if task is not None else 0
 
 
 PlaybookFactory: TypeAlias = Callable[[], "tuple[PenguiFlow, AdapterSource | None]"]

@@ -6,6 +6,7 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 from ._context import Context
 from ._edges import ROOKERY, Entry, Floe, Inbox, Ports, Trace
@@ -18,7 +19,7 @@ __all__ = ["NodeRuntime", "Slot", "absorb_cancel", "defer", "interrupt", "join_w
 class Slot:
     """One worker task of a node, and the trace it is handling right now."""
 
-    __slots__ = ("busy", "cancel_for", "ctx", "current", "task")
+    __slots__ = ("busy", "cancel_for", "ctx", "current", "stopping", "task")
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -29,6 +30,16 @@ class Slot:
         self.cancel_for: Trace | None = None
         """Set while this worker is being cancelled on behalf of a trace cancel."""
         self.busy = False
+        self.stopping = False
+        """Set by ``stop()`` before it cancels the worker: that cancellation is final.
+
+        The runtime tells its own cancellations apart with these flags, never with
+        ``Task.cancelling()``, which code inside a node may leave raised (on Python 3.11 a
+        ``TaskGroup`` whose child failed does)."""
+
+
+# A serial node never defers an item; it shares this never-used, bound-less stand-in.
+_NO_BACKLOG: Final = Floe(ROOKERY, ROOKERY, maxsize=0)
 
 
 class NodeRuntime:
@@ -73,9 +84,10 @@ class NodeRuntime:
         """max_concurrency > 1: items of a trace waiting behind the one running."""
         self.owners: dict[Trace, Slot] = {}
         """max_concurrency > 1: which slot runs a trace now."""
-        bound = queue_maxsize * self.concurrency if self.concurrency > 1 else 0
-        self.backlog_floe = Floe(node, node, maxsize=max(bound, 0))
+        self.backlog_floe: Floe = _NO_BACKLOG
         """max_concurrency > 1: counts backlog items that gave their edge slot back."""
+        if self.concurrency > 1 and queue_maxsize > 0:
+            self.backlog_floe = Floe(node, node, maxsize=queue_maxsize * self.concurrency)
 
 
 def interrupt(runtimes: Iterable[NodeRuntime], trace: Trace) -> None:
@@ -145,12 +157,13 @@ def absorb_cancel(slot: Slot) -> None:
     """Turn our own trace cancellation of this worker back into a live worker.
 
     Raises:
-        asyncio.CancelledError: Someone else (``stop()``, an outer scope) also cancelled
-            the worker; that cancellation goes on.
+        asyncio.CancelledError: ``stop()`` cancelled the worker too; that goes on.
     """
     slot.cancel_for = None
     task = slot.task
-    if task is not None and task.uncancel() > 0:
+    if task is not None:
+        task.uncancel()
+    if slot.stopping:
         raise asyncio.CancelledError
 
 

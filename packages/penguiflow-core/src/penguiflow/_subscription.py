@@ -69,6 +69,8 @@ class Subscription:
             StopAsyncIteration: The trace is done (``self.done`` says how).
             TimeoutError: Nothing arrived within ``timeout`` seconds.
         """
+        if timeout is None:
+            return await self._kernel.fetch(self._floe.inbox, None, self)
         async with asyncio.timeout(timeout):
             return await self._kernel.fetch(self._floe.inbox, None, self)
 
