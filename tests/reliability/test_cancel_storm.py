@@ -282,16 +282,22 @@ async def test_cancel_cost_independent_of_queue_length(figure: Figure) -> None:
 async def test_cancel_frees_join_bucket_of_idle_trace() -> None:
     """A half-joined trace with nothing queued or in flight: cancel must free its bucket."""
     j = join_k("join", 2)
-    flow = create(j.to())
-    done = asyncio.Event()
-    flow.on_trace_done(lambda tid: done.set())
+    handled = asyncio.Event()
+
+    async def on_event(event: FlowEvent) -> None:
+        if event.event_type == "node_success" and event.node_name == "join":
+            handled.set()
+
+    flow = create(j.to(), middlewares=[on_event])
     flow.run()
     try:
         msg = Message(payload=1, headers=H)
         await flow.emit(msg)
-        await asyncio.wait_for(done.wait(), 5)  # the join took the item and holds it
+        await asyncio.wait_for(handled.wait(), 5)  # the join took the item and holds it
         assert flow.inspect().resources["join_k:join"] == {msg.trace_id: 1}
-        await flow.cancel(msg.trace_id)
+        # The bucket holds the trace live, so the cancel has work to do.
+        assert await flow.cancel(msg.trace_id) is True
         assert flow.inspect().resources.get("join_k:join", {}) == {}
+        assert flow.inspect().traces == {}
     finally:
         await asyncio.wait_for(flow.stop(), 10)
