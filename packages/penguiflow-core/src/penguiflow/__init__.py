@@ -9,7 +9,6 @@ add-on is missing, using the name raises :class:`~penguiflow.errors.MissingExtra
 
 from __future__ import annotations
 
-import dis
 import importlib
 import importlib.util
 import sys
@@ -122,7 +121,6 @@ _INSTALLED_ADDONS = sorted(
 )
 __all__ += _INSTALLED_ADDONS
 
-_IMPORT_FROM = dis.opmap["IMPORT_FROM"]
 
 
 def _read_by_from_import() -> bool:
@@ -134,7 +132,9 @@ def _read_by_from_import() -> bool:
     """
     frame = sys._getframe(2)  # 0: this helper, 1: __getattr__, 2: the reader
     try:
-        return frame.f_code.co_code[frame.f_lasti] == _IMPORT_FROM
+        import dis  # only on this error path: ``import penguiflow`` stays cheap
+
+        return frame.f_code.co_code[frame.f_lasti] == dis.opmap["IMPORT_FROM"]
     except IndexError:  # pragma: no cover - defensive
         return False
 

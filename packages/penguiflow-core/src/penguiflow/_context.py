@@ -9,7 +9,6 @@ to each context it builds.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -188,6 +187,8 @@ class Context:
         nodes. Derived from the trace id, the node's name and the item's content, and
         computed only when read.
         """
+        import hashlib  # read rarely: keep it off ``import penguiflow``
+
         item = self.message
         if isinstance(item, Message):
             content = item.model_dump_json(include={"payload", "headers", "trace_id"})
