@@ -26,9 +26,9 @@ class Keys:
     def __init__(self, prefix: str) -> None:
         if not prefix or not isinstance(prefix, str):
             raise ValueError(f"the key prefix must be a non-empty str, got {prefix!r}")
-        self.prefix = prefix
-        self.requests = f"{prefix}:requests"
-        self.cancel_channel = f"{prefix}:cancel"
+        self.prefix: str = prefix
+        self.requests: str = f"{prefix}:requests"
+        self.cancel_channel: str = f"{prefix}:cancel"
 
     def client(self, client_id: str) -> str:
         """One client's reply stream."""

@@ -272,7 +272,7 @@ class EventSourceEncoder:
     __slots__ = ("_next_id", "trace_id")
 
     def __init__(self, trace_id: str) -> None:
-        self.trace_id = trace_id
+        self.trace_id: str = trace_id
         self._next_id = 1
 
     @property

@@ -79,12 +79,12 @@ try:
     from starlette.responses import PlainTextResponse, Response
     from starlette.types import Receive, Scope, Send
     from starlette.websockets import WebSocket, WebSocketDisconnect
-except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess test
-    if exc.name is None or exc.name.partition(".")[0] != "starlette":
+except ModuleNotFoundError as _missing:  # pragma: no cover - exercised in a subprocess test
+    if _missing.name is None or _missing.name.partition(".")[0] != "starlette":
         raise
     raise MissingExtraError(
         "penguiflow.streaming.asgi needs Starlette: pip install 'penguiflow-streaming[asgi]'",
-        name=exc.name,
+        name=_missing.name,
     ) from None
 
 __all__ = [
@@ -256,9 +256,9 @@ class EventStreamResponse(Response):
         message = require_message(message, "EventStreamResponse")
         check_streaming_path(flow, to, "EventStreamResponse")
         self._source = TraceSource(flow, message, to=to)
-        self.disconnected = False
+        self.disconnected: bool = False
         """True once the client went away before the stream ended."""
-        self.stalled = False
+        self.stalled: bool = False
         """True when the client stopped reading for ``send_timeout`` and was cut off."""
         self._idle_timeout = idle_timeout
         self._send_timeout = send_timeout

@@ -214,7 +214,7 @@ class VirtualClock:
     """
 
     def __init__(self, *, base: float | None = None, autojump_threshold: float = 0.0) -> None:
-        self.base = time.time() if base is None else float(base)
+        self.base: float = time.time() if base is None else float(base)
         self.autojump_threshold = autojump_threshold
         self._loop: VirtualEventLoop | None = None
 
