@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from ._chunks import StreamCounters
 from ._context import Context
 from ._edges import Endpoint, Floe, Owner, Ports, Trace, name_of
 from ._events import Hooks
 from ._slots import NodeRuntime
-from ._snapshot import snapshot
 from ._subscription import Subscription
 from ._validation import AdapterSource
 from .errors import UnknownNodeError
-from .inspect import FlowSnapshot
 from .middlewares import Middleware
 from .node import Node
+
+if TYPE_CHECKING:
+    from .inspect import FlowSnapshot
 
 __all__ = ["FlowGraph"]
 
@@ -134,6 +136,9 @@ class FlowGraph:
 
     def inspect(self) -> FlowSnapshot:
         """Return a read-only snapshot of nodes, edges, live traces and probes."""
+        # Loaded on first use: snapshots are for tools and tests, not ``import penguiflow``.
+        from ._snapshot import snapshot
+
         return snapshot(
             running=self._running,
             queue_maxsize=self._queue_maxsize,

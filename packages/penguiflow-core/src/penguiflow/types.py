@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 import random
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .clock import wall_time
 
@@ -42,8 +42,15 @@ def new_trace_id() -> str:
     return "%032x" % ((_getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
 
 
+# Schemas are built on first use, not at import: ``import penguiflow`` then costs little
+# more than importing pydantic itself (building them also loads pydantic's plugins).
+_DEFERRED: Final = ConfigDict(defer_build=True)
+
+
 class Headers(BaseModel):
     """Routing facts of a request."""
+
+    model_config = _DEFERRED
 
     tenant: str
     """The tenant the request belongs to."""
@@ -62,6 +69,8 @@ class Headers(BaseModel):
 
 class Message(BaseModel):
     """The envelope every hop can carry: payload plus trace, headers, deadline and meta."""
+
+    model_config = _DEFERRED
 
     payload: Any
     """The business object."""
@@ -108,6 +117,8 @@ class Message(BaseModel):
 class StreamChunk(BaseModel):
     """One piece of a streamed response (for example an LLM token)."""
 
+    model_config = _DEFERRED
+
     stream_id: str
     """The stream this chunk belongs to (defaults to the parent trace id)."""
     seq: int
@@ -125,6 +136,8 @@ class StreamChunk(BaseModel):
 class PlanStep(BaseModel):
     """One step a controller plans to take (plain data)."""
 
+    model_config = _DEFERRED
+
     kind: Literal["retrieve", "web", "sql", "summarize", "route", "stop"]
     """What kind of step."""
     args: dict[str, Any] = Field(default_factory=dict)
@@ -136,6 +149,8 @@ class PlanStep(BaseModel):
 class Thought(BaseModel):
     """A controller's intermediate reasoning (plain data)."""
 
+    model_config = _DEFERRED
+
     steps: list[PlanStep]
     """Planned steps."""
     rationale: str
@@ -146,6 +161,8 @@ class Thought(BaseModel):
 
 class WM(BaseModel):
     """Working memory of a controller loop; the runtime counts hops and enforces budgets."""
+
+    model_config = _DEFERRED
 
     query: str
     """The question being worked on."""
@@ -165,6 +182,8 @@ class WM(BaseModel):
 
 class FinalAnswer(BaseModel):
     """The end of a trace: delivered straight to Rookery."""
+
+    model_config = _DEFERRED
 
     text: str
     """The answer."""
