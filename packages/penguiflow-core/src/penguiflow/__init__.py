@@ -122,7 +122,6 @@ _INSTALLED_ADDONS = sorted(
 __all__ += _INSTALLED_ADDONS
 
 
-
 def _read_by_from_import() -> bool:
     """Whether the attribute access being served is a ``from penguiflow import name``.
 

@@ -27,11 +27,6 @@ Only the ASGI module needs more than penguiflow-core.
 
 from __future__ import annotations
 
-from ._contract import (
-    EventAdapter as EventAdapter,
-    emit_stream_events as emit_stream_events,
-    stream_flow as stream_flow,
-)
 from ._errors import (
     ErrorCode as ErrorCode,
     ErrorEvent as ErrorEvent,
@@ -39,6 +34,11 @@ from ._errors import (
     StreamingPathError as StreamingPathError,
     StreamingUsageError as StreamingUsageError,
     error_event as error_event,
+)
+from ._flow_helpers import (
+    EventAdapter as EventAdapter,
+    emit_stream_events as emit_stream_events,
+    stream_flow as stream_flow,
 )
 from ._format import (
     EventSourceEncoder as EventSourceEncoder,
