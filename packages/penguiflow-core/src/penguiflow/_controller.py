@@ -132,9 +132,13 @@ class Router:
         hooks = self.hooks
         if hooks.observed(INFO):
             await hooks.emit(
-                "deadline_skip", ports=rt.ports, level=INFO, trace=trace, trace_id=tid,
+                "deadline_skip",
+                ports=rt.ports,
+                level=INFO,
+                trace=trace,
+                trace_id=tid,
                 extra={"deadline_s": item.deadline_s},
-            )  # fmt: skip
+            )
         if trace is not None and trace.cancelled:
             return
         if isinstance(item.payload, FinalAnswer):

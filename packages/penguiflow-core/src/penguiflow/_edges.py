@@ -12,12 +12,12 @@ trace costs O(items of the trace), never O(total queue length).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 from ._parking import ParkingLot
-from .errors import FlowRuntimeError, UnknownNodeError
+from .errors import FlowRuntimeError, FlowStoppedError, UnknownNodeError
 from .node import Node
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "entries",
     "name_of",
     "purge",
+    "wake_stopped",
 ]
 
 
@@ -325,3 +326,24 @@ class Ports:
             hint = f"is not a predecessor of node {me.name!r} (predecessors: {names})"
         target = name_of(owner)
         return f"Unknown target {target} for {me.name}: node {target!r} {hint}"
+
+
+def wake_stopped(rookery: Ports, opensea: Ports, traces: Iterable[Trace]) -> None:
+    """The flow stopped: wake everyone blocked on it from outside with ``FlowStoppedError``.
+
+    Callers of ``fetch`` (Rookery's inbox), of ``emit`` (full ingress edges) and of
+    ``emit_chunk`` (a trace's chunk capacity); callers of ``wait_ended`` just return.
+    """
+
+    def stopped() -> FlowStoppedError:
+        return FlowStoppedError("the flow was stopped; call run() before using it again")
+
+    rookery.inbox.waiters.unpark_all(stopped)
+    for floe in opensea.outs:
+        floe.putters.unpark_all(stopped)
+    for trace in traces:
+        if trace.waiters is not None:
+            trace.waiters.unpark_all(stopped)
+            trace.waiters = None
+        if trace.ended is not None:
+            trace.ended.unpark_all()

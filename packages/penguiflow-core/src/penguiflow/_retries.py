@@ -77,10 +77,15 @@ class Retries:
         level = WARNING if is_timeout else ERROR
         if hooks.observed(level):
             await hooks.emit(
-                "node_timeout" if is_timeout else "node_error", ports=ports, level=level,
-                trace=trace, trace_id=tid, attempt=attempt, latency_ms=latency,
+                "node_timeout" if is_timeout else "node_error",
+                ports=ports,
+                level=level,
+                trace=trace,
+                trace_id=tid,
+                attempt=attempt,
+                latency_ms=latency,
                 extra={"exception": repr(failure), "error": failure},
-            )  # fmt: skip
+            )
         policy = rt.policy
         if attempt >= rt.retries or not policy.retries(failure):
             await self.give_up(rt, trace, tid, attempt, latency, failure)
@@ -90,9 +95,14 @@ class Retries:
             if trace.retries >= budget:
                 if hooks.observed(INFO):
                     await hooks.emit(
-                        "budget_exhausted", ports=ports, level=INFO, trace=trace, trace_id=tid,
-                        attempt=attempt, extra={"budget": "retries", "limit": budget},
-                    )  # fmt: skip
+                        "budget_exhausted",
+                        ports=ports,
+                        level=INFO,
+                        trace=trace,
+                        trace_id=tid,
+                        attempt=attempt,
+                        extra={"budget": "retries", "limit": budget},
+                    )
                 await self.give_up(rt, trace, tid, attempt, latency, failure, "RETRY_BUDGET")
                 return -1
             trace.retries += 1
@@ -108,9 +118,14 @@ class Retries:
             return -1
         if hooks.observed(INFO):
             await hooks.emit(
-                "node_retry", ports=ports, level=INFO, trace=trace, trace_id=tid,
-                attempt=attempt, extra={"sleep_s": delay, "exception": repr(failure)},
-            )  # fmt: skip
+                "node_retry",
+                ports=ports,
+                level=INFO,
+                trace=trace,
+                trace_id=tid,
+                attempt=attempt,
+                extra={"sleep_s": delay, "exception": repr(failure)},
+            )
         slot.current = trace
         try:
             if trace is not None and trace.cancelled:
@@ -149,10 +164,15 @@ class Retries:
         hooks = self.hooks
         if hooks.observed(ERROR):
             await hooks.emit(
-                "node_failed", ports=rt.ports, level=ERROR, trace=trace, trace_id=tid,
-                attempt=attempt, latency_ms=latency,
+                "node_failed",
+                ports=rt.ports,
+                level=ERROR,
+                trace=trace,
+                trace_id=tid,
+                attempt=attempt,
+                latency_ms=latency,
                 extra={"exception": repr(failure), "error": failure, "code": code or ""},
-            )  # fmt: skip
+            )
         view = None if tid is None else self.views.get(tid)
         wanted = self.errors_to_rookery or (view is not None and view.errors)
         if wanted and self.router.rookery_floes:

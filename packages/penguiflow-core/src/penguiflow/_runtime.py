@@ -38,6 +38,7 @@ from ._edges import (
     Ports,
     Trace,
     purge,
+    wake_stopped,
 )
 from ._events import DEBUG, INFO, Hooks, enabled, logger
 from ._graph import FlowGraph
@@ -45,7 +46,15 @@ from ._parking import ParkingLot
 from ._playbook import SubflowFactory, run_playbook
 from ._request import Request, invoke
 from ._retries import Retries
-from ._slots import NodeRuntime, Slot, absorb_cancel, defer, interrupt, join_workers
+from ._slots import (
+    NodeRuntime,
+    Slot,
+    absorb_cancel,
+    defer,
+    interrupt,
+    join_workers,
+    start_workers,
+)
 from ._subscription import Subscription, SubscriptionEnd, finish, mark_seen, redirect
 from ._trace import trace_id_of
 from ._validation import AdapterSource, build_validators, with_payload
@@ -175,19 +184,9 @@ class PenguiFlow(FlowGraph):
         )
         check_wiring(self._floes, registry, wiring)
         self._registry = registry
-        tasks = self._tasks
         for rt, validator in zip(self._runtimes, validators, strict=True):
             rt.validator = validator
-            rt.slots = []
-            for i in range(rt.concurrency):
-                # Each slot has its own context, so ``ctx.message`` is per invocation.
-                slot = Slot(rt.ctx if i == 0 else wired_context(rt.ports, self._port))
-                name = f"penguiflow:{rt.node.name}"
-                if rt.concurrency > 1:
-                    name = f"{name}#{i}"
-                slot.task = loop.create_task(self._worker(rt, slot), name=name)
-                rt.slots.append(slot)
-                tasks.append(slot.task)
+            self._tasks += start_workers(rt, self._worker, self._port, loop)
         self._running = True
         self._stopped = False
 
@@ -226,7 +225,7 @@ class PenguiFlow(FlowGraph):
                 slot.stopping = True
         for task in tasks:
             task.cancel()
-        self._wake_callers()
+        wake_stopped(self._rookery, self._opensea, self._traces.values())
         interrupted = False
         try:
             interrupted, stuck = await join_workers(tasks, STOP_GRACE_S, timeout)
@@ -245,7 +244,8 @@ class PenguiFlow(FlowGraph):
                 trace.cancelled = False
                 trace.wm_hops = None
                 trace.deadline_fired = False
-            self._wake_callers()  # and whoever parked while the workers wound down
+            # and whoever parked while the workers wound down:
+            wake_stopped(self._rookery, self._opensea, self._traces.values())
             self._hooks.call(self._hooks.stop)
         if inside and me is not None:
             # stop() returns to the node or middleware that called it; its worker is
@@ -253,22 +253,6 @@ class PenguiFlow(FlowGraph):
             asyncio.get_running_loop().call_soon(me.cancel)
         if interrupted:
             raise asyncio.CancelledError
-
-    def _wake_callers(self) -> None:
-        """Wake everyone blocked on the flow from outside with ``FlowStoppedError``."""
-
-        def stopped() -> FlowStoppedError:
-            return FlowStoppedError("the flow was stopped; call run() before using it again")
-
-        self._rookery.inbox.waiters.unpark_all(stopped)
-        for floe in self._opensea.outs:
-            floe.putters.unpark_all(stopped)
-        for trace in self._traces.values():
-            if trace.waiters is not None:
-                trace.waiters.unpark_all(stopped)
-                trace.waiters = None
-            if trace.ended is not None:
-                trace.ended.unpark_all()
 
     # -- talking to the flow from outside -----------------------------------------------
 
@@ -459,9 +443,13 @@ class PenguiFlow(FlowGraph):
             finished = self._release(trace)
         if hooks.observed(INFO):
             await hooks.emit(
-                "trace_cancel_start", ports=self._opensea, level=INFO, trace=trace,
-                trace_id=trace_id, extra={"pending": pending},
-            )  # fmt: skip
+                "trace_cancel_start",
+                ports=self._opensea,
+                level=INFO,
+                trace=trace,
+                trace_id=trace_id,
+                extra={"pending": pending},
+            )
             if finished:
                 await self._hooks.cancel_finished(self._rookery, trace_id)
         return True
@@ -822,9 +810,14 @@ class PenguiFlow(FlowGraph):
                 watched = bool(hooks.middlewares) or enabled(INFO)
                 if watched and (hooks.middlewares or enabled(DEBUG)):
                     await hooks.emit(
-                        "node_start", ports=rt.ports, level=DEBUG, trace=trace, trace_id=tid,
-                        attempt=attempt, latency_ms=0.0,
-                    )  # fmt: skip
+                        "node_start",
+                        ports=rt.ports,
+                        level=DEBUG,
+                        trace=trace,
+                        trace_id=tid,
+                        attempt=attempt,
+                        latency_ms=0.0,
+                    )
                 started = loop.time()
                 ctx.attempt = attempt + 1
                 slot.current = trace
@@ -914,9 +907,14 @@ class PenguiFlow(FlowGraph):
                         trace.inflight -= 1
                     if watched or hooks.middlewares:
                         await hooks.emit(
-                            "node_success", ports=rt.ports, level=INFO, trace=trace, trace_id=tid,
-                            attempt=attempt, latency_ms=(loop.time() - started) * 1000.0,
-                        )  # fmt: skip
+                            "node_success",
+                            ports=rt.ports,
+                            level=INFO,
+                            trace=trace,
+                            trace_id=tid,
+                            attempt=attempt,
+                            latency_ms=(loop.time() - started) * 1000.0,
+                        )
                     return
                 finally:
                     if slot.current is not None:
@@ -926,9 +924,12 @@ class PenguiFlow(FlowGraph):
                 if failure is None:
                     if hooks.observed(INFO):
                         await hooks.emit(
-                            "node_trace_cancelled", ports=rt.ports, level=INFO, trace=trace,
+                            "node_trace_cancelled",
+                            ports=rt.ports,
+                            level=INFO,
+                            trace=trace,
                             trace_id=tid,
-                        )  # fmt: skip
+                        )
                     return
                 latency = (loop.time() - started) * 1000.0
                 attempt = await self._retries.failed(

@@ -5,15 +5,23 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
-from typing import Final
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, Final
 
-from ._context import Context
+from ._context import Context, KernelPort, wired_context
 from ._edges import ROOKERY, Entry, Floe, Inbox, Ports, Trace
 from ._validation import Validator
 from .node import Node, NodePolicy
 
-__all__ = ["NodeRuntime", "Slot", "absorb_cancel", "defer", "interrupt", "join_workers"]
+__all__ = [
+    "NodeRuntime",
+    "Slot",
+    "absorb_cancel",
+    "defer",
+    "interrupt",
+    "join_workers",
+    "start_workers",
+]
 
 
 class Slot:
@@ -181,3 +189,24 @@ def defer(rt: NodeRuntime, entry: Entry) -> None:
             floe.putters.unpark()
         entry.floe = backlog
         backlog.live += 1
+
+
+def start_workers(
+    rt: NodeRuntime,
+    worker: Callable[[NodeRuntime, Slot], Coroutine[Any, Any, None]],
+    kernel: KernelPort,
+    loop: asyncio.AbstractEventLoop,
+) -> list[asyncio.Task[None]]:
+    """Start a node's ``max_concurrency`` worker tasks, each with its own slot."""
+    rt.slots = []
+    tasks = []
+    for i in range(rt.concurrency):
+        # Each slot has its own context, so ``ctx.message`` is per invocation.
+        slot = Slot(rt.ctx if i == 0 else wired_context(rt.ports, kernel))
+        name = f"penguiflow:{rt.node.name}"
+        if rt.concurrency > 1:
+            name = f"{name}#{i}"
+        slot.task = loop.create_task(worker(rt, slot), name=name)
+        rt.slots.append(slot)
+        tasks.append(slot.task)
+    return tasks
