@@ -184,3 +184,20 @@ async def test_idempotency_keys_are_stable_per_item_and_node(make_flow: MakeFlow
     other.run()
     await other.invoke(first, timeout=5)
     assert again == [ka1]
+
+
+async def test_a_controller_hop_budget_reports_budget_exhausted(
+    make_flow: MakeFlow, recorder: Any
+) -> None:
+    from penguiflow.types import WM, FinalAnswer
+
+    async def ctrl(m: Message, ctx: Context) -> Message:
+        return m  # loops until the runtime ends it on the budget
+
+    c = Node(ctrl, name="ctrl", allow_cycle=True, policy=NodePolicy(validate="none"))
+    flow = make_flow(c.to(c), middlewares=[recorder])
+    flow.run()
+    out = await flow.invoke(msg(WM(query="q", budget_hops=3)), timeout=5)
+    assert out.payload == FinalAnswer(text="Hop budget exhausted")
+    [spent] = recorder.matching("budget_exhausted")
+    assert (spent.node_name, spent.extra["budget"], spent.extra["limit"]) == ("ctrl", "hops", 3)

@@ -151,6 +151,21 @@ class Router:
         answer = with_payload(item, FinalAnswer(text=DEADLINE_EXCEEDED_TEXT))
         await self.to_rookery(rt, answer, trace)
 
+    async def exhausted(
+        self, rt: NodeRuntime, trace: Trace | None, budget: str, limit: int
+    ) -> None:
+        """``budget_exhausted``: a controller loop ends on its hop or token budget."""
+        hooks = self.hooks
+        if hooks.observed(INFO):
+            await hooks.emit(
+                "budget_exhausted",
+                ports=rt.ports,
+                level=INFO,
+                trace=trace,
+                trace_id=trace.trace_id if trace is not None else None,
+                extra={"budget": budget, "limit": limit},
+            )
+
     async def controller_step(
         self, rt: NodeRuntime, item: Any, msg: Message, wm: WM, trace: Trace | None
     ) -> None:
@@ -164,6 +179,7 @@ class Router:
             await self.to_rookery(rt, with_payload(msg, final), trace)
             return
         if wm.budget_tokens is not None and wm.tokens_used >= wm.budget_tokens:
+            await self.exhausted(rt, trace, "tokens", wm.budget_tokens)
             final = FinalAnswer(text=TOKEN_BUDGET_EXCEEDED_TEXT)
             await self.to_rookery(rt, with_payload(msg, final), trace)
             return
@@ -173,6 +189,7 @@ class Router:
         inc = incoming.hops if isinstance(incoming, WM) else None
         nxt = inc + 1 if inc is not None and wm.hops <= inc else wm.hops
         if wm.budget_hops is not None and nxt >= wm.budget_hops:
+            await self.exhausted(rt, trace, "hops", wm.budget_hops)
             final = FinalAnswer(text=BUDGET_EXCEEDED_TEXT)
             await self.to_rookery(rt, with_payload(msg, final), trace)
             return
