@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from penguiflow import FlowEvent, Headers, Message, Node, NodePolicy, create
+from penguiflow import Context, FlowEvent, Headers, Message, Node, NodePolicy, create
 from penguiflow.core import PenguiFlow
 from penguiflow.patterns import join_k, predicate_router
 
@@ -79,7 +79,7 @@ async def test_cancel_storm(
     def pick(msg: Message) -> str:
         return "hang" if kinds[msg.trace_id] == "hang" else "split"
 
-    async def hang(msg: Message, ctx: Any) -> None:
+    async def hang(msg: Message, ctx: Context) -> None:
         hang_started.hit()
         try:
             await asyncio.Event().wait()
@@ -87,13 +87,13 @@ async def test_cancel_storm(
             hang_cancelled.append(msg.trace_id)
             raise
 
-    async def split(msg: Message, ctx: Any) -> Message:
+    async def split(msg: Message, ctx: Context) -> Message:
         return msg
 
-    async def left(msg: Message, ctx: Any) -> Message:
+    async def left(msg: Message, ctx: Context) -> Message:
         return msg.model_copy(update={"payload": ("L", msg.payload)})
 
-    async def right(msg: Message, ctx: Any) -> Message:
+    async def right(msg: Message, ctx: Context) -> Message:
         if kinds[msg.trace_id] == "partial":
             partial_held.hit()
             try:  # the join keeps a half bucket while this half hangs
@@ -104,7 +104,7 @@ async def test_cancel_storm(
         return msg.model_copy(update={"payload": ("R", msg.payload)})
 
     def playbook(block: bool) -> Any:
-        async def sub(msg: Message, ctx: Any) -> Any:
+        async def sub(msg: Message, ctx: Context) -> Any:
             if block:
                 play_blocked.hit()
                 try:
@@ -121,7 +121,7 @@ async def test_cancel_storm(
 
         return factory
 
-    async def play(msg: Message, ctx: Any) -> Message:
+    async def play(msg: Message, ctx: Context) -> Message:
         kind = kinds[msg.trace_id]
         result = await ctx.call_playbook(playbook(kind == "playbook"), msg)
         if kind == "parked":
@@ -246,7 +246,7 @@ async def test_cancel_cost_independent_of_queue_length(figure: Figure) -> None:
     async def measure(background: int) -> float:
         release = asyncio.Event()
 
-        async def blocked(msg: Message, ctx: Any) -> None:
+        async def blocked(msg: Message, ctx: Context) -> None:
             await release.wait()
 
         flow = create(Node(blocked, name="blocked").to(), queue_maxsize=0)

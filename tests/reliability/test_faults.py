@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pydantic import BaseModel
 
-from penguiflow import Headers, Message, ModelRegistry, Node, NodePolicy, create
+from penguiflow import Context, Headers, Message, ModelRegistry, Node, NodePolicy, create
 from penguiflow.core import PenguiFlow
 
 if TYPE_CHECKING:
     from conftest import Recorder, Rss, TaskLeaks, TasksNow
+    from penguiflow.testing import VirtualClock
 
 H = Headers(tenant="faults")
 
@@ -35,7 +36,7 @@ def faulty(
 ) -> Callable[[Message, Any], Awaitable[Any]]:
     """A node body: ``fault`` for payload "bad", echo for anything else."""
 
-    async def body(m: Message, ctx: Any) -> Any:
+    async def body(m: Message, ctx: Context) -> Any:
         if m.payload == "bad":
             return await fault(m)
         return m
@@ -93,7 +94,7 @@ async def test_node_raises_is_retried_then_dropped_with_node_failed(
 
 
 async def test_node_timeout_and_hang_end_in_node_failed(
-    virtual_clock: Any, recorder: Recorder, tasks_now: TasksNow, task_leaks: TaskLeaks
+    virtual_clock: VirtualClock, recorder: Recorder, tasks_now: TasksNow, task_leaks: TaskLeaks
 ) -> None:
     interrupted: list[str] = []
 
@@ -141,7 +142,7 @@ class Out(BaseModel):
 async def test_wrong_output_type_fails_validation(
     recorder: Recorder, tasks_now: TasksNow, task_leaks: TaskLeaks
 ) -> None:
-    async def typed(m: In, ctx: Any) -> Any:
+    async def typed(m: In, ctx: Context) -> Any:
         return {"y": "not an int"} if m.x < 0 else Out(y=m.x)
 
     node = Node(typed, name="typed", policy=NodePolicy(max_retries=1, backoff_base=0))
@@ -201,7 +202,7 @@ def test_keyboard_interrupt_and_system_exit_escape_the_loop_and_stop_still_compl
     loop = asyncio.new_event_loop()
     try:
 
-        async def body(m: Message, ctx: Any) -> Any:
+        async def body(m: Message, ctx: Context) -> Any:
             raise exc_type("interrupt")
 
         flow = create(Node(body, name="n").to())
@@ -234,7 +235,7 @@ async def _raise_during_trace_cancel(where: str, recorder: Recorder) -> None:
     """A node that raises while being cancelled must not hurt the next trace."""
     started = asyncio.Event()
 
-    async def body(m: Message, ctx: Any) -> Any:
+    async def body(m: Message, ctx: Context) -> Any:
         if m.payload != "victim":
             return m
         started.set()
@@ -267,15 +268,17 @@ async def _raise_during_trace_cancel(where: str, recorder: Recorder) -> None:
 
 @pytest.mark.parametrize("where", ["except", "finally"])
 async def test_raise_during_trace_cancel_does_not_drop_the_next_trace(
-    where: str, recorder: Recorder, virtual_clock: Any
+    where: str, recorder: Recorder, virtual_clock: VirtualClock
 ) -> None:
     await _raise_during_trace_cancel(where, recorder)
 
 
-async def test_stop_completes_when_node_raises_during_cancellation(virtual_clock: Any) -> None:
+async def test_stop_completes_when_node_raises_during_cancellation(
+    virtual_clock: VirtualClock,
+) -> None:
     started = asyncio.Event()
 
-    async def body(m: Message, ctx: Any) -> Any:
+    async def body(m: Message, ctx: Context) -> Any:
         started.set()
         try:
             await asyncio.Event().wait()
@@ -307,7 +310,7 @@ async def test_middleware_that_raises_is_logged_and_ignored(
         calls += 1
         raise RuntimeError("middleware bug")
 
-    async def echo(m: Message, ctx: Any) -> Message:
+    async def echo(m: Message, ctx: Context) -> Message:
         return m
 
     flow = create(Node(echo, name="n").to(), middlewares=[broken, recorder])
@@ -320,13 +323,13 @@ async def test_middleware_that_raises_is_logged_and_ignored(
 
 
 async def test_slow_middleware_slows_only_its_node(
-    virtual_clock: Any, recorder: Recorder, tasks_now: TasksNow, task_leaks: TaskLeaks
+    virtual_clock: VirtualClock, recorder: Recorder, tasks_now: TasksNow, task_leaks: TaskLeaks
 ) -> None:
     async def slow(event: Any) -> None:
         if event.event_type == "node_start":
             await asyncio.sleep(10)  # virtual: a middleware is awaited inline
 
-    async def echo(m: Message, ctx: Any) -> Message:
+    async def echo(m: Message, ctx: Context) -> Message:
         return m
 
     flow = create(Node(echo, name="n").to(), middlewares=[slow, recorder])
@@ -334,14 +337,14 @@ async def test_slow_middleware_slows_only_its_node(
     assert virtual_clock.time() >= 20
 
 
-async def test_stop_completes_when_a_middleware_blocks(virtual_clock: Any) -> None:
+async def test_stop_completes_when_a_middleware_blocks(virtual_clock: VirtualClock) -> None:
     release = asyncio.Event()
 
     async def blocking(event: Any) -> None:
         if event.event_type == "node_cancelled":
             await release.wait()
 
-    async def echo(m: Message, ctx: Any) -> Message:
+    async def echo(m: Message, ctx: Context) -> Message:
         return m
 
     flow = create(Node(echo, name="n").to(), middlewares=[blocking])
@@ -355,12 +358,12 @@ async def test_stop_completes_when_a_middleware_blocks(virtual_clock: Any) -> No
 
 
 async def test_consumer_that_never_fetches_blocks_the_producer(
-    virtual_clock: Any, rss: Rss, tasks_now: TasksNow, task_leaks: TaskLeaks
+    virtual_clock: VirtualClock, rss: Rss, tasks_now: TasksNow, task_leaks: TaskLeaks
 ) -> None:
     """Backpressure holds: a full chain blocks ``emit``; nothing buffers without bound."""
     maxsize = 8
 
-    async def echo(m: Message, ctx: Any) -> Message:
+    async def echo(m: Message, ctx: Context) -> Message:
         return m
 
     a, b = Node(echo, name="a"), Node(echo, name="b")

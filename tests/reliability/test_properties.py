@@ -28,7 +28,17 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from penguiflow import WM, FinalAnswer, FlowEvent, Headers, Message, Node, NodePolicy, create
+from penguiflow import (
+    WM,
+    Context,
+    FinalAnswer,
+    FlowEvent,
+    Headers,
+    Message,
+    Node,
+    NodePolicy,
+    create,
+)
 from penguiflow.clock import wall_time
 from penguiflow.core import (
     BUDGET_EXCEEDED_TEXT,
@@ -205,7 +215,7 @@ async def run_dag(case: DagCase) -> None:
     flow: PenguiFlow
 
     def body(k: int) -> Any:
-        async def fn(m: Message, ctx: Any) -> Message:
+        async def fn(m: Message, ctx: Context) -> Message:
             s, path = m.payload
             t = index[m.trace_id]
             if case.cancel_at.get(t) == k and not hung[m.trace_id]:
@@ -363,7 +373,7 @@ async def run_loop(case: LoopCase) -> None:
     interrupted: Counter[str] = Counter()
     flow: PenguiFlow
 
-    async def controller(m: Message, ctx: Any) -> Message:
+    async def controller(m: Message, ctx: Context) -> Message:
         trace = case.traces[index[m.trace_id]]
         wm = m.payload
         if trace.cancel_hop == wm.hops:
@@ -380,7 +390,7 @@ async def run_loop(case: LoopCase) -> None:
         deadline = wall_time() - 1 if trace.deadline_hop == wm.hops else None
         return m.model_copy(update={"payload": out, "deadline_s": deadline})
 
-    async def pre(m: Message, ctx: Any) -> Message:
+    async def pre(m: Message, ctx: Context) -> Message:
         return m
 
     c = Node(

@@ -23,7 +23,7 @@ import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from penguiflow import WM, FinalAnswer, Headers, Message, Node, NodePolicy, create
+from penguiflow import WM, Context, FinalAnswer, Headers, Message, Node, NodePolicy, create
 from penguiflow.core import BUDGET_EXCEEDED_TEXT, PenguiFlow
 from penguiflow.patterns import join_k
 from penguiflow.types import StreamChunk
@@ -102,13 +102,13 @@ async def test_chain_soak_flat_memory_no_tasks(
 ) -> None:
     n = sizes.chain_messages
 
-    async def a(msg: Message, ctx: Any) -> Message:
+    async def a(msg: Message, ctx: Context) -> Message:
         return msg
 
-    async def b(msg: Message, ctx: Any) -> Message:
+    async def b(msg: Message, ctx: Context) -> Message:
         return msg
 
-    async def c(msg: Message, ctx: Any) -> Message:
+    async def c(msg: Message, ctx: Context) -> Message:
         return msg
 
     na, nb, nc = node("a", a), node("b", b), node("c", c)
@@ -143,7 +143,7 @@ async def test_controller_loop_soak(
     traces = max(1, sizes.controller_hops // hops_per_trace)
     calls = 0
 
-    async def controller(msg: Message, ctx: Any) -> Message:
+    async def controller(msg: Message, ctx: Context) -> Message:
         nonlocal calls
         calls += 1
         return msg  # never advances hops itself: the runtime does
@@ -176,13 +176,13 @@ async def test_fanout_join_soak(
 ) -> None:
     n = sizes.join_traces
 
-    async def split(msg: Message, ctx: Any) -> Message:
+    async def split(msg: Message, ctx: Context) -> Message:
         return msg
 
-    async def left(msg: Message, ctx: Any) -> Message:
+    async def left(msg: Message, ctx: Context) -> Message:
         return msg.model_copy(update={"payload": ("L", msg.payload)})
 
-    async def right(msg: Message, ctx: Any) -> Message:
+    async def right(msg: Message, ctx: Context) -> Message:
         return msg.model_copy(update={"payload": ("R", msg.payload)})
 
     a, b, c = node("split", split), node("left", left), node("right", right)
@@ -216,7 +216,7 @@ async def test_streaming_node_soak(
     per_stream = 100
     streams = max(1, sizes.stream_chunks // per_stream)
 
-    async def streamer(msg: Message, ctx: Any) -> None:
+    async def streamer(msg: Message, ctx: Context) -> None:
         for k in range(per_stream):
             await ctx.emit_chunk(parent=msg, text=str(k), done=k == per_stream - 1)
         return None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from penguiflow import Headers, Message, Node, NodePolicy, create
+from penguiflow import Context, Headers, Message, Node, NodePolicy, create
 from penguiflow.errors import FlowStoppedError
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ async def test_stop_with_queued_and_inflight_work_is_bounded_and_leaves_no_task(
     started = asyncio.Event()
     interrupted: list[int] = []
 
-    async def slow(m: Message, ctx: Any) -> Message:
+    async def slow(m: Message, ctx: Context) -> Message:
         started.set()
         try:
             await asyncio.Event().wait()
@@ -41,7 +41,7 @@ async def test_stop_with_queued_and_inflight_work_is_bounded_and_leaves_no_task(
             raise
         return m
 
-    async def echo(m: Message, ctx: Any) -> Message:
+    async def echo(m: Message, ctx: Context) -> Message:
         return m
 
     a = Node(echo, name="a")
@@ -67,7 +67,7 @@ async def test_stop_with_queued_and_inflight_work_is_bounded_and_leaves_no_task(
 
 
 async def test_emit_after_stop_raises_flow_stopped_error() -> None:
-    async def echo(m: Message, ctx: Any) -> Message:
+    async def echo(m: Message, ctx: Context) -> Message:
         return m
 
     flow = create(Node(echo, name="n").to())
@@ -94,7 +94,7 @@ async def test_restart_after_stop_completes_queued_work(
 ) -> None:
     gate = asyncio.Event()
 
-    async def gated(m: Message, ctx: Any) -> Message:
+    async def gated(m: Message, ctx: Context) -> Message:
         await gate.wait()
         return m
 
@@ -119,7 +119,7 @@ async def test_stop_releases_blocked_emit_chunk_and_survives_its_own_cancellatio
 ) -> None:
     first = asyncio.Event()
 
-    async def streamer(m: Message, ctx: Any) -> None:
+    async def streamer(m: Message, ctx: Context) -> None:
         for k in range(1000):  # nobody fetches: per-trace capacity blocks the producer
             await ctx.emit_chunk(parent=m, text=str(k))
             first.set()
