@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from penguiflow.testing import Recorder
 
 HAS_TESTKIT = importlib.util.find_spec("penguiflow.testing") is not None
+
+MakeFlow = Callable[..., PenguiFlow]
+"""The ``make_flow`` fixture's type (test modules import it under ``TYPE_CHECKING``)."""
+
 _assert_quiescent: Callable[[Iterable[PenguiFlow]], None] | None = None
 
 
@@ -34,7 +38,7 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-async def make_flow(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., PenguiFlow]]:
+async def make_flow(request: pytest.FixtureRequest) -> AsyncIterator[MakeFlow]:
     """``create`` that remembers the flow, stops it when the test ends, then checks it.
 
     The check: no worker task and nothing in flight after ``stop()``; and, with the test

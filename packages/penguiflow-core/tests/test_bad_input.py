@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import BaseModel
 
+from penguiflow import Context
 from penguiflow.core import CycleError, PenguiFlow, TraceCancelled, create
 from penguiflow.errors import (
     FlowBuildError,
@@ -22,7 +23,9 @@ from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
 from penguiflow.types import Headers, Message
 
-MakeFlow = Callable[..., PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import MakeFlow
+    from penguiflow.testing import Recorder
 
 
 def node(fn: Any, name: str, **policy: Any) -> Node:
@@ -33,7 +36,7 @@ def msg(payload: Any = "p") -> Message:
     return Message(payload=payload, headers=Headers(tenant="acme"))
 
 
-async def echo(m: Any, ctx: Any) -> Any:
+async def echo(m: Any, ctx: Context) -> Any:
     return m
 
 
@@ -68,7 +71,7 @@ def test_bad_policies_fail_at_construction(kwargs: dict[str, Any], fragment: str
 
 
 def test_sync_function_fails_at_construction() -> None:
-    def sync(m: Any, ctx: Any) -> Any:
+    def sync(m: Any, ctx: Context) -> Any:
         return m
 
     with pytest.raises(TypeError, match="async def"):
@@ -178,12 +181,12 @@ async def test_cancel_on_a_stopped_flow(make_flow: MakeFlow) -> None:
 
 
 async def test_invalid_payload_becomes_events_and_other_traces_are_served(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     class In(BaseModel):
         x: int
 
-    async def typed(m: In, ctx: Any) -> In:
+    async def typed(m: In, ctx: Context) -> In:
         return m
 
     reg = ModelRegistry()
@@ -202,8 +205,8 @@ async def test_invalid_payload_becomes_events_and_other_traces_are_served(
     assert "x" in failed[0].extra["exception"]
 
 
-async def test_nothing_is_dropped_without_an_event(make_flow: MakeFlow, recorder: Any) -> None:
-    async def boom(m: Any, ctx: Any) -> Any:
+async def test_nothing_is_dropped_without_an_event(make_flow: MakeFlow, recorder: Recorder) -> None:
+    async def boom(m: Any, ctx: Context) -> Any:
         raise KeyError("lost")
 
     flow = make_flow(node(boom, "b").to(), middlewares=[recorder])

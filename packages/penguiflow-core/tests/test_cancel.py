@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import penguiflow._runtime as runtime_mod
+from penguiflow import Context
 from penguiflow._edges import Entry
 from penguiflow.core import PenguiFlow, TraceCancelled
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Headers, Message
 
-MakeFlow = Callable[..., PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import MakeFlow
+    from penguiflow.testing import Recorder
 
 
 def node(fn: Any, name: str, **policy: Any) -> Node:
@@ -38,7 +40,7 @@ class Gate:
         self.cancelled: list[Any] = []
         self.calls: list[Any] = []
 
-    async def __call__(self, m: Any, ctx: Any) -> Any:
+    async def __call__(self, m: Any, ctx: Context) -> Any:
         payload = m.payload if isinstance(m, Message) else m
         self.calls.append(payload)
         if payload == "block":
@@ -62,7 +64,7 @@ async def test_cancel_requires_a_running_flow(make_flow: MakeFlow) -> None:
 
 
 async def test_cancel_unknown_or_finished_trace_returns_false(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     gate = Gate()
     flow = make_flow(gate_node(gate).to(), middlewares=[recorder])
@@ -76,7 +78,7 @@ async def test_cancel_unknown_or_finished_trace_returns_false(
     assert recorder.events == []
 
 
-async def test_cancel_in_flight_invocation(make_flow: MakeFlow, recorder: Any) -> None:
+async def test_cancel_in_flight_invocation(make_flow: MakeFlow, recorder: Recorder) -> None:
     gate = Gate()
     flow = make_flow(gate_node(gate).to(), middlewares=[recorder])
     flow.run()
@@ -109,10 +111,10 @@ async def test_cancel_in_flight_invocation(make_flow: MakeFlow, recorder: Any) -
     assert await fetch(flow) == "after"
 
 
-async def test_cancel_is_idempotent(make_flow: MakeFlow, recorder: Any) -> None:
+async def test_cancel_is_idempotent(make_flow: MakeFlow, recorder: Recorder) -> None:
     gate = Gate()
 
-    async def stubborn(m: Any, ctx: Any) -> Any:
+    async def stubborn(m: Any, ctx: Context) -> Any:
         # keeps the trace alive while cancelled: cleanup waits for the test
         try:
             await gate(m, ctx)
@@ -136,7 +138,7 @@ async def test_cancel_is_idempotent(make_flow: MakeFlow, recorder: Any) -> None:
 
 
 async def test_cancel_purges_queued_items_and_spares_other_traces(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     gate = Gate()
     flow = make_flow(gate_node(gate).to(), middlewares=[recorder])
@@ -167,9 +169,9 @@ def gate_node_of(flow: PenguiFlow) -> Node:
 
 
 async def test_cancel_discards_unfetched_results_at_rookery(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
-    async def echo(m: Any, ctx: Any) -> Any:
+    async def echo(m: Any, ctx: Context) -> Any:
         return m
 
     flow = make_flow(node(echo, "e").to(), middlewares=[recorder])
@@ -186,12 +188,12 @@ async def test_cancel_discards_unfetched_results_at_rookery(
 
 
 async def test_items_reaching_a_node_after_cancel_are_dropped(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     started = asyncio.Event()
     seen_by_b: list[Any] = []
 
-    async def a_fn(m: Message, ctx: Any) -> Any:
+    async def a_fn(m: Message, ctx: Context) -> Any:
         started.set()
         try:
             await asyncio.Event().wait()
@@ -199,7 +201,7 @@ async def test_items_reaching_a_node_after_cancel_are_dropped(
             await ctx.emit(m)  # cleanup that still sends something downstream
             raise
 
-    async def b_fn(m: Any, ctx: Any) -> Any:
+    async def b_fn(m: Any, ctx: Context) -> Any:
         seen_by_b.append(m)
         return m
 
@@ -217,7 +219,7 @@ async def test_items_reaching_a_node_after_cancel_are_dropped(
     assert len(recorder.matching("trace_cancel_finish")) == 1
 
 
-async def test_trace_id_can_be_reused_after_cancel(make_flow: MakeFlow, recorder: Any) -> None:
+async def test_trace_id_can_be_reused_after_cancel(make_flow: MakeFlow, recorder: Recorder) -> None:
     gate = Gate()
     flow = make_flow(gate_node(gate).to(), middlewares=[recorder])
     flow.run()
@@ -231,11 +233,13 @@ async def test_trace_id_can_be_reused_after_cancel(make_flow: MakeFlow, recorder
     assert await fetch(flow) is again
 
 
-async def test_cancel_interrupts_retry_backoff_sleep(make_flow: MakeFlow, recorder: Any) -> None:
+async def test_cancel_interrupts_retry_backoff_sleep(
+    make_flow: MakeFlow, recorder: Recorder
+) -> None:
     """A cancel interrupts a retry's backoff sleep at once."""
     calls: list[Any] = []
 
-    async def failing(m: Any, ctx: Any) -> Any:
+    async def failing(m: Any, ctx: Context) -> Any:
         calls.append(m)
         raise RuntimeError("nope")
 
@@ -257,13 +261,13 @@ async def test_cancel_interrupts_retry_backoff_sleep(make_flow: MakeFlow, record
 
 
 async def test_cancel_interrupts_a_put_blocked_on_a_full_edge(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     """A cancel interrupts a result put that waits for room on a full edge at once."""
     gate = Gate()
     returned = asyncio.Event()
 
-    async def producer(m: Message, ctx: Any) -> Any:
+    async def producer(m: Message, ctx: Context) -> Any:
         if m.payload == "victim":
             returned.set()
         return m

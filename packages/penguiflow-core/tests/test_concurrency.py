@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from penguiflow import Context
 from penguiflow.core import PenguiFlow
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import WM, FinalAnswer, Headers, Message
 
-MakeFlow = Callable[..., PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import MakeFlow
 
 
 def node(fn: Any, name: str, **policy: Any) -> Node:
@@ -44,7 +45,7 @@ class Tracker:
     def start_event(self, payload: Any) -> asyncio.Event:
         return self.started.setdefault(payload, asyncio.Event())
 
-    async def __call__(self, m: Message, ctx: Any) -> Any:
+    async def __call__(self, m: Message, ctx: Context) -> Any:
         tid = m.trace_id
         self.running[tid] = self.running.get(tid, 0) + 1
         self.max_per_trace = max(self.max_per_trace, self.running[tid])
@@ -137,7 +138,7 @@ async def test_workers_per_node(make_flow: MakeFlow) -> None:
 async def test_no_task_per_message(make_flow: MakeFlow) -> None:
     counts: list[int] = []
 
-    async def count(m: Any, ctx: Any) -> Any:
+    async def count(m: Any, ctx: Context) -> Any:
         counts.append(len(asyncio.all_tasks()))
         return m
 
@@ -201,7 +202,7 @@ async def test_stop_clears_the_wm_hop_memory(make_flow: MakeFlow) -> None:
     calls: list[int] = []
     second = asyncio.Event()
 
-    async def loop(m: Message, ctx: Any) -> Any:
+    async def loop(m: Message, ctx: Context) -> Any:
         calls.append(m.payload.hops)
         if len(calls) == 2:
             second.set()

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from penguiflow import Context
 from penguiflow.clock import use_wall_clock
 from penguiflow.core import PenguiFlow
 from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
 from penguiflow.types import WM, FinalAnswer, Headers, Message
 
+if TYPE_CHECKING:
+    from conftest import MakeFlow
+    from penguiflow.testing import Recorder
+
 # Timing-dependent: on the test kit's virtual clock when penguiflow-testing is installed.
 pytestmark = pytest.mark.usefixtures("virtual_clock")
-
-
-MakeFlow = Callable[..., PenguiFlow]
 
 
 def controller(fn: Any, name: str = "ctl", **policy: Any) -> Node:
@@ -43,11 +44,11 @@ async def fetch(flow: PenguiFlow) -> Any:
 
 
 async def test_hop_budget_counts_hops_and_ends_with_one_final_answer(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     seen_hops: list[int] = []
 
-    async def idle(m: Message, ctx: Any) -> Message:
+    async def idle(m: Message, ctx: Context) -> Message:
         seen_hops.append(m.payload.hops)
         return m  # never advances hops itself
 
@@ -70,7 +71,7 @@ async def test_runtime_does_not_double_count_hops_the_controller_advanced(
     """The runtime adds a hop only when the controller did not advance hops itself."""
     seen_hops: list[int] = []
 
-    async def stepper(m: Message, ctx: Any) -> Message:
+    async def stepper(m: Message, ctx: Context) -> Message:
         seen_hops.append(m.payload.hops)
         wm = m.payload.model_copy(update={"hops": m.payload.hops + 1})
         return m.model_copy(update={"payload": wm})
@@ -87,7 +88,7 @@ async def test_runtime_does_not_double_count_hops_the_controller_advanced(
 async def test_controller_jumping_hops_is_respected(make_flow: MakeFlow) -> None:
     seen_hops: list[int] = []
 
-    async def jumper(m: Message, ctx: Any) -> Message:
+    async def jumper(m: Message, ctx: Context) -> Message:
         seen_hops.append(m.payload.hops)
         wm = m.payload.model_copy(update={"hops": m.payload.hops + 3})
         return m.model_copy(update={"payload": wm})
@@ -103,7 +104,7 @@ async def test_controller_jumping_hops_is_respected(make_flow: MakeFlow) -> None
 async def test_token_budget(make_flow: MakeFlow) -> None:
     calls: list[int] = []
 
-    async def spend(m: Message, ctx: Any) -> Message:
+    async def spend(m: Message, ctx: Context) -> Message:
         calls.append(m.payload.tokens_used)
         wm = m.payload.model_copy(update={"tokens_used": m.payload.tokens_used + 40})
         return m.model_copy(update={"payload": wm, "meta": {"spent": wm.tokens_used}})
@@ -123,7 +124,7 @@ async def test_token_budget(make_flow: MakeFlow) -> None:
 
 
 async def test_token_budget_checked_before_hop_budget(make_flow: MakeFlow) -> None:
-    async def spend(m: Message, ctx: Any) -> Message:
+    async def spend(m: Message, ctx: Context) -> Message:
         wm = m.payload.model_copy(update={"tokens_used": 10})
         return m.model_copy(update={"payload": wm})
 
@@ -134,11 +135,11 @@ async def test_token_budget_checked_before_hop_budget(make_flow: MakeFlow) -> No
     assert (await fetch(flow)).payload.text == "Token budget exhausted"
 
 
-async def test_deadline_on_returned_wm_message(make_flow: MakeFlow, recorder: Any) -> None:
+async def test_deadline_on_returned_wm_message(make_flow: MakeFlow, recorder: Recorder) -> None:
     now = [1000.0]
     calls: list[int] = []
 
-    async def slow(m: Message, ctx: Any) -> Message:
+    async def slow(m: Message, ctx: Context) -> Message:
         calls.append(1)
         now[0] = 2000.0  # the deadline passes while the controller works
         return m
@@ -158,12 +159,12 @@ async def test_deadline_on_returned_wm_message(make_flow: MakeFlow, recorder: An
 
 
 async def test_controller_message_final_answer_is_delivered_exactly_once(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     """A final answer is not fed back to the controller: node_success, then the trace drains."""
     calls: list[int] = []
 
-    async def answer(m: Message, ctx: Any) -> Message:
+    async def answer(m: Message, ctx: Context) -> Message:
         calls.append(m.payload.hops)
         if m.payload.hops < 2:
             return m
@@ -185,12 +186,12 @@ async def test_controller_message_final_answer_is_delivered_exactly_once(
 
 
 async def test_exhaustion_does_not_reinvoke_the_controller(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     """A budget-exhausted answer is delivered once, without invoking the controller again."""
     calls: list[int] = []
 
-    async def idle(m: Message, ctx: Any) -> Message:
+    async def idle(m: Message, ctx: Context) -> Message:
         calls.append(1)
         return m
 
@@ -206,12 +207,12 @@ async def test_exhaustion_does_not_reinvoke_the_controller(
 
 
 async def test_bare_final_answer_from_a_typed_controller_is_one_result(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     """A bare FinalAnswer from a registered controller re-wraps into the envelope."""
     calls: list[int] = []
 
-    async def typed(wm: WM, ctx: Any) -> WM | FinalAnswer:
+    async def typed(wm: WM, ctx: Context) -> WM | FinalAnswer:
         calls.append(wm.hops)
         if wm.hops < 2:
             return wm
@@ -238,10 +239,10 @@ async def test_wm_goes_only_to_the_self_edge_and_results_use_any_rookery_edge(
 ) -> None:
     seen_by_sink: list[Any] = []
 
-    async def idle(m: Message, ctx: Any) -> Message:
+    async def idle(m: Message, ctx: Context) -> Message:
         return m
 
-    async def sink(m: Any, ctx: Any) -> Any:
+    async def sink(m: Any, ctx: Context) -> Any:
         seen_by_sink.append(m)
         return m
 
@@ -257,12 +258,12 @@ async def test_wm_goes_only_to_the_self_edge_and_results_use_any_rookery_edge(
 async def test_non_wm_results_of_a_controller_route_normally(make_flow: MakeFlow) -> None:
     seen_by_sink: list[Any] = []
 
-    async def ctl(m: Any, ctx: Any) -> Any:
+    async def ctl(m: Any, ctx: Context) -> Any:
         if isinstance(m, Message):
             return "plain"
         return None  # the "plain" item looping back on the self-edge stops here
 
-    async def sink(m: Any, ctx: Any) -> Any:
+    async def sink(m: Any, ctx: Context) -> Any:
         seen_by_sink.append(m)
         return m
 
@@ -277,7 +278,7 @@ async def test_non_wm_results_of_a_controller_route_normally(make_flow: MakeFlow
 async def test_progress_mirror_for_unbounded_controllers(make_flow: MakeFlow) -> None:
     received: list[Message] = []
 
-    async def loop(m: Message, ctx: Any) -> Message:
+    async def loop(m: Message, ctx: Context) -> Message:
         received.append(m)
         if m.payload.hops >= 2:
             return m.model_copy(update={"payload": FinalAnswer(text="fin")})
@@ -303,7 +304,7 @@ async def test_progress_mirror_for_unbounded_controllers(make_flow: MakeFlow) ->
 async def test_no_mirror_when_a_budget_is_set(make_flow: MakeFlow) -> None:
     calls: list[int] = []
 
-    async def loop(m: Message, ctx: Any) -> Message:
+    async def loop(m: Message, ctx: Context) -> Message:
         calls.append(m.payload.hops)
         if m.payload.hops >= 2:
             return m.model_copy(update={"payload": FinalAnswer(text="fin")})
@@ -324,7 +325,7 @@ async def test_mirrored_wm_re_emit_is_suppressed(make_flow: MakeFlow) -> None:
     second = asyncio.Event()
     release = asyncio.Event()
 
-    async def loop(m: Message, ctx: Any) -> Message:
+    async def loop(m: Message, ctx: Context) -> Message:
         calls.append(m.payload.hops)
         if len(calls) == 2:
             second.set()
@@ -356,7 +357,7 @@ async def test_wm_with_other_hops_is_not_suppressed(make_flow: MakeFlow) -> None
 
     third = asyncio.Event()
 
-    async def loop(m: Message, ctx: Any) -> Any:
+    async def loop(m: Message, ctx: Context) -> Any:
         calls.append(m.payload.hops)
         if len(calls) == 2:
             second.set()

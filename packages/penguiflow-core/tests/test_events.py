@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import penguiflow._events as events_mod
 import penguiflow.metrics as metrics_mod
-from penguiflow.core import PenguiFlow
+from penguiflow import Context
 from penguiflow.metrics import FlowEvent
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Headers, Message
 
-MakeFlow = Callable[..., PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import MakeFlow
+    from penguiflow.testing import Recorder
 
 
 def node(fn: Any, name: str, **policy: Any) -> Node:
@@ -50,7 +51,7 @@ def event(**overrides: Any) -> FlowEvent:
     return FlowEvent(**fields)
 
 
-async def echo(m: Any, ctx: Any) -> Any:
+async def echo(m: Any, ctx: Context) -> Any:
     return m
 
 
@@ -179,7 +180,7 @@ def test_tag_values() -> None:
 # -- runtime events -----------------------------------------------------------------------
 
 
-async def test_success_events_carry_the_snapshot(make_flow: MakeFlow, recorder: Any) -> None:
+async def test_success_events_carry_the_snapshot(make_flow: MakeFlow, recorder: Recorder) -> None:
     a, b = node(echo, "a"), node(echo, "b")
     flow = make_flow(a.to(b), queue_maxsize=9, middlewares=[recorder])
     flow.run()
@@ -201,7 +202,9 @@ async def test_success_events_carry_the_snapshot(make_flow: MakeFlow, recorder: 
     assert success.queue_depth_out == 1  # routed to b before node_success
 
 
-async def test_untracked_items_have_no_trace_pending(make_flow: MakeFlow, recorder: Any) -> None:
+async def test_untracked_items_have_no_trace_pending(
+    make_flow: MakeFlow, recorder: Recorder
+) -> None:
     flow = make_flow(node(echo, "a").to(), middlewares=[recorder])
     flow.run()
     await flow.emit("bare")
@@ -216,7 +219,7 @@ async def test_events_are_logged_with_levels_and_payload(
 ) -> None:
     calls: list[int] = []
 
-    async def flaky(m: Any, ctx: Any) -> Any:
+    async def flaky(m: Any, ctx: Context) -> Any:
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("x")
@@ -246,7 +249,7 @@ async def test_events_are_logged_with_levels_and_payload(
     assert records[2].sleep_s == 0  # type: ignore[attr-defined]
 
 
-async def test_stop_emits_node_cancelled(make_flow: MakeFlow, recorder: Any) -> None:
+async def test_stop_emits_node_cancelled(make_flow: MakeFlow, recorder: Recorder) -> None:
     flow = make_flow(node(echo, "a").to(), middlewares=[recorder])
     flow.run()
     await flow.emit("warm-up")
@@ -272,7 +275,7 @@ async def test_no_flow_event_is_built_when_nobody_listens(
     monkeypatch.setattr(logging.getLogger("penguiflow.core"), "disabled", True)
     calls: list[int] = []
 
-    async def flaky(m: Any, ctx: Any) -> Any:
+    async def flaky(m: Any, ctx: Context) -> Any:
         calls.append(1)
         if len(calls) % 2:
             raise RuntimeError("odd")

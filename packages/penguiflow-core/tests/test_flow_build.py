@@ -30,7 +30,7 @@ from penguiflow.node import Node, NodePolicy
 CYCLE_MSG = "Flow contains a cycle; enable allow_cycles to bypass"
 
 
-async def _fn(msg: Any, ctx: Any) -> Any:
+async def _fn(msg: Any, ctx: Context) -> Any:
     return msg
 
 

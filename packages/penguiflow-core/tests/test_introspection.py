@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from penguiflow import Context
 from penguiflow.core import OPEN_SEA, ROOKERY, PenguiFlow
 from penguiflow.inspect import EdgeSnapshot, FlowSnapshot, NodeSnapshot, TraceSnapshot
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Headers, Message
 
-MakeFlow = Callable[..., PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import MakeFlow
 
 
 def node(fn: Any, name: str, **policy: Any) -> Node:
@@ -26,14 +27,14 @@ def msg(payload: Any = "p") -> Message:
     return Message(payload=payload, headers=Headers(tenant="acme"))
 
 
-async def echo(m: Any, ctx: Any) -> Any:
+async def echo(m: Any, ctx: Context) -> Any:
     return m
 
 
 async def test_snapshot_of_a_busy_flow(make_flow: MakeFlow) -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
-    async def hold(m: Any, ctx: Any) -> Any:
+    async def hold(m: Any, ctx: Context) -> Any:
         started.set()
         await release.wait()
         return m

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import penguiflow.middlewares as mw_mod
+from penguiflow import Context
 from penguiflow.core import PenguiFlow
 from penguiflow.metrics import FlowEvent
 from penguiflow.middlewares import Middleware
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Headers, Message
 
-MakeFlow = Callable[..., PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import MakeFlow
+    from penguiflow.testing import Recorder
 
 
 def node(fn: Any, name: str) -> Node:
@@ -27,7 +29,7 @@ def msg(payload: Any = "p") -> Message:
     return Message(payload=payload, headers=Headers(tenant="acme"))
 
 
-async def echo(m: Any, ctx: Any) -> Any:
+async def echo(m: Any, ctx: Context) -> Any:
     return m
 
 
@@ -66,7 +68,7 @@ async def test_middlewares_in_order_same_event_object(make_flow: MakeFlow) -> No
     assert calls[0][1] == calls[1][1] and calls[2][1] == calls[3][1]
 
 
-async def test_add_middleware_while_running(make_flow: MakeFlow, recorder: Any) -> None:
+async def test_add_middleware_while_running(make_flow: MakeFlow, recorder: Recorder) -> None:
     flow = make_flow(node(echo, "a").to())
     flow.run()
     await flow.emit(msg("before"))
@@ -80,7 +82,7 @@ async def test_add_middleware_while_running(make_flow: MakeFlow, recorder: Any) 
 
 
 async def test_a_raising_middleware_never_breaks_the_flow(
-    make_flow: MakeFlow, recorder: Any, caplog: pytest.LogCaptureFixture
+    make_flow: MakeFlow, recorder: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
     raised: list[str] = []
 
@@ -119,7 +121,7 @@ async def test_middlewares_are_awaited_inline(make_flow: MakeFlow) -> None:
             in_middleware.set()
             await gate.wait()
 
-    async def work(m: Any, ctx: Any) -> Any:
+    async def work(m: Any, ctx: Context) -> Any:
         node_ran.append(1)
         return m
 

@@ -24,7 +24,7 @@ class Out(BaseModel):
     y: int
 
 
-async def double(msg: Any, ctx: Any) -> Any:
+async def double(msg: Any, ctx: Context) -> Any:
     return {"y": msg.x * 2}
 
 
@@ -103,11 +103,11 @@ def test_node_is_a_slotted_dataclass_without_node_id_argument() -> None:
 
 
 def test_node_rejects_sync_functions_and_lambdas() -> None:
-    def sync(msg: Any, ctx: Any) -> Any:
+    def sync(msg: Any, ctx: Context) -> Any:
         return msg
 
     class CallableObj:
-        def __call__(self, msg: Any, ctx: Any) -> Any:
+        def __call__(self, msg: Any, ctx: Context) -> Any:
             return msg
 
     for func in (sync, lambda m, c: m, CallableObj(), print):
@@ -159,7 +159,7 @@ def test_star_args_and_kwargs_count_as_one_parameter_each() -> None:
 
 
 def test_node_rejects_keyword_only_context() -> None:
-    async def f(msg: Any, *, ctx: Any) -> Any:
+    async def f(msg: Any, *, ctx: Context) -> Any:
         return None
 
     with pytest.raises(ValueError, match="Context parameter must be positional"):
@@ -167,7 +167,7 @@ def test_node_rejects_keyword_only_context() -> None:
 
 
 def test_node_accepts_positional_only_parameters() -> None:
-    async def f(msg: Any, ctx: Any, /) -> Any:
+    async def f(msg: Any, ctx: Context, /) -> Any:
         return msg
 
     assert Node(f).name == "f"
@@ -175,7 +175,7 @@ def test_node_accepts_positional_only_parameters() -> None:
 
 def test_node_accepts_an_async_callable_object() -> None:
     class Worker:
-        async def __call__(self, msg: Any, ctx: Any) -> Any:
+        async def __call__(self, msg: Any, ctx: Context) -> Any:
             return msg
 
     n = Node(Worker().__call__, name="worker")
@@ -215,7 +215,7 @@ def registry() -> ModelRegistry:
 async def test_invoke_without_registry_passes_raw_arguments() -> None:
     seen: list[Any] = []
 
-    async def f(msg: Any, ctx: Any) -> Any:
+    async def f(msg: Any, ctx: Context) -> Any:
         seen.append((msg, ctx))
         return "raw"
 
@@ -239,7 +239,7 @@ async def test_invoke_input_validation_error(registry: ModelRegistry) -> None:
 
 
 async def test_invoke_output_validation_error(registry: ModelRegistry) -> None:
-    async def double(msg: In, ctx: Any) -> Any:
+    async def double(msg: In, ctx: Context) -> Any:
         return {"y": "nope"}
 
     with pytest.raises(ValidationError):
@@ -247,14 +247,14 @@ async def test_invoke_output_validation_error(registry: ModelRegistry) -> None:
 
 
 async def test_invoke_none_result_is_never_validated(registry: ModelRegistry) -> None:
-    async def double(msg: In, ctx: Any) -> Any:
+    async def double(msg: In, ctx: Context) -> Any:
         return None
 
     assert await Node(double).invoke({"x": 1}, None, registry=registry) is None
 
 
 async def test_invoke_unregistered_node_raises_key_error(registry: ModelRegistry) -> None:
-    async def other(msg: Any, ctx: Any) -> Any:
+    async def other(msg: Any, ctx: Context) -> Any:
         return msg
 
     with pytest.raises(KeyError, match="Node 'other' not registered"):
@@ -262,7 +262,7 @@ async def test_invoke_unregistered_node_raises_key_error(registry: ModelRegistry
 
 
 async def test_invoke_validate_none_skips_the_registry() -> None:
-    async def other(msg: Any, ctx: Any) -> Any:
+    async def other(msg: Any, ctx: Context) -> Any:
         return msg
 
     n = Node(other, policy=NodePolicy(validate="none"))
@@ -270,7 +270,7 @@ async def test_invoke_validate_none_skips_the_registry() -> None:
 
 
 async def test_invoke_validate_in_only(registry: ModelRegistry) -> None:
-    async def double(msg: Any, ctx: Any) -> Any:
+    async def double(msg: Any, ctx: Context) -> Any:
         assert isinstance(msg, In)
         return "unchecked"
 
@@ -279,7 +279,7 @@ async def test_invoke_validate_in_only(registry: ModelRegistry) -> None:
 
 
 async def test_invoke_validate_out_only(registry: ModelRegistry) -> None:
-    async def double(msg: Any, ctx: Any) -> Any:
+    async def double(msg: Any, ctx: Context) -> Any:
         assert msg == {"raw": True}
         return {"y": "5"}
 
@@ -290,7 +290,7 @@ async def test_invoke_validate_out_only(registry: ModelRegistry) -> None:
 async def test_invoke_passes_context_through_untouched(registry: ModelRegistry) -> None:
     seen: list[Any] = []
 
-    async def double(msg: In, ctx: Any) -> Any:
+    async def double(msg: In, ctx: Context) -> Any:
         seen.append(ctx)
         return Out(y=0)
 
@@ -307,7 +307,7 @@ async def test_invoke_envelope_payload_is_validated_and_result_rewrapped(
 ) -> None:
     seen: list[Any] = []
 
-    async def double(msg: Any, ctx: Any) -> Any:
+    async def double(msg: Any, ctx: Context) -> Any:
         seen.append(msg)
         return {"y": msg.x * 2}
 
@@ -328,7 +328,7 @@ async def test_invoke_envelope_payload_is_validated_and_result_rewrapped(
 async def test_invoke_returned_message_is_forwarded_with_payload_validated(
     registry: ModelRegistry,
 ) -> None:
-    async def double(msg: Any, ctx: Any) -> Any:
+    async def double(msg: Any, ctx: Context) -> Any:
         return Message(payload={"y": "7"}, headers=Headers(tenant="other"), trace_id="own")
 
     incoming = Message(payload={"x": 1}, headers=Headers(tenant="t"))
@@ -339,7 +339,7 @@ async def test_invoke_returned_message_is_forwarded_with_payload_validated(
 
 
 async def test_invoke_returned_message_with_bad_payload_fails(registry: ModelRegistry) -> None:
-    async def double(msg: Any, ctx: Any) -> Any:
+    async def double(msg: Any, ctx: Context) -> Any:
         return Message(payload={"y": "bad"}, headers=Headers(tenant="t"))
 
     with pytest.raises(ValidationError):
@@ -349,7 +349,7 @@ async def test_invoke_returned_message_with_bad_payload_fails(registry: ModelReg
 
 
 async def test_invoke_envelope_none_result_stays_none(registry: ModelRegistry) -> None:
-    async def double(msg: Any, ctx: Any) -> Any:
+    async def double(msg: Any, ctx: Context) -> Any:
         return None
 
     msg = Message(payload={"x": 1}, headers=Headers(tenant="t"))
@@ -361,7 +361,7 @@ async def test_invoke_message_in_model_receives_the_envelope() -> None:
     reg.register("env", Message, Out)
     seen: list[Any] = []
 
-    async def env(msg: Any, ctx: Any) -> Any:
+    async def env(msg: Any, ctx: Context) -> Any:
         seen.append(msg)
         return {"y": 1}
 

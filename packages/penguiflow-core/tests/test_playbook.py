@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import BaseModel
 
+from penguiflow import Context
 from penguiflow.core import PenguiFlow, TraceCancelled, call_playbook, create
 from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
 from penguiflow.types import Headers, Message
 
+if TYPE_CHECKING:
+    from conftest import MakeFlow
+    from penguiflow.testing import Recorder
+
 # Timing-dependent: on the test kit's virtual clock when penguiflow-testing is installed.
 pytestmark = pytest.mark.usefixtures("virtual_clock")
-
-
-MakeFlow = Callable[..., PenguiFlow]
 
 
 def node(fn: Any, name: str, **policy: Any) -> Node:
@@ -39,7 +40,7 @@ class Playbook:
         self.seen: list[Any] = []
 
     def __call__(self) -> tuple[PenguiFlow, Any]:
-        async def step(m: Any, ctx: Any) -> Any:
+        async def step(m: Any, ctx: Context) -> Any:
             self.seen.append(m)
             return await self.body(m, ctx)
 
@@ -49,7 +50,7 @@ class Playbook:
 
 
 async def test_returns_first_payload_and_stops_the_subflow() -> None:
-    async def body(m: Message, ctx: Any) -> Any:
+    async def body(m: Message, ctx: Context) -> Any:
         return m.model_copy(update={"payload": f"result:{m.payload}"})
 
     pb = Playbook(body)
@@ -62,14 +63,14 @@ async def test_returns_first_payload_and_stops_the_subflow() -> None:
 
 
 async def test_bare_result_is_returned_as_is() -> None:
-    async def body(m: Any, ctx: Any) -> Any:
+    async def body(m: Any, ctx: Context) -> Any:
         return {"bare": m}
 
     assert await call_playbook(Playbook(body), "x") == {"bare": "x"}
 
 
 async def test_each_call_builds_a_fresh_subflow() -> None:
-    async def body(m: Any, ctx: Any) -> Any:
+    async def body(m: Any, ctx: Context) -> Any:
         return m
 
     pb = Playbook(body)
@@ -82,14 +83,14 @@ async def test_the_factory_registry_is_used() -> None:
     class In(BaseModel):
         x: int
 
-    async def body(m: Any, ctx: Any) -> Any:
+    async def body(m: Any, ctx: Context) -> Any:
         return m
 
     reg = ModelRegistry()
     reg.register("step", In, In)
 
     def factory() -> tuple[PenguiFlow, Any]:
-        async def step(m: In, ctx: Any) -> In:
+        async def step(m: In, ctx: Context) -> In:
             return In(x=m.x + 1)
 
         return create(Node(step, name="step").to()), reg
@@ -100,7 +101,7 @@ async def test_the_factory_registry_is_used() -> None:
 async def test_timeout_raises_and_still_stops_the_subflow() -> None:
     cancelled = asyncio.Event()
 
-    async def body(m: Any, ctx: Any) -> Any:
+    async def body(m: Any, ctx: Context) -> Any:
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
@@ -118,7 +119,7 @@ async def test_timeout_raises_and_still_stops_the_subflow() -> None:
 async def test_caller_cancellation_stops_the_subflow() -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
 
-    async def body(m: Any, ctx: Any) -> Any:
+    async def body(m: Any, ctx: Context) -> Any:
         started.set()
         try:
             await asyncio.Event().wait()
@@ -137,12 +138,12 @@ async def test_caller_cancellation_stops_the_subflow() -> None:
 
 
 async def test_context_call_playbook_from_a_node(make_flow: MakeFlow) -> None:
-    async def body(m: Message, ctx: Any) -> Any:
+    async def body(m: Message, ctx: Context) -> Any:
         return m.model_copy(update={"payload": ("sub", m.headers.tenant, m.trace_id)})
 
     pb = Playbook(body)
 
-    async def controller(m: Message, ctx: Any) -> Message:
+    async def controller(m: Message, ctx: Context) -> Message:
         result = await ctx.call_playbook(pb, m, timeout=1.0)
         return m.model_copy(update={"payload": result})
 
@@ -156,11 +157,11 @@ async def test_context_call_playbook_from_a_node(make_flow: MakeFlow) -> None:
 
 
 async def test_parent_cancel_is_mirrored_into_the_subflow(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     started, sub_cancelled = asyncio.Event(), asyncio.Event()
 
-    async def body(m: Any, ctx: Any) -> Any:
+    async def body(m: Any, ctx: Context) -> Any:
         started.set()
         try:
             await asyncio.Event().wait()
@@ -170,7 +171,7 @@ async def test_parent_cancel_is_mirrored_into_the_subflow(
 
     pb = Playbook(body)
 
-    async def controller(m: Message, ctx: Any) -> Any:
+    async def controller(m: Message, ctx: Context) -> Any:
         return await ctx.call_playbook(pb, m)
 
     flow = make_flow(node(controller, "controller").to(), middlewares=[recorder])
@@ -192,7 +193,7 @@ async def test_already_cancelled_parent_raises_without_running_the_subflow(
     """A playbook called under a trace already cancelled raises; the subflow never runs."""
     started, in_cleanup, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
-    async def lingering(m: Any, ctx: Any) -> Any:
+    async def lingering(m: Any, ctx: Context) -> Any:
         started.set()
         try:
             await asyncio.Event().wait()
@@ -209,7 +210,7 @@ async def test_already_cancelled_parent_raises_without_running_the_subflow(
     await flow.cancel(parent.trace_id)
     await asyncio.wait_for(in_cleanup.wait(), 1.0)
 
-    async def body(m: Any, ctx: Any) -> Any:
+    async def body(m: Any, ctx: Context) -> Any:
         return m
 
     pb = Playbook(body)
@@ -221,7 +222,7 @@ async def test_already_cancelled_parent_raises_without_running_the_subflow(
 
 
 async def test_without_runtime_there_is_no_mirroring(make_flow: MakeFlow) -> None:
-    async def body(m: Any, ctx: Any) -> Any:
+    async def body(m: Any, ctx: Context) -> Any:
         return m
 
     flow = make_flow(node(body, "b").to())

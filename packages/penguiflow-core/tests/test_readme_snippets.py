@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from penguiflow import Context
+
 QUICKSTART = """
 from pydantic import BaseModel
 from penguiflow import Headers, Message, ModelRegistry, Node, NodePolicy, create
@@ -182,7 +184,7 @@ async def test_core_concepts_run_verbatim(capsys: pytest.CaptureFixture[str]) ->
 async def test_playbook_snippet_runs_verbatim() -> None:
     from penguiflow import Headers, Message, Node, NodePolicy, create
 
-    async def retrieve(msg: Any, ctx: Any) -> Any:
+    async def retrieve(msg: Any, ctx: Context) -> Any:
         return msg.model_copy(update={"payload": f"docs for {msg.payload}"})
 
     def build_retrieval_playbook() -> Any:
@@ -206,7 +208,7 @@ async def test_emit_chunk_snippet_runs_verbatim() -> None:
 
     source = "await ctx.emit_chunk(parent=msg, text=token, done=done)"
 
-    async def producer(msg: Any, ctx: Any) -> None:
+    async def producer(msg: Any, ctx: Context) -> None:
         for token, done in (("hel", False), ("lo", True)):
             await run_snippet(source, {"ctx": ctx, "msg": msg, "token": token, "done": done})
 

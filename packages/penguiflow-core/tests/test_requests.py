@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import BaseModel
 
-from penguiflow.core import Context, PenguiFlow
+from penguiflow.core import Context
 from penguiflow.errors import FlowError, FlowRuntimeError, FlowStoppedError, TraceCancelled
 from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
 from penguiflow.types import FinalAnswer, Headers, Message, StreamChunk
 
-MakeFlow = Callable[..., PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import MakeFlow
 
 
 def node(func: Any, name: str, **policy: Any) -> Node:

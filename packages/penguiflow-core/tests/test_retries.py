@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import BaseModel
 
 import penguiflow._retries as retries_mod
 import penguiflow._runtime as runtime_mod
+from penguiflow import Context
 from penguiflow.core import PenguiFlow
 from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
 from penguiflow.types import Headers, Message
 
+if TYPE_CHECKING:
+    from conftest import MakeFlow
+    from penguiflow.testing import Recorder
+
 # Timing-dependent: on the test kit's virtual clock when penguiflow-testing is installed.
 pytestmark = pytest.mark.usefixtures("virtual_clock")
-
-
-MakeFlow = Callable[..., PenguiFlow]
 
 
 def node(fn: Any, name: str, **policy: Any) -> Node:
@@ -62,7 +63,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 def flaky(failures: int, exc: type[Exception] = RuntimeError) -> tuple[Any, list[Any]]:
     calls: list[Any] = []
 
-    async def flaky(m: Any, ctx: Any) -> Any:
+    async def flaky(m: Any, ctx: Context) -> Any:
         calls.append(m)
         if len(calls) <= failures:
             raise exc(f"boom {len(calls)}")
@@ -72,7 +73,7 @@ def flaky(failures: int, exc: type[Exception] = RuntimeError) -> tuple[Any, list
 
 
 async def test_one_failure_then_success_event_sequence(
-    make_flow: MakeFlow, recorder: Any, sleeps: list[float]
+    make_flow: MakeFlow, recorder: Recorder, sleeps: list[float]
 ) -> None:
     fn, calls = flaky(1)
     flow = make_flow(node(fn, "f", max_retries=2, backoff_base=0.25).to(), middlewares=[recorder])
@@ -99,11 +100,11 @@ async def test_one_failure_then_success_event_sequence(
 
 
 async def test_exhausted_retries_drop_the_item_and_keep_serving(
-    make_flow: MakeFlow, recorder: Any, sleeps: list[float]
+    make_flow: MakeFlow, recorder: Recorder, sleeps: list[float]
 ) -> None:
     calls: list[Any] = []
 
-    async def picky(m: Message, ctx: Any) -> Any:
+    async def picky(m: Message, ctx: Context) -> Any:
         calls.append(m.payload)
         if m.payload == "bad":
             raise ValueError("bad input")
@@ -125,7 +126,7 @@ async def test_exhausted_retries_drop_the_item_and_keep_serving(
     assert flow.floes[-1].queue.qsize() == 0
 
 
-async def test_no_retries_means_failed_right_away(make_flow: MakeFlow, recorder: Any) -> None:
+async def test_no_retries_means_failed_right_away(make_flow: MakeFlow, recorder: Recorder) -> None:
     fn, calls = flaky(5)
     flow = make_flow(node(fn, "f").to(), middlewares=[recorder])
     flow.run()
@@ -137,7 +138,7 @@ async def test_no_retries_means_failed_right_away(make_flow: MakeFlow, recorder:
 
 
 async def test_backoff_is_exponential_and_capped(
-    make_flow: MakeFlow, recorder: Any, sleeps: list[float]
+    make_flow: MakeFlow, recorder: Recorder, sleeps: list[float]
 ) -> None:
     fn, _ = flaky(4)
     policy = {"max_retries": 4, "backoff_base": 0.5, "backoff_mult": 3.0, "max_backoff": 2.0}
@@ -162,7 +163,7 @@ async def test_backoff_without_cap(make_flow: MakeFlow, sleeps: list[float]) -> 
 async def test_every_attempt_receives_the_same_item_object(make_flow: MakeFlow) -> None:
     seen: list[Any] = []
 
-    async def count(m: Message, ctx: Any) -> Any:
+    async def count(m: Message, ctx: Context) -> Any:
         seen.append(m)
         m.meta["tries"] = m.meta.get("tries", 0) + 1
         if m.meta["tries"] < 3:
@@ -179,11 +180,11 @@ async def test_every_attempt_receives_the_same_item_object(make_flow: MakeFlow) 
 
 
 async def test_timeout_cancels_the_attempt_and_counts_as_timeout(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     cancelled: list[int] = []
 
-    async def hang(m: Any, ctx: Any) -> Any:
+    async def hang(m: Any, ctx: Context) -> Any:
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
@@ -213,9 +214,9 @@ async def test_timeout_cancels_the_attempt_and_counts_as_timeout(
 
 
 async def test_user_raised_timeout_error_counts_as_timeout(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
-    async def nested(m: Any, ctx: Any) -> Any:
+    async def nested(m: Any, ctx: Context) -> Any:
         raise TimeoutError("nested playbook timed out")
 
     flow = make_flow(node(nested, "n").to(), middlewares=[recorder])
@@ -226,14 +227,14 @@ async def test_user_raised_timeout_error_counts_as_timeout(
 
 
 async def test_validation_error_is_an_error_and_is_retried(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     class In(BaseModel):
         x: int
 
     calls: list[Any] = []
 
-    async def typed(m: In, ctx: Any) -> In:
+    async def typed(m: In, ctx: Context) -> In:
         calls.append(m)
         return m
 
@@ -256,13 +257,13 @@ async def test_validation_error_is_an_error_and_is_retried(
     assert "validation error for In" in recorder.matching("node_failed")[0].extra["exception"]
 
 
-async def test_timeout_does_not_cover_routing(make_flow: MakeFlow, recorder: Any) -> None:
+async def test_timeout_does_not_cover_routing(make_flow: MakeFlow, recorder: Recorder) -> None:
     release = asyncio.Event()
 
-    async def fast(m: Any, ctx: Any) -> Any:
+    async def fast(m: Any, ctx: Context) -> Any:
         return m
 
-    async def gate(m: Any, ctx: Any) -> Any:
+    async def gate(m: Any, ctx: Context) -> Any:
         await release.wait()
         return m
 
@@ -280,7 +281,7 @@ async def test_timeout_does_not_cover_routing(make_flow: MakeFlow, recorder: Any
 
 
 async def test_no_timeout_machinery_when_timeout_is_none(
-    make_flow: MakeFlow, monkeypatch: pytest.MonkeyPatch, recorder: Any
+    make_flow: MakeFlow, monkeypatch: pytest.MonkeyPatch, recorder: Recorder
 ) -> None:
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("asyncio.timeout entered without a timeout_s")
@@ -298,12 +299,12 @@ async def test_no_timeout_machinery_when_timeout_is_none(
     assert "asyncio.timeout entered" in recorder.matching("node_failed")[0].extra["exception"]
 
 
-async def lambda_echo(m: Any, ctx: Any) -> Any:
+async def lambda_echo(m: Any, ctx: Context) -> Any:
     return m
 
 
 async def test_failures_of_one_trace_never_stop_other_traces(make_flow: MakeFlow) -> None:
-    async def sometimes(m: Message, ctx: Any) -> Any:
+    async def sometimes(m: Message, ctx: Context) -> Any:
         if m.payload % 2:
             raise RuntimeError("odd")
         return m
@@ -320,7 +321,7 @@ async def test_errors_to_rookery_delivers_a_flow_error(make_flow: MakeFlow) -> N
     """Opt-in: a node that gives up delivers a FlowError to Rookery instead of silence."""
     from penguiflow.errors import FlowError
 
-    async def broken(msg: Any, ctx: Any) -> Any:
+    async def broken(msg: Any, ctx: Context) -> Any:
         raise ValueError("nope")
 
     flow = make_flow(
@@ -344,7 +345,7 @@ async def test_errors_to_rookery_delivers_a_flow_error(make_flow: MakeFlow) -> N
 async def test_errors_to_rookery_reports_timeouts(make_flow: MakeFlow) -> None:
     from penguiflow.errors import FlowError
 
-    async def hang(msg: Any, ctx: Any) -> Any:
+    async def hang(msg: Any, ctx: Context) -> Any:
         await asyncio.Event().wait()
 
     flow = make_flow(node(hang, "hang", timeout_s=0.01).to(), emit_errors_to_rookery=True)
@@ -356,8 +357,8 @@ async def test_errors_to_rookery_reports_timeouts(make_flow: MakeFlow) -> None:
     assert error.attempts == 1
 
 
-async def test_errors_stay_silent_by_default(make_flow: MakeFlow, recorder: Any) -> None:
-    async def broken(msg: Any, ctx: Any) -> Any:
+async def test_errors_stay_silent_by_default(make_flow: MakeFlow, recorder: Recorder) -> None:
+    async def broken(msg: Any, ctx: Context) -> Any:
         raise ValueError("nope")
 
     flow = make_flow(node(broken, "broken").to(), middlewares=[recorder])

@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from penguiflow.core import Context, PenguiFlow
+from penguiflow.core import Context
 from penguiflow.errors import FlowBuildError, FlowError, FlowTypeError
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Headers, Message
 
+if TYPE_CHECKING:
+    from conftest import MakeFlow
+    from penguiflow.testing import Recorder
+
 # Timing-dependent: on the test kit's virtual clock when penguiflow-testing is installed.
 pytestmark = pytest.mark.usefixtures("virtual_clock")
-
-MakeFlow = Callable[..., PenguiFlow]
 
 
 def msg(payload: Any = "p") -> Message:
@@ -76,7 +77,7 @@ async def test_retry_on_predicate(make_flow: MakeFlow) -> None:
 
 @pytest.mark.parametrize("jitter", [0.5, 1.0])
 async def test_jitter_keeps_each_backoff_within_its_bounds(
-    make_flow: MakeFlow, recorder: Any, jitter: float
+    make_flow: MakeFlow, recorder: Recorder, jitter: float
 ) -> None:
     state = random.getstate()
 
@@ -110,7 +111,7 @@ def test_retry_on_needs_exception_types() -> None:
 
 
 async def test_the_retry_budget_spans_every_node_of_a_request(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     calls: dict[str, int] = {"a": 0, "b": 0}
 
@@ -187,7 +188,7 @@ async def test_idempotency_keys_are_stable_per_item_and_node(make_flow: MakeFlow
 
 
 async def test_a_controller_hop_budget_reports_budget_exhausted(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     from penguiflow.types import WM, FinalAnswer
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict
 
+from penguiflow import Context
 from penguiflow.core import PenguiFlow
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import WM, FinalAnswer, Headers, Message
 
-MakeFlow = Callable[..., PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import MakeFlow
+    from penguiflow.testing import Recorder
 
 
 def node(fn: Any, name: str, **kw: Any) -> Node:
@@ -30,15 +32,15 @@ async def fetch(flow: PenguiFlow, **kw: Any) -> Any:
     return await asyncio.wait_for(flow.fetch(**kw), 1.0)
 
 
-async def echo(m: Any, ctx: Any) -> Any:
+async def echo(m: Any, ctx: Context) -> Any:
     return m
 
 
 async def test_result_goes_once_to_every_successor(make_flow: MakeFlow) -> None:
-    async def tag_b(m: Any, ctx: Any) -> Any:
+    async def tag_b(m: Any, ctx: Context) -> Any:
         return ("b", m)
 
-    async def tag_c(m: Any, ctx: Any) -> Any:
+    async def tag_c(m: Any, ctx: Context) -> Any:
         return ("c", m)
 
     a, b, c = node(echo, "a"), node(tag_b, "b"), node(tag_c, "c")
@@ -51,14 +53,14 @@ async def test_result_goes_once_to_every_successor(make_flow: MakeFlow) -> None:
 
 
 async def test_final_answer_message_from_a_middle_node_reaches_rookery_once(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     called: list[Any] = []
 
-    async def finish(m: Message, ctx: Any) -> Any:
+    async def finish(m: Message, ctx: Context) -> Any:
         return m.model_copy(update={"payload": FinalAnswer(text="ok")})
 
-    async def never(m: Any, ctx: Any) -> Any:
+    async def never(m: Any, ctx: Context) -> Any:
         called.append(m)
         return m
 
@@ -77,10 +79,10 @@ async def test_final_answer_message_from_a_middle_node_reaches_rookery_once(
 async def test_bare_final_answer_is_routed_normally(make_flow: MakeFlow) -> None:
     seen: list[Any] = []
 
-    async def finish(m: Any, ctx: Any) -> Any:
+    async def finish(m: Any, ctx: Context) -> Any:
         return FinalAnswer(text="bare")
 
-    async def after(m: Any, ctx: Any) -> Any:
+    async def after(m: Any, ctx: Context) -> Any:
         seen.append(m)
         return m
 
@@ -93,15 +95,15 @@ async def test_bare_final_answer_is_routed_normally(make_flow: MakeFlow) -> None
 
 
 async def test_wm_message_from_a_node_without_self_edge_routes_normally(
-    make_flow: MakeFlow, recorder: Any
+    make_flow: MakeFlow, recorder: Recorder
 ) -> None:
     """Only a node with an edge to itself is a controller."""
     seen: list[Any] = []
 
-    async def plan(m: Message, ctx: Any) -> Any:
+    async def plan(m: Message, ctx: Context) -> Any:
         return m.model_copy(update={"payload": WM(query="q", hops=0)})
 
-    async def act(m: Message, ctx: Any) -> Any:
+    async def act(m: Message, ctx: Context) -> Any:
         seen.append(m.payload)
         return m
 
@@ -121,7 +123,7 @@ async def test_wm_message_from_a_node_without_self_edge_routes_normally(
 
 
 async def test_wm_message_from_an_egress_node_without_self_edge(make_flow: MakeFlow) -> None:
-    async def plan(m: Message, ctx: Any) -> Any:
+    async def plan(m: Message, ctx: Context) -> Any:
         return m.model_copy(update={"payload": WM(query="q", budget_hops=None)})
 
     flow = make_flow(node(plan, "a").to())
@@ -145,7 +147,7 @@ async def test_flow_without_ingress_rejects_emit(make_flow: MakeFlow) -> None:
 
 
 async def test_node_emits_several_items_and_returns_none(make_flow: MakeFlow) -> None:
-    async def split(m: Any, ctx: Any) -> None:
+    async def split(m: Any, ctx: Context) -> None:
         for part in m:
             await ctx.emit(part)
 
@@ -189,7 +191,7 @@ async def test_trace_id_of_an_item_is_its_trace_id_attribute(
 ) -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
-    async def hold(m: Any, ctx: Any) -> Any:
+    async def hold(m: Any, ctx: Context) -> Any:
         started.set()
         await release.wait()
         return m

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import BaseModel
@@ -14,7 +13,8 @@ from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
 from penguiflow.types import FinalAnswer, Headers, Message
 
-MakeFlow = Callable[..., PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import MakeFlow
 
 
 def node(fn: Any, name: str, **policy: Any) -> Node:
@@ -29,11 +29,11 @@ async def fetch(flow: PenguiFlow, **kw: Any) -> Any:
     return await asyncio.wait_for(flow.fetch(**kw), 1.0)
 
 
-async def echo(m: Any, ctx: Any) -> Any:
+async def echo(m: Any, ctx: Context) -> Any:
     return m
 
 
-async def plus_one(m: Any, ctx: Any) -> Any:
+async def plus_one(m: Any, ctx: Context) -> Any:
     return m + 1
 
 
@@ -76,7 +76,7 @@ async def test_stop_is_a_noop_when_not_running(make_flow: MakeFlow) -> None:
 async def test_stop_cancels_in_flight_nodes_and_flow_can_run_again(make_flow: MakeFlow) -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
 
-    async def slow(m: Any, ctx: Any) -> Any:
+    async def slow(m: Any, ctx: Context) -> Any:
         if m == "block":
             started.set()
             try:
@@ -148,7 +148,7 @@ async def test_registry_validation_in_a_flow(make_flow: MakeFlow) -> None:
     class Out(BaseModel):
         y: int
 
-    async def f(m: In, ctx: Any) -> Out:
+    async def f(m: In, ctx: Context) -> Out:
         return Out(y=m.x + 1)
 
     reg = ModelRegistry()
@@ -185,10 +185,10 @@ async def test_emit_before_run_waits_in_the_edges(make_flow: MakeFlow) -> None:
 
 
 async def test_emit_fans_out_to_every_ingress_node(make_flow: MakeFlow) -> None:
-    async def tag_a(m: Any, ctx: Any) -> Any:
+    async def tag_a(m: Any, ctx: Context) -> Any:
         return ("a", m)
 
-    async def tag_b(m: Any, ctx: Any) -> Any:
+    async def tag_b(m: Any, ctx: Context) -> Any:
         return ("b", m)
 
     a, b = node(tag_a, "a"), node(tag_b, "b")
@@ -199,10 +199,10 @@ async def test_emit_fans_out_to_every_ingress_node(make_flow: MakeFlow) -> None:
 
 
 async def test_emit_to_selected_ingress_nodes(make_flow: MakeFlow) -> None:
-    async def tag_a(m: Any, ctx: Any) -> Any:
+    async def tag_a(m: Any, ctx: Context) -> Any:
         return ("a", m)
 
-    async def tag_b(m: Any, ctx: Any) -> Any:
+    async def tag_b(m: Any, ctx: Context) -> Any:
         return ("b", m)
 
     a, b = node(tag_a, "a"), node(tag_b, "b")
@@ -315,7 +315,7 @@ async def test_fetch_completes_the_trace_accounting(make_flow: MakeFlow) -> None
 
 
 async def test_none_result_delivers_nothing(make_flow: MakeFlow) -> None:
-    async def drop(m: Any, ctx: Any) -> Any:
+    async def drop(m: Any, ctx: Context) -> Any:
         return None if m == "drop" else m
 
     flow = make_flow(node(drop, "d").to())
@@ -342,11 +342,11 @@ async def test_linear_chain_preserves_emission_order(make_flow: MakeFlow) -> Non
 
 
 async def test_meta_mutations_travel_and_are_never_replaced(make_flow: MakeFlow) -> None:
-    async def first(m: Message, ctx: Any) -> Any:
+    async def first(m: Message, ctx: Context) -> Any:
         m.meta["first"] = True
         return m
 
-    async def second(m: Message, ctx: Any) -> Any:
+    async def second(m: Message, ctx: Context) -> Any:
         m.meta["second"] = True
         return m.model_copy(update={"payload": "new"})
 
@@ -373,10 +373,10 @@ async def test_context_emit_sends_to_all_or_selected_targets(make_flow: MakeFlow
         await ctx.emit(("c-twice", m), to=[c, c])
         ctx.emit_nowait(("b-nowait", m), to=b)
 
-    async def sink_b(m: Any, ctx: Any) -> None:
+    async def sink_b(m: Any, ctx: Context) -> None:
         got["b"].append(m)
 
-    async def sink_c(m: Any, ctx: Any) -> None:
+    async def sink_c(m: Any, ctx: Context) -> None:
         got["c"].append(m)
         if len(got["c"]) == 4:
             both.set()
@@ -401,7 +401,7 @@ async def test_context_emit_to_unknown_target_raises_before_enqueue(make_flow: M
             errors.append(exc)
         done.set()
 
-    async def sink(m: Any, ctx: Any) -> Any:
+    async def sink(m: Any, ctx: Context) -> Any:
         return m
 
     a, b, stranger = node(src, "a"), node(sink, "b"), node(sink, "stranger")
@@ -499,7 +499,7 @@ async def test_enqueue_with_capacity_does_not_suspend(make_flow: MakeFlow) -> No
 async def test_busy_node_lets_producers_fill_exactly_its_capacity(make_flow: MakeFlow) -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
-    async def busy(m: Any, ctx: Any) -> Any:
+    async def busy(m: Any, ctx: Context) -> Any:
         started.set()
         await release.wait()
         return m
@@ -523,7 +523,7 @@ async def test_busy_node_lets_producers_fill_exactly_its_capacity(make_flow: Mak
 async def test_worker_takes_work_at_its_first_scheduling_step(make_flow: MakeFlow) -> None:
     seen: list[Any] = []
 
-    async def record(m: Any, ctx: Any) -> None:
+    async def record(m: Any, ctx: Context) -> None:
         seen.append(m)
 
     flow = make_flow(node(record, "r").to())
@@ -539,12 +539,12 @@ async def test_worker_takes_work_at_its_first_scheduling_step(make_flow: MakeFlo
 async def test_final_answer_message_skips_successors(make_flow: MakeFlow) -> None:
     called: list[Any] = []
 
-    async def decide(m: Message, ctx: Any) -> Any:
+    async def decide(m: Message, ctx: Context) -> Any:
         if m.payload == "final":
             return m.model_copy(update={"payload": FinalAnswer(text="done")})
         return m
 
-    async def after(m: Any, ctx: Any) -> Any:
+    async def after(m: Any, ctx: Context) -> Any:
         called.append(m)
         return m
 

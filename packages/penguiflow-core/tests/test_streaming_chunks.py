@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -13,7 +12,8 @@ from penguiflow.errors import FlowStoppedError
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Headers, Message, StreamChunk
 
-MakeFlow = Callable[..., PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import MakeFlow
 
 
 # Streams opened from OpenSea here are left open on purpose (their counters persist).
@@ -32,7 +32,7 @@ async def fetch(flow: PenguiFlow, **kw: Any) -> Any:
     return await asyncio.wait_for(flow.fetch(**kw), 1.0)
 
 
-async def echo(m: Any, ctx: Any) -> Any:
+async def echo(m: Any, ctx: Context) -> Any:
     return m
 
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from penguiflow.core import PenguiFlow
+from penguiflow import Context
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Headers, Message
 
-MakeFlow = Callable[..., PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import MakeFlow
 
 
 def node(fn: Any, name: str) -> Node:
@@ -23,7 +23,7 @@ def msg(payload: Any = "p") -> Message:
     return Message(payload=payload, headers=Headers(tenant="acme"))
 
 
-async def split(m: Message, ctx: Any) -> None:
+async def split(m: Message, ctx: Context) -> None:
     for part in m.payload:
         await ctx.emit(m.model_copy(update={"payload": part}))
 
@@ -47,7 +47,7 @@ async def test_subscription_receives_its_trace_in_order_and_drains(make_flow: Ma
 async def test_subscription_ends_on_cancel(make_flow: MakeFlow) -> None:
     started = asyncio.Event()
 
-    async def hang(m: Message, ctx: Any) -> None:
+    async def hang(m: Message, ctx: Context) -> None:
         await ctx.emit(m.model_copy(update={"payload": "partial"}))
         started.set()
         await asyncio.Event().wait()
@@ -68,7 +68,7 @@ async def test_subscription_ends_on_cancel(make_flow: MakeFlow) -> None:
 
 @pytest.mark.leaves_state
 async def test_subscription_ends_on_stop(make_flow: MakeFlow) -> None:
-    async def hang(m: Any, ctx: Any) -> None:
+    async def hang(m: Any, ctx: Context) -> None:
         await asyncio.Event().wait()
 
     flow = make_flow(node(hang, "h").to())
@@ -84,7 +84,7 @@ async def test_subscription_ends_on_stop(make_flow: MakeFlow) -> None:
 
 
 async def test_get_timeout(make_flow: MakeFlow) -> None:
-    async def hang(m: Any, ctx: Any) -> None:
+    async def hang(m: Any, ctx: Context) -> None:
         await asyncio.Event().wait()
 
     flow = make_flow(node(hang, "h").to())
@@ -112,7 +112,7 @@ async def test_slow_reader_back_pressures_the_producer(make_flow: MakeFlow) -> N
     produced: list[int] = []
     released = asyncio.Event()
 
-    async def many(m: Message, ctx: Any) -> None:
+    async def many(m: Message, ctx: Context) -> None:
         for i in range(10):
             await ctx.emit(m.model_copy(update={"payload": i}))
             produced.append(i)

@@ -8,9 +8,9 @@ Nothing global is touched: the providers are passed to ``instrument()`` explicit
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, cast
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -18,6 +18,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricsData
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext, SpanKind, Status
 
 from penguiflow.types import Headers, Message
 
@@ -25,6 +26,42 @@ from penguiflow.types import Headers, Message
 def message(payload: Any, **kwargs: Any) -> Message:
     """A Message for tenant "t"."""
     return Message(payload=payload, headers=Headers(tenant="t"), **kwargs)
+
+
+class SpanEvent(Protocol):
+    """What the tests read of a span event (the SDK types ``attributes`` as optional)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def attributes(self) -> Mapping[str, Any]: ...
+
+
+class Span(Protocol):
+    """What the tests read of a finished SDK span.
+
+    The SDK types ``attributes``, ``start_time`` and ``end_time`` of a ``ReadableSpan`` as
+    optional; a span the exporter received has ended, so all three are set.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def context(self) -> SpanContext: ...
+    @property
+    def parent(self) -> SpanContext | None: ...
+    @property
+    def kind(self) -> SpanKind: ...
+    @property
+    def status(self) -> Status: ...
+    @property
+    def attributes(self) -> Mapping[str, Any]: ...
+    @property
+    def events(self) -> Sequence[SpanEvent]: ...
+    @property
+    def start_time(self) -> int: ...
+    @property
+    def end_time(self) -> int: ...
 
 
 @dataclass
@@ -36,14 +73,16 @@ class Otel:
     exporter: InMemorySpanExporter
     reader: InMemoryMetricReader
 
-    def spans(self) -> list[ReadableSpan]:
+    def spans(self) -> list[Span]:
         """Finished spans, in the order they ended."""
-        return list(self.exporter.get_finished_spans())
+        finished: list[ReadableSpan] = list(self.exporter.get_finished_spans())
+        assert all(s.start_time is not None and s.end_time is not None for s in finished)
+        return cast("list[Span]", finished)
 
-    def requests(self) -> list[ReadableSpan]:
+    def requests(self) -> list[Span]:
         return [s for s in self.spans() if s.name == "penguiflow.request"]
 
-    def attempts(self, node: str | None = None) -> list[ReadableSpan]:
+    def attempts(self, node: str | None = None) -> list[Span]:
         """Attempt spans (of one node), in the order they started."""
         found = [
             s
@@ -51,7 +90,7 @@ class Otel:
             if s.name.startswith("penguiflow.node ")
             and (node is None or s.name == f"penguiflow.node {node}")
         ]
-        return sorted(found, key=lambda s: s.start_time or 0)
+        return sorted(found, key=lambda s: s.start_time)
 
     def metrics(self) -> dict[str, list[Any]]:
         """Metric name -> its data points, from one collection."""
@@ -75,7 +114,7 @@ def points(metrics: dict[str, list[Any]], name: str, **attrs: Any) -> list[Any]:
     ]
 
 
-def event_names(span: ReadableSpan) -> Sequence[str]:
+def event_names(span: Span) -> Sequence[str]:
     return [e.name for e in span.events]
 
 
@@ -91,13 +130,15 @@ def otel() -> Iterator[Otel]:
     meter_provider.shutdown()
 
 
+class Helpers:
+    """The helpers above, as one fixture (test modules cannot import conftest)."""
+
+    message = staticmethod(message)
+    points = staticmethod(points)
+    event_names = staticmethod(event_names)
+
+
 @pytest.fixture
-def helpers() -> Any:
+def helpers() -> type[Helpers]:
     """``helpers.message``, ``helpers.points``, ``helpers.event_names``."""
-
-    class Helpers:
-        message = staticmethod(message)
-        points = staticmethod(points)
-        event_names = staticmethod(event_names)
-
     return Helpers

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NoOpTracerProvider
 
+from penguiflow import Context
 from penguiflow.core import PenguiFlow, create
 from penguiflow.node import Node, NodePolicy
 from penguiflow.otel import instrument
 
+if TYPE_CHECKING:
+    from conftest import Helpers, Otel
+
 pytestmark = pytest.mark.usefixtures("virtual_clock")
 
 
-async def _hop(msg: Any, ctx: Any) -> Any:
+async def _hop(msg: Any, ctx: Context) -> Any:
     return msg
 
 
@@ -29,7 +33,7 @@ async def _round_trip(flow: PenguiFlow, msg: Any) -> Any:
     return await flow.fetch()
 
 
-async def test_uninstrument_detaches_everything(otel: Any, helpers: Any) -> None:
+async def test_uninstrument_detaches_everything(otel: Otel, helpers: type[Helpers]) -> None:
     flow = _flow()
     uninstrument = instrument(
         flow, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider
@@ -58,11 +62,11 @@ async def test_uninstrument_detaches_everything(otel: Any, helpers: Any) -> None
     again()
 
 
-async def test_uninstrument_ends_open_spans(otel: Any, helpers: Any) -> None:
+async def test_uninstrument_ends_open_spans(otel: Otel, helpers: type[Helpers]) -> None:
     started = asyncio.Event()
     release = asyncio.Event()
 
-    async def stuck(msg: Any, ctx: Any) -> Any:
+    async def stuck(msg: Any, ctx: Context) -> Any:
         started.set()
         await release.wait()
         return msg
@@ -88,7 +92,7 @@ async def test_uninstrument_ends_open_spans(otel: Any, helpers: Any) -> None:
     assert len(otel.spans()) == 2
 
 
-async def test_instrumenting_a_running_flow(otel: Any, helpers: Any) -> None:
+async def test_instrumenting_a_running_flow(otel: Otel, helpers: type[Helpers]) -> None:
     flow = _flow()
     flow.run()
     try:
@@ -100,7 +104,7 @@ async def test_instrumenting_a_running_flow(otel: Any, helpers: Any) -> None:
     assert sorted(s.name for s in otel.spans()) == ["penguiflow.node hop", "penguiflow.request"]
 
 
-def test_a_flow_is_instrumented_once_at_a_time(otel: Any) -> None:
+def test_a_flow_is_instrumented_once_at_a_time(otel: Otel) -> None:
     flow = _flow()
     uninstrument = instrument(flow, tracer_provider=otel.tracer_provider)
     with pytest.raises(RuntimeError, match="already instrumented"):
@@ -108,7 +112,7 @@ def test_a_flow_is_instrumented_once_at_a_time(otel: Any) -> None:
     uninstrument()
 
 
-async def test_an_uninstrumented_flow_carries_nothing(otel: Any, helpers: Any) -> None:
+async def test_an_uninstrumented_flow_carries_nothing(otel: Otel, helpers: type[Helpers]) -> None:
     flow = _flow()
     flow.run()
     try:
@@ -120,7 +124,7 @@ async def test_an_uninstrumented_flow_carries_nothing(otel: Any, helpers: Any) -
     assert "emit" not in vars(flow)
 
 
-async def test_works_with_the_no_op_providers(helpers: Any) -> None:
+async def test_works_with_the_no_op_providers(helpers: type[Helpers]) -> None:
     # The API alone (no SDK): spans are non-recording, nothing breaks, the envelope
     # carries no context (a non-recording root span has an invalid context).
     flow = _flow()

@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from penguiflow import Context
 from penguiflow.core import create
 from penguiflow.node import Node, NodePolicy
 from penguiflow.otel import instrument
 from penguiflow.testing import simulate_error
 
+if TYPE_CHECKING:
+    from conftest import Helpers, Otel
+
 pytestmark = pytest.mark.usefixtures("virtual_clock")
 
 
-async def test_latency_retries_and_failures(otel: Any, helpers: Any) -> None:
+async def test_latency_retries_and_failures(otel: Otel, helpers: type[Helpers]) -> None:
     flaky = Node(
         simulate_error("flaky", "E1", fail_times=1),
         policy=NodePolicy(validate="none", max_retries=1),
@@ -64,11 +68,11 @@ async def test_latency_retries_and_failures(otel: Any, helpers: Any) -> None:
     assert (failures.attributes["penguiflow.node.name"], failures.value) == ("broken", 1)
 
 
-async def test_gauges_show_live_state(otel: Any, helpers: Any) -> None:
+async def test_gauges_show_live_state(otel: Otel, helpers: type[Helpers]) -> None:
     started = asyncio.Event()
     release = asyncio.Event()
 
-    async def stuck(msg: Any, ctx: Any) -> Any:
+    async def stuck(msg: Any, ctx: Context) -> Any:
         started.set()
         await release.wait()
         return msg
@@ -115,13 +119,13 @@ async def test_gauges_show_live_state(otel: Any, helpers: Any) -> None:
 
 
 async def test_several_flows_share_one_set_of_instruments(
-    otel: Any, helpers: Any, caplog: pytest.LogCaptureFixture
+    otel: Otel, helpers: type[Helpers], caplog: pytest.LogCaptureFixture
 ) -> None:
     # Observable callbacks cannot be removed in OpenTelemetry, and a second gauge of the
     # same name would be ignored (with a warning): flows register with shared gauges.
     caplog.set_level(logging.WARNING)
 
-    async def hop(msg: Any, ctx: Any) -> Any:
+    async def hop(msg: Any, ctx: Context) -> Any:
         return msg
 
     flows = [create(Node(hop, policy=NodePolicy(validate="none")).to()) for _ in range(2)]

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from opentelemetry.trace import format_span_id, format_trace_id
 
+from penguiflow import Context
 from penguiflow.core import create
 from penguiflow.node import Node, NodePolicy
 from penguiflow.otel import instrument
+
+if TYPE_CHECKING:
+    from conftest import Helpers, Otel
 
 pytestmark = pytest.mark.usefixtures("virtual_clock")
 
@@ -19,7 +23,7 @@ REMOTE_SPAN = 0x00F067AA0BA902B7
 TRACEPARENT = f"00-{REMOTE_TRACE:032x}-{REMOTE_SPAN:016x}-01"
 
 
-async def _hop(msg: Any, ctx: Any) -> Any:
+async def _hop(msg: Any, ctx: Context) -> Any:
     return msg
 
 
@@ -38,7 +42,7 @@ async def _run_one(flow: Any, msg: Any) -> Any:
         await flow.stop()
 
 
-async def test_an_incoming_traceparent_is_continued(otel: Any, helpers: Any) -> None:
+async def test_an_incoming_traceparent_is_continued(otel: Otel, helpers: type[Helpers]) -> None:
     flow = _flow()
     instrument(flow, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
     msg = helpers.message("x", meta={"traceparent": TRACEPARENT, "tracestate": "vendor=1"})
@@ -59,7 +63,9 @@ async def test_an_incoming_traceparent_is_continued(otel: Any, helpers: Any) -> 
     assert out.trace_id == msg.trace_id
 
 
-async def test_without_traceparent_the_emitters_span_is_the_parent(otel: Any, helpers: Any) -> None:
+async def test_without_traceparent_the_emitters_span_is_the_parent(
+    otel: Otel, helpers: type[Helpers]
+) -> None:
     flow = _flow()
     instrument(flow, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
     tracer = otel.tracer_provider.get_tracer("app")
@@ -78,7 +84,7 @@ async def test_without_traceparent_the_emitters_span_is_the_parent(otel: Any, he
     ids=["malformed", "zero-trace-id", "not-a-string"],
 )
 async def test_an_invalid_traceparent_starts_a_new_trace(
-    otel: Any, helpers: Any, value: object
+    otel: Otel, helpers: type[Helpers], value: object
 ) -> None:
     flow = _flow()
     instrument(flow, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
@@ -90,7 +96,9 @@ async def test_an_invalid_traceparent_starts_a_new_trace(
     assert out.meta["traceparent"].split("-")[1] == format_trace_id(request.context.trace_id)
 
 
-async def test_emit_nowait_and_a_second_item_of_the_same_trace(otel: Any, helpers: Any) -> None:
+async def test_emit_nowait_and_a_second_item_of_the_same_trace(
+    otel: Otel, helpers: type[Helpers]
+) -> None:
     flow = _flow()
     instrument(flow, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
     flow.run()
@@ -109,7 +117,7 @@ async def test_emit_nowait_and_a_second_item_of_the_same_trace(otel: Any, helper
     assert outs[0].meta["traceparent"] == outs[1].meta["traceparent"]
 
 
-async def test_a_failed_emit_ends_the_span_it_opened(otel: Any, helpers: Any) -> None:
+async def test_a_failed_emit_ends_the_span_it_opened(otel: Otel, helpers: type[Helpers]) -> None:
     flow = create(Node(_hop, name="a", policy=NodePolicy(validate="none")).to(), queue_maxsize=1)
     instrument(flow, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
     flow.run()

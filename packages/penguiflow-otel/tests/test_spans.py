@@ -8,24 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
+from penguiflow import Context
 from penguiflow.core import PenguiFlow, create
 from penguiflow.node import Node, NodePolicy
 from penguiflow.otel import instrument, instrument_playbook
 from penguiflow.registry import ModelRegistry
 from penguiflow.testing import simulate_error
 
+if TYPE_CHECKING:
+    from conftest import Helpers, Otel
+
 pytestmark = pytest.mark.usefixtures("virtual_clock")
 
 NONE = NodePolicy(validate="none")
 
 
-async def _echo(msg: Any, ctx: Any) -> Any:
+async def _echo(msg: Any, ctx: Context) -> Any:
     return msg
 
 
@@ -36,11 +40,13 @@ def _chain(*funcs: Any, policy: NodePolicy = NONE) -> tuple[PenguiFlow, list[Nod
     return create(*adj), nodes
 
 
-async def test_one_request_span_with_one_child_per_attempt(otel: Any, helpers: Any) -> None:
-    async def first(msg: Any, ctx: Any) -> Any:
+async def test_one_request_span_with_one_child_per_attempt(
+    otel: Otel, helpers: type[Helpers]
+) -> None:
+    async def first(msg: Any, ctx: Context) -> Any:
         return msg
 
-    async def second(msg: Any, ctx: Any) -> Any:
+    async def second(msg: Any, ctx: Context) -> Any:
         return msg
 
     flow, _ = _chain(first, second)
@@ -81,7 +87,7 @@ async def test_one_request_span_with_one_child_per_attempt(otel: Any, helpers: A
 
 
 async def test_a_retried_node_shows_one_errored_span_and_one_ok_span(
-    otel: Any, helpers: Any
+    otel: Otel, helpers: type[Helpers]
 ) -> None:
     flaky = Node(
         simulate_error("flaky", "E_UPSTREAM", fail_times=1, exception_type=ValueError),
@@ -118,8 +124,8 @@ async def test_a_retried_node_shows_one_errored_span_and_one_ok_span(
     assert request.attributes["penguiflow.outcome"] == "ok"
 
 
-async def test_timeout_and_giving_up_mark_the_spans(otel: Any, helpers: Any) -> None:
-    async def slow(msg: Any, ctx: Any) -> Any:
+async def test_timeout_and_giving_up_mark_the_spans(otel: Otel, helpers: type[Helpers]) -> None:
+    async def slow(msg: Any, ctx: Context) -> Any:
         await asyncio.sleep(10)
         return msg
 
@@ -145,10 +151,12 @@ async def test_timeout_and_giving_up_mark_the_spans(otel: Any, helpers: Any) -> 
     assert request.attributes["penguiflow.outcome"] == "error"
 
 
-async def test_a_cancelled_trace_ends_its_spans_cancelled(otel: Any, helpers: Any) -> None:
+async def test_a_cancelled_trace_ends_its_spans_cancelled(
+    otel: Otel, helpers: type[Helpers]
+) -> None:
     started = asyncio.Event()
 
-    async def stuck(msg: Any, ctx: Any) -> Any:
+    async def stuck(msg: Any, ctx: Context) -> Any:
         started.set()
         await asyncio.Event().wait()
         return msg
@@ -179,7 +187,7 @@ async def test_a_cancelled_trace_ends_its_spans_cancelled(otel: Any, helpers: An
     assert attempt.end_time <= request.end_time
 
 
-async def test_deadline_skip_is_an_event(otel: Any, helpers: Any) -> None:
+async def test_deadline_skip_is_an_event(otel: Otel, helpers: type[Helpers]) -> None:
     flow, _ = _chain(_echo)
     instrument(flow, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
     flow.run()
@@ -198,8 +206,10 @@ async def test_deadline_skip_is_an_event(otel: Any, helpers: Any) -> None:
     assert skip.attributes["penguiflow.deadline_s"] == 0.0
 
 
-async def test_custom_reports_with_a_trace_id_are_events(otel: Any, helpers: Any) -> None:
-    async def reporting(msg: Any, ctx: Any) -> Any:
+async def test_custom_reports_with_a_trace_id_are_events(
+    otel: Otel, helpers: type[Helpers]
+) -> None:
+    async def reporting(msg: Any, ctx: Context) -> Any:
         await ctx.report("cache_miss", trace_id=msg.trace_id, extra={"key": "k1", "obj": []})
         return msg
 
@@ -218,11 +228,11 @@ async def test_custom_reports_with_a_trace_id_are_events(otel: Any, helpers: Any
     assert dict(event.attributes) == {"penguiflow.node.name": "reporting", "penguiflow.key": "k1"}
 
 
-async def test_node_code_runs_inside_its_attempt_span(otel: Any, helpers: Any) -> None:
+async def test_node_code_runs_inside_its_attempt_span(otel: Otel, helpers: type[Helpers]) -> None:
     seen: list[int] = []
     tracer = otel.tracer_provider.get_tracer("product")
 
-    async def work(msg: Any, ctx: Any) -> Any:
+    async def work(msg: Any, ctx: Context) -> Any:
         seen.append(trace.get_current_span().get_span_context().span_id)
         with tracer.start_as_current_span("product.step"):
             await asyncio.sleep(0)
@@ -243,11 +253,11 @@ async def test_node_code_runs_inside_its_attempt_span(otel: Any, helpers: Any) -
     assert step.parent is not None and step.parent.span_id == attempt.context.span_id
 
 
-async def test_concurrent_attempts_keep_their_own_spans(otel: Any, helpers: Any) -> None:
+async def test_concurrent_attempts_keep_their_own_spans(otel: Otel, helpers: type[Helpers]) -> None:
     gate = asyncio.Event()
     running = 0
 
-    async def wide(msg: Any, ctx: Any) -> Any:
+    async def wide(msg: Any, ctx: Context) -> Any:
         nonlocal running
         running += 1
         if running == 3:
@@ -277,8 +287,10 @@ async def test_concurrent_attempts_keep_their_own_spans(otel: Any, helpers: Any)
         assert span.parent is not None and span.parent.span_id == parent.context.span_id
 
 
-async def test_playbook_spans_nest_under_the_calling_node(otel: Any, helpers: Any) -> None:
-    async def retrieve(msg: Any, ctx: Any) -> Any:
+async def test_playbook_spans_nest_under_the_calling_node(
+    otel: Otel, helpers: type[Helpers]
+) -> None:
+    async def retrieve(msg: Any, ctx: Context) -> Any:
         return f"docs for {msg.payload}"
 
     def playbook() -> tuple[PenguiFlow, ModelRegistry | None]:
@@ -287,7 +299,7 @@ async def test_playbook_spans_nest_under_the_calling_node(otel: Any, helpers: An
 
     traced = instrument_playbook(playbook, tracer_provider=otel.tracer_provider)
 
-    async def caller(msg: Any, ctx: Any) -> Any:
+    async def caller(msg: Any, ctx: Context) -> Any:
         return await ctx.call_playbook(traced, msg)
 
     flow, _ = _chain(caller)
@@ -316,10 +328,10 @@ async def test_playbook_spans_nest_under_the_calling_node(otel: Any, helpers: An
     assert "traceparent" not in msg.meta
 
 
-async def test_stop_ends_what_is_still_open(otel: Any, helpers: Any) -> None:
+async def test_stop_ends_what_is_still_open(otel: Otel, helpers: type[Helpers]) -> None:
     started = asyncio.Event()
 
-    async def stuck(msg: Any, ctx: Any) -> Any:
+    async def stuck(msg: Any, ctx: Context) -> Any:
         started.set()
         await asyncio.Event().wait()
 

@@ -6,7 +6,7 @@ import asyncio
 import importlib.util
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -24,22 +24,37 @@ def message(payload: Any, **kwargs: Any) -> Message:
     )
 
 
+class PatternRecord(logging.LogRecord):
+    """A log record of ``penguiflow.patterns``, with the fields its ``extra=`` adds.
+
+    For type checking only: the records are plain ``LogRecord`` objects. Which fields a
+    record has depends on its message (routers: ``node_name``, ``trace_id``, ``reason``;
+    joins: ``node_name``, ``trace_id``, ``held``, ``k``).
+    """
+
+    node_name: str
+    trace_id: str
+    reason: str
+    held: int
+    k: int
+
+
 class LogCatcher(logging.Handler):
     """Logging handler on ``penguiflow.patterns`` whose records can be awaited."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
+        self.records: list[PatternRecord] = []
         self._changed = asyncio.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        self.records.append(cast("PatternRecord", record))
         self._changed.set()
 
     def messages(self) -> list[str]:
         return [r.getMessage() for r in self.records]
 
-    async def wait(self, msg: str) -> logging.LogRecord:
+    async def wait(self, msg: str) -> PatternRecord:
         async with asyncio.timeout(WAIT_S):
             while True:
                 for record in self.records:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from penguiflow.clock import use_wall_clock, wall_time
-from penguiflow.core import DEADLINE_EXCEEDED_TEXT, PenguiFlow, create
+from penguiflow.core import DEADLINE_EXCEEDED_TEXT, Context, PenguiFlow, create
 from penguiflow.errors import FlowBuildError, FlowError
 from penguiflow.node import Node
 from penguiflow.patterns import join_k
 from penguiflow.types import FinalAnswer, Message
+
+if TYPE_CHECKING:
+    from conftest import Kit, LogCatcher
+    from penguiflow.testing import Recorder
 
 # join timeouts and deadlines: on the test kit's virtual clock when it is installed.
 pytestmark = pytest.mark.usefixtures("virtual_clock")
@@ -23,13 +27,15 @@ WAIT_S = 30.0  # bounds every request below, so a bug fails instead of hanging
 
 
 def passthrough(name: str) -> Node:
-    async def forward(item: Any, ctx: Any) -> Any:
+    async def forward(item: Any, ctx: Context) -> Any:
         return item
 
     return Node(forward, name=name)
 
 
-def start(flow: PenguiFlow, running: list[PenguiFlow], recorder: Any = None) -> PenguiFlow:
+def start(
+    flow: PenguiFlow, running: list[PenguiFlow], recorder: Recorder | None = None
+) -> PenguiFlow:
     if recorder is not None:
         flow.add_middleware(recorder)
     flow.run()
@@ -41,7 +47,7 @@ def held(flow: PenguiFlow) -> dict[str, int]:
     return dict(flow.inspect().resources.get(PROBE, {}))
 
 
-def part(kit: Any, payload: Any, of: Message | None = None, **kwargs: Any) -> Message:
+def part(kit: type[Kit], payload: Any, of: Message | None = None, **kwargs: Any) -> Message:
     if of is not None:
         kwargs["trace_id"] = of.trace_id
     msg: Message = kit.message(payload, **kwargs)
@@ -81,7 +87,7 @@ def test_an_unknown_on_timeout_is_rejected() -> None:
 # --------------------------------------------------------------------------- batching
 
 
-async def test_fan_out_fan_in(running: list[PenguiFlow], kit: Any) -> None:
+async def test_fan_out_fan_in(running: list[PenguiFlow], kit: type[Kit]) -> None:
     fan, left, right = passthrough("fan"), passthrough("left"), passthrough("right")
     j = join_k("j", 2)
     flow = start(create(fan.to(left, right), left.to(j), right.to(j), j.to()), running)
@@ -98,7 +104,7 @@ async def test_fan_out_fan_in(running: list[PenguiFlow], kit: Any) -> None:
 
 
 async def test_payloads_in_arrival_order_and_new_bucket_after(
-    running: list[PenguiFlow], kit: Any
+    running: list[PenguiFlow], kit: type[Kit]
 ) -> None:
     j = join_k("j", 3)
     flow = start(create(j.to()), running)
@@ -111,7 +117,9 @@ async def test_payloads_in_arrival_order_and_new_bucket_after(
     assert held(flow) == {}
 
 
-async def test_bare_items_with_trace_id_join_as_a_list(running: list[PenguiFlow], kit: Any) -> None:
+async def test_bare_items_with_trace_id_join_as_a_list(
+    running: list[PenguiFlow], kit: type[Kit]
+) -> None:
     @dataclass
     class Part:
         trace_id: str
@@ -126,7 +134,7 @@ async def test_bare_items_with_trace_id_join_as_a_list(running: list[PenguiFlow]
     kit.assert_clean(flow)
 
 
-async def test_k_one_batches_each_item(running: list[PenguiFlow], kit: Any) -> None:
+async def test_k_one_batches_each_item(running: list[PenguiFlow], kit: type[Kit]) -> None:
     j = join_k("j", 1)
     flow = start(create(j.to()), running)
     await flow.emit(kit.message("x"))
@@ -135,7 +143,7 @@ async def test_k_one_batches_each_item(running: list[PenguiFlow], kit: Any) -> N
 
 
 async def test_item_without_trace_id_is_a_node_error(
-    running: list[PenguiFlow], kit: Any, recorder: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder
 ) -> None:
     j = join_k("j", 2)
     flow = start(create(j.to()), running, recorder)
@@ -145,7 +153,7 @@ async def test_item_without_trace_id_is_a_node_error(
     kit.assert_clean(flow)
 
 
-async def test_buckets_are_per_flow(running: list[PenguiFlow], kit: Any) -> None:
+async def test_buckets_are_per_flow(running: list[PenguiFlow], kit: type[Kit]) -> None:
     j = join_k("j", 2)
     flow1 = start(create(j.to()), running)
     flow2 = start(create(j.to()), running)
@@ -167,12 +175,12 @@ async def test_buckets_are_per_flow(running: list[PenguiFlow], kit: Any) -> None
 
 
 async def test_cancel_frees_a_half_filled_bucket(
-    running: list[PenguiFlow], kit: Any, recorder: Any, logs: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder, logs: LogCatcher
 ) -> None:
     gate = asyncio.Event()  # never set: the slow branch is still working when we cancel
     slow_cancelled = asyncio.Event()
 
-    async def slow_work(item: Any, ctx: Any) -> Any:
+    async def slow_work(item: Any, ctx: Context) -> Any:
         try:
             await gate.wait()
         except asyncio.CancelledError:
@@ -206,7 +214,7 @@ async def test_cancel_frees_a_half_filled_bucket(
 
 
 async def test_cancel_frees_the_bucket_of_an_idle_trace(
-    running: list[PenguiFlow], kit: Any, recorder: Any, logs: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder, logs: LogCatcher
 ) -> None:
     j = join_k("j", 2)
     flow = start(create(j.to()), running, recorder)
@@ -224,7 +232,7 @@ async def test_cancel_frees_the_bucket_of_an_idle_trace(
 
 
 async def test_stop_frees_every_bucket_and_restart_is_fresh(
-    running: list[PenguiFlow], kit: Any, recorder: Any, logs: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder, logs: LogCatcher
 ) -> None:
     j = join_k("j", 3)
     flow = start(create(j.to()), running, recorder)
@@ -253,7 +261,7 @@ async def test_stop_frees_every_bucket_and_restart_is_fresh(
 
 
 async def test_deadline_drops_the_bucket(
-    running: list[PenguiFlow], kit: Any, recorder: Any, logs: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder, logs: LogCatcher
 ) -> None:
     base = wall_time()
     with use_wall_clock(lambda: base):  # wall time stands still: never expired at a worker
@@ -282,7 +290,7 @@ async def test_deadline_drops_the_bucket(
 
 
 async def test_timeout_emits_the_partial_batch(
-    running: list[PenguiFlow], kit: Any, logs: Any
+    running: list[PenguiFlow], kit: type[Kit], logs: LogCatcher
 ) -> None:
     j = join_k("j", 3, timeout_s=0.005)
     tail = passthrough("tail")
@@ -299,7 +307,7 @@ async def test_timeout_emits_the_partial_batch(
 
 
 async def test_timeout_drop_policy(
-    running: list[PenguiFlow], kit: Any, recorder: Any, logs: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder, logs: LogCatcher
 ) -> None:
     j = join_k("j", 2, timeout_s=0.005, on_timeout="drop")
     flow = start(create(j.to()), running, recorder)
@@ -318,7 +326,7 @@ async def test_timeout_drop_policy(
 
 
 async def _blocked_partial(
-    kit: Any, running: list[PenguiFlow], recorder: Any, logs: Any
+    kit: type[Kit], running: list[PenguiFlow], recorder: Recorder, logs: LogCatcher
 ) -> tuple[PenguiFlow, Message, Message, asyncio.Task[Any]]:
     """A full Rookery edge, so a timed-out partial batch must wait in a task."""
     j = join_k("j", 2, timeout_s=0.005)
@@ -336,7 +344,7 @@ async def _blocked_partial(
 
 
 async def test_timed_out_partial_waits_for_capacity(
-    running: list[PenguiFlow], kit: Any, recorder: Any, logs: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder, logs: LogCatcher
 ) -> None:
     flow, full, partial, task = await _blocked_partial(kit, running, recorder, logs)
     assert (await kit.fetch(flow)).trace_id == full.trace_id
@@ -348,7 +356,7 @@ async def test_timed_out_partial_waits_for_capacity(
 
 
 async def test_cancel_aborts_a_waiting_partial(
-    running: list[PenguiFlow], kit: Any, recorder: Any, logs: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder, logs: LogCatcher
 ) -> None:
     flow, full, partial, task = await _blocked_partial(kit, running, recorder, logs)
     assert await flow.cancel(partial.trace_id) is True
@@ -360,7 +368,7 @@ async def test_cancel_aborts_a_waiting_partial(
 
 @pytest.mark.leaves_state  # the full batch stays unfetched at Rookery across stop()
 async def test_stop_aborts_a_waiting_partial(
-    running: list[PenguiFlow], kit: Any, recorder: Any, logs: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder, logs: LogCatcher
 ) -> None:
     flow, _full, _partial, task = await _blocked_partial(kit, running, recorder, logs)
     await flow.stop()
@@ -370,9 +378,7 @@ async def test_stop_aborts_a_waiting_partial(
     assert PROBE not in flow.inspect().resources
 
 
-async def test_detached_join_works_with_node_invoke(kit: Any) -> None:
-    from penguiflow.core import Context
-
+async def test_detached_join_works_with_node_invoke(kit: type[Kit]) -> None:
     j = join_k("j", 2)
     ctx = Context(j)
     first = kit.message(1)
@@ -413,7 +419,7 @@ async def test_timeout_drop_is_reported_as_a_flow_event() -> None:
 
 
 def fan_in(
-    running: list[PenguiFlow], slow_work: Any, recorder: Any = None, **join: Any
+    running: list[PenguiFlow], slow_work: Any, recorder: Recorder | None = None, **join: Any
 ) -> PenguiFlow:
     """``fan -> (fast, slow) -> j -> Rookery``."""
     fan, fast = passthrough("fan"), passthrough("fast")
@@ -424,7 +430,7 @@ def fan_in(
 
 
 async def test_a_request_waits_for_a_half_full_bucket(
-    running: list[PenguiFlow], kit: Any, recorder: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder
 ) -> None:
     j = join_k("j", 2)
     flow = start(create(j.to()), running, recorder)
@@ -443,9 +449,9 @@ async def test_a_request_waits_for_a_half_full_bucket(
 
 
 async def test_a_branch_slow_past_the_deadline_answers_the_request(
-    running: list[PenguiFlow], kit: Any
+    running: list[PenguiFlow], kit: type[Kit]
 ) -> None:
-    async def slow_work(item: Any, ctx: Any) -> Any:
+    async def slow_work(item: Any, ctx: Context) -> Any:
         await asyncio.sleep(60)  # virtual time: instant, but past the deadline
         return item
 
@@ -460,9 +466,9 @@ async def test_a_branch_slow_past_the_deadline_answers_the_request(
 
 
 async def test_a_bucket_dropped_at_its_deadline_answers_the_request(
-    running: list[PenguiFlow], kit: Any, recorder: Any, logs: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder, logs: LogCatcher
 ) -> None:
-    async def filtered(item: Any, ctx: Any) -> Any:
+    async def filtered(item: Any, ctx: Context) -> Any:
         return None  # this branch drops its item: only the join's deadline ends the trace
 
     flow = fan_in(running, filtered, recorder)
@@ -478,9 +484,9 @@ async def test_a_bucket_dropped_at_its_deadline_answers_the_request(
 
 
 async def test_a_bucket_dropped_on_timeout_ends_the_request_without_a_result(
-    running: list[PenguiFlow], kit: Any
+    running: list[PenguiFlow], kit: type[Kit]
 ) -> None:
-    async def filtered(item: Any, ctx: Any) -> Any:
+    async def filtered(item: Any, ctx: Context) -> Any:
         return None
 
     flow = fan_in(running, filtered, timeout_s=5, on_timeout="drop")
@@ -492,9 +498,9 @@ async def test_a_bucket_dropped_on_timeout_ends_the_request_without_a_result(
 
 
 async def test_a_timed_out_partial_batch_is_the_request_result(
-    running: list[PenguiFlow], kit: Any
+    running: list[PenguiFlow], kit: type[Kit]
 ) -> None:
-    async def filtered(item: Any, ctx: Any) -> Any:
+    async def filtered(item: Any, ctx: Context) -> Any:
         return None
 
     flow = fan_in(running, filtered, timeout_s=5)
@@ -505,7 +511,7 @@ async def test_a_timed_out_partial_batch_is_the_request_result(
 
 
 async def test_leaving_a_request_frees_its_bucket(
-    running: list[PenguiFlow], kit: Any, recorder: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder
 ) -> None:
     j = join_k("j", 2)
     flow = start(create(j.to()), running, recorder)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from penguiflow import Context
 from penguiflow.core import create
 from penguiflow.errors import FlowError
 from penguiflow.node import Node, NodePolicy
@@ -292,7 +293,7 @@ async def test_a_failure_leaves_the_callers_task_uncancelled() -> None:
 
 
 async def test_a_failing_worker_inside_a_node_is_that_nodes_error() -> None:
-    async def fan(msg: Message, ctx: Any) -> Message:
+    async def fan(msg: Message, ctx: Context) -> Message:
         async def work(i: int) -> int:
             await yields(i)
             if i == 2:
@@ -315,7 +316,7 @@ async def test_a_failing_worker_inside_a_node_is_that_nodes_error() -> None:
 
 
 async def test_a_node_whose_task_group_fails_is_that_nodes_error() -> None:
-    async def fan(msg: Message, ctx: Any) -> Message:
+    async def fan(msg: Message, ctx: Context) -> Message:
         if msg.payload == "fail":
             async with asyncio.TaskGroup() as group:
                 group.create_task(asyncio.sleep(0, result=None))

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from penguiflow.core import PenguiFlow, create
+from penguiflow.core import Context, PenguiFlow, create
 from penguiflow.errors import FlowBuildError, FlowError
 from penguiflow.node import Node
 from penguiflow.patterns import predicate_router
 
+if TYPE_CHECKING:
+    from conftest import Kit, LogCatcher
+    from penguiflow.testing import Recorder
+
 
 def sink(name: str) -> Node:
-    async def record(item: Any, ctx: Any) -> tuple[str, Any]:
+    async def record(item: Any, ctx: Context) -> tuple[str, Any]:
         return (name, item)
 
     return Node(record, name=name)
 
 
-def start(flow: PenguiFlow, running: list[PenguiFlow], recorder: Any = None) -> PenguiFlow:
+def start(
+    flow: PenguiFlow, running: list[PenguiFlow], recorder: Recorder | None = None
+) -> PenguiFlow:
     if recorder is not None:
         flow.add_middleware(recorder)
     flow.run()
@@ -27,11 +33,11 @@ def start(flow: PenguiFlow, running: list[PenguiFlow], recorder: Any = None) -> 
     return flow
 
 
-async def drain(flow: PenguiFlow, n: int, kit: Any) -> list[tuple[str, Any]]:
+async def drain(flow: PenguiFlow, n: int, kit: type[Kit]) -> list[tuple[str, Any]]:
     return [await kit.fetch(flow) for _ in range(n)]
 
 
-async def test_routes_on_payload_by_name(running: list[PenguiFlow], kit: Any) -> None:
+async def test_routes_on_payload_by_name(running: list[PenguiFlow], kit: type[Kit]) -> None:
     small, big = sink("small"), sink("big")
     router = predicate_router("size", lambda m: "big" if m.payload > 10 else "small")
     flow = start(create(router.to(small, big)), running)
@@ -44,7 +50,7 @@ async def test_routes_on_payload_by_name(running: list[PenguiFlow], kit: Any) ->
     kit.assert_clean(flow)
 
 
-async def test_routes_on_headers(running: list[PenguiFlow], kit: Any) -> None:
+async def test_routes_on_headers(running: list[PenguiFlow], kit: type[Kit]) -> None:
     billing, support = sink("billing"), sink("support")
     router = predicate_router("topic", lambda m: m.headers.topic)
     flow = start(create(router.to(billing, support)), running)
@@ -54,7 +60,7 @@ async def test_routes_on_headers(running: list[PenguiFlow], kit: Any) -> None:
     assert item.headers.topic == "support"
 
 
-async def test_routes_bare_payloads(running: list[PenguiFlow], kit: Any) -> None:
+async def test_routes_bare_payloads(running: list[PenguiFlow], kit: type[Kit]) -> None:
     even, odd = sink("even"), sink("odd")
     router = predicate_router("parity", lambda n: "even" if n % 2 == 0 else "odd")
     flow = start(create(router.to(even, odd)), running)
@@ -64,7 +70,9 @@ async def test_routes_bare_payloads(running: list[PenguiFlow], kit: Any) -> None
     assert got == [("even", 0), ("even", 2), ("odd", 1), ("odd", 3)]
 
 
-async def test_node_targets_and_order_and_repeats(running: list[PenguiFlow], kit: Any) -> None:
+async def test_node_targets_and_order_and_repeats(
+    running: list[PenguiFlow], kit: type[Kit]
+) -> None:
     a, b = sink("a"), sink("b")
     router = predicate_router("multi", lambda m: [b, "a", "b"])
     flow = start(create(router.to(a, b)), running)
@@ -74,7 +82,7 @@ async def test_node_targets_and_order_and_repeats(running: list[PenguiFlow], kit
     kit.assert_clean(flow)
 
 
-async def test_generator_decision(running: list[PenguiFlow], kit: Any) -> None:
+async def test_generator_decision(running: list[PenguiFlow], kit: type[Kit]) -> None:
     a, b = sink("a"), sink("b")
     router = predicate_router("gen", lambda m: (n for n in ("a", "b") if n in m.payload))
     flow = start(create(router.to(a, b)), running)
@@ -84,7 +92,7 @@ async def test_generator_decision(running: list[PenguiFlow], kit: Any) -> None:
 
 @pytest.mark.parametrize("decision", [None, False, [], ()])
 async def test_drop_decisions(
-    decision: Any, running: list[PenguiFlow], kit: Any, recorder: Any, logs: Any
+    decision: Any, running: list[PenguiFlow], kit: type[Kit], recorder: Recorder, logs: LogCatcher
 ) -> None:
     a = sink("a")
     router = predicate_router("gate", lambda m: decision)
@@ -101,7 +109,7 @@ async def test_drop_decisions(
     kit.assert_clean(flow)
 
 
-async def test_true_goes_to_every_successor(running: list[PenguiFlow], kit: Any) -> None:
+async def test_true_goes_to_every_successor(running: list[PenguiFlow], kit: type[Kit]) -> None:
     a, b, c = sink("a"), sink("b"), sink("c")
     router = predicate_router("all", lambda m: True)
     flow = start(create(router.to(a, b, c)), running)
@@ -110,7 +118,7 @@ async def test_true_goes_to_every_successor(running: list[PenguiFlow], kit: Any)
 
 
 async def test_true_on_an_egress_router_reaches_rookery(
-    running: list[PenguiFlow], kit: Any
+    running: list[PenguiFlow], kit: type[Kit]
 ) -> None:
     router = predicate_router("pass", lambda m: True)
     flow = start(create(router.to()), running)
@@ -120,7 +128,7 @@ async def test_true_on_an_egress_router_reaches_rookery(
 
 
 async def test_unknown_name_is_a_node_error_naming_the_router(
-    running: list[PenguiFlow], kit: Any, recorder: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder
 ) -> None:
     a = sink("a")
     router = predicate_router("picky", lambda m: "nope")
@@ -137,7 +145,7 @@ async def test_unknown_name_is_a_node_error_naming_the_router(
 
 
 async def test_node_not_a_successor_is_an_error(
-    running: list[PenguiFlow], kit: Any, recorder: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder
 ) -> None:
     a, stranger = sink("a"), sink("stranger")
     router = predicate_router("r", lambda m: stranger)
@@ -149,7 +157,7 @@ async def test_node_not_a_successor_is_an_error(
 
 @pytest.mark.parametrize("decision", [42, 1.5, [1], ["a", object()]])
 async def test_bad_decision_type_is_a_type_error(
-    decision: Any, running: list[PenguiFlow], kit: Any, recorder: Any
+    decision: Any, running: list[PenguiFlow], kit: type[Kit], recorder: Recorder
 ) -> None:
     a = sink("a")
     router = predicate_router("typed", lambda m: decision)
@@ -162,7 +170,7 @@ async def test_bad_decision_type_is_a_type_error(
 
 
 async def test_partial_bad_list_routes_nothing(
-    running: list[PenguiFlow], kit: Any, recorder: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder
 ) -> None:
     a = sink("a")
     router = predicate_router("half", lambda m: ["a", "missing"])
@@ -173,7 +181,7 @@ async def test_partial_bad_list_routes_nothing(
 
 
 async def test_predicate_exception_is_a_node_error(
-    running: list[PenguiFlow], kit: Any, recorder: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder
 ) -> None:
     def boom(m: Any) -> str:
         raise ZeroDivisionError("predicate broke")
@@ -201,7 +209,7 @@ def test_bad_predicate_type_is_rejected_at_creation(name: str, predicate: Any, m
 
 
 async def test_one_router_in_two_flows_resolves_per_flow(
-    running: list[PenguiFlow], kit: Any
+    running: list[PenguiFlow], kit: type[Kit]
 ) -> None:
     router = predicate_router("shared", lambda m: "out")
     first, second = sink("out"), sink("out")
@@ -214,7 +222,7 @@ async def test_one_router_in_two_flows_resolves_per_flow(
     assert await kit.fetch(flow2) == ("out", m2)
 
 
-async def test_restart_after_stop(running: list[PenguiFlow], kit: Any) -> None:
+async def test_restart_after_stop(running: list[PenguiFlow], kit: type[Kit]) -> None:
     router = predicate_router("again", lambda m: "a")
     flow = start(create(router.to(sink("a"))), running)
     await flow.emit(kit.message(1))
@@ -230,7 +238,7 @@ async def test_restart_after_stop(running: list[PenguiFlow], kit: Any) -> None:
 
 
 async def test_mapping_routes_to_every_passing_test_in_order(
-    running: list[PenguiFlow], kit: Any, recorder: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder
 ) -> None:
     pos, big, neg = sink("pos"), sink("big"), sink("neg")
     router = predicate_router(
@@ -264,8 +272,7 @@ def test_mapping_unknown_name_fails_the_build() -> None:
     create(router.to(sink("a"), sink("ghost")))
 
 
-async def test_detached_context_needs_a_flow(kit: Any) -> None:
-    from penguiflow.core import Context
+async def test_detached_context_needs_a_flow(kit: type[Kit]) -> None:
     from penguiflow.errors import FlowNotRunningError
 
     router = predicate_router("r", lambda m: "a")
@@ -287,7 +294,7 @@ async def test_detached_context_needs_a_flow(kit: Any) -> None:
     ids=["None", "False", "empty", "no-test-matched"],
 )
 async def test_a_dropped_request_ends_with_no_result_naming_the_router(
-    running: list[PenguiFlow], kit: Any, predicate: Any
+    running: list[PenguiFlow], kit: type[Kit], predicate: Any
 ) -> None:
     yes = sink("yes")
     upstream = sink("upstream")
@@ -302,7 +309,9 @@ async def test_a_dropped_request_ends_with_no_result_naming_the_router(
     kit.assert_clean(flow)
 
 
-async def test_a_routed_request_still_gets_its_result(running: list[PenguiFlow], kit: Any) -> None:
+async def test_a_routed_request_still_gets_its_result(
+    running: list[PenguiFlow], kit: type[Kit]
+) -> None:
     yes = sink("yes")
     router = predicate_router("gate", lambda m: "yes")
     flow = start(create(router.to(yes)), running)

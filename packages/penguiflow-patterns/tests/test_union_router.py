@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
+from penguiflow import Context
 from penguiflow.core import PenguiFlow, create
 from penguiflow.errors import FlowBuildError, FlowError
 from penguiflow.node import Node
 from penguiflow.patterns import union_router
+
+if TYPE_CHECKING:
+    from conftest import Kit
+    from penguiflow.testing import Recorder
 
 
 class Search(BaseModel):
@@ -46,13 +51,15 @@ Tool = Annotated[Search | Calc, Field(discriminator="kind")]
 
 
 def sink(name: str) -> Node:
-    async def record(item: Any, ctx: Any) -> tuple[str, Any]:
+    async def record(item: Any, ctx: Context) -> tuple[str, Any]:
         return (name, item)
 
     return Node(record, name=name)
 
 
-def start(flow: PenguiFlow, running: list[PenguiFlow], recorder: Any = None) -> PenguiFlow:
+def start(
+    flow: PenguiFlow, running: list[PenguiFlow], recorder: Recorder | None = None
+) -> PenguiFlow:
     if recorder is not None:
         flow.add_middleware(recorder)
     flow.run()
@@ -61,7 +68,7 @@ def start(flow: PenguiFlow, running: list[PenguiFlow], recorder: Any = None) -> 
 
 
 async def test_bare_dicts_are_validated_and_routed_by_kind(
-    running: list[PenguiFlow], kit: Any
+    running: list[PenguiFlow], kit: type[Kit]
 ) -> None:
     router = union_router("tools", Tool)
     flow = start(create(router.to(sink("search"), sink("calc"))), running)
@@ -72,7 +79,7 @@ async def test_bare_dicts_are_validated_and_routed_by_kind(
     kit.assert_clean(flow)
 
 
-async def test_variant_instance_passes_through(running: list[PenguiFlow], kit: Any) -> None:
+async def test_variant_instance_passes_through(running: list[PenguiFlow], kit: type[Kit]) -> None:
     router = union_router("tools", Search | Calc)
     flow = start(create(router.to(sink("search"), sink("calc"))), running)
     query = Search(query="penguins")
@@ -80,14 +87,14 @@ async def test_variant_instance_passes_through(running: list[PenguiFlow], kit: A
     assert await kit.fetch(flow) == ("search", query)
 
 
-async def test_class_name_routing_without_kind(running: list[PenguiFlow], kit: Any) -> None:
+async def test_class_name_routing_without_kind(running: list[PenguiFlow], kit: type[Kit]) -> None:
     router = union_router("u", Union[Ping, Search])  # noqa: UP007
     flow = start(create(router.to(sink("Ping"), sink("search"))), running)
     await flow.emit({"n": 3})
     assert await kit.fetch(flow) == ("Ping", Ping(n=3))
 
 
-async def test_str_enum_kind_routes_by_value(running: list[PenguiFlow], kit: Any) -> None:
+async def test_str_enum_kind_routes_by_value(running: list[PenguiFlow], kit: type[Kit]) -> None:
     router = union_router("u", Paint | Ping)
     flow = start(create(router.to(sink("red"), sink("Ping"))), running)
     await flow.emit({"shade": 2})
@@ -95,7 +102,7 @@ async def test_str_enum_kind_routes_by_value(running: list[PenguiFlow], kit: Any
 
 
 async def test_message_routed_on_payload_keeps_envelope(
-    running: list[PenguiFlow], kit: Any
+    running: list[PenguiFlow], kit: type[Kit]
 ) -> None:
     router = union_router("tools", Tool)
     flow = start(create(router.to(sink("search"), sink("calc"))), running)
@@ -112,7 +119,7 @@ async def test_message_routed_on_payload_keeps_envelope(
 
 
 async def test_message_with_variant_payload_is_forwarded_as_is(
-    running: list[PenguiFlow], kit: Any
+    running: list[PenguiFlow], kit: type[Kit]
 ) -> None:
     router = union_router("tools", Tool)
     flow = start(create(router.to(sink("search"), sink("calc"))), running)
@@ -124,7 +131,7 @@ async def test_message_with_variant_payload_is_forwarded_as_is(
 
 
 async def test_invalid_item_is_a_validation_node_error(
-    running: list[PenguiFlow], kit: Any, recorder: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder
 ) -> None:
     router = union_router("tools", Tool)
     flow = start(create(router.to(sink("search"), sink("calc"))), running, recorder)
@@ -162,7 +169,7 @@ def test_missing_variant_check_is_side_effect_free() -> None:
 
 
 async def test_unroutable_free_kind_is_a_runtime_error(
-    running: list[PenguiFlow], kit: Any, recorder: Any
+    running: list[PenguiFlow], kit: type[Kit], recorder: Recorder
 ) -> None:
     router = union_router("u", Free | Ping)
     flow = start(create(router.to(sink("known"), sink("Ping"))), running, recorder)
@@ -174,7 +181,7 @@ async def test_unroutable_free_kind_is_a_runtime_error(
     assert "No successor named 'unknown' for union_router 'u'" in failed.extra["exception"]
 
 
-async def test_one_router_in_two_flows(running: list[PenguiFlow], kit: Any) -> None:
+async def test_one_router_in_two_flows(running: list[PenguiFlow], kit: type[Kit]) -> None:
     router = union_router("shared", Search | Calc)
     flow1 = start(create(router.to(sink("search"), sink("calc"))), running)
     flow2 = start(create(router.to(sink("search"), sink("calc"))), running)
@@ -185,7 +192,7 @@ async def test_one_router_in_two_flows(running: list[PenguiFlow], kit: Any) -> N
 
 
 async def test_a_request_that_fits_no_variant_fails_naming_the_router(
-    running: list[PenguiFlow], kit: Any
+    running: list[PenguiFlow], kit: type[Kit]
 ) -> None:
     router = union_router("tools", Tool)
     flow = start(create(router.to(sink("search"), sink("calc"))), running)

@@ -154,6 +154,10 @@ class Kit:
     SSEEvent = SSEEvent
 
 
+Start = Callable[[PenguiFlow], PenguiFlow]
+"""The ``running`` fixture's type (test modules import it under ``TYPE_CHECKING``)."""
+
+
 @pytest.fixture
 def kit() -> type[Kit]:
     return Kit
@@ -167,7 +171,7 @@ def recorder() -> Recorder:
 @pytest.fixture
 async def running(
     request: pytest.FixtureRequest,
-) -> AsyncIterator[Callable[[PenguiFlow], PenguiFlow]]:
+) -> AsyncIterator[Start]:
     """``start(flow)`` runs a flow and stops it after the test (even on failure).
 
     With the test kit installed, its quiescence check runs afterwards, unless the test is

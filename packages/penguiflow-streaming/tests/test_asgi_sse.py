@@ -6,8 +6,8 @@ import asyncio
 import datetime
 import json
 import socket
-from collections.abc import Callable, MutableMapping
-from typing import Any
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -22,14 +22,16 @@ from penguiflow.streaming import StreamingPathError, StreamWriter, format_sse_ev
 from penguiflow.streaming.asgi import EventStreamResponse, sse_endpoint
 from penguiflow.types import FinalAnswer, Headers, Message
 
-Start = Callable[[PenguiFlow], PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import Kit, Start
+    from penguiflow.testing import Recorder
 
 
 def make_message(request: Request) -> Message:
     return Message(payload=request.query_params.get("q", ""), headers=Headers(tenant="t"))
 
 
-def app_for(kit: Any, flow: PenguiFlow, **options: Any) -> Any:
+def app_for(kit: type[Kit], flow: PenguiFlow, **options: Any) -> Any:
     return kit.Tracked(
         Starlette(routes=[Route("/stream", sse_endpoint(flow, make_message, **options))])
     )
@@ -43,7 +45,7 @@ def client(addr: str, **kwargs: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=f"http://{addr}", timeout=10.0, **kwargs)
 
 
-async def test_tokens_arrive_in_order_and_incrementally(kit: Any, running: Start) -> None:
+async def test_tokens_arrive_in_order_and_incrementally(kit: type[Kit], running: Start) -> None:
     first_read = asyncio.Event()
 
     async def llm(msg: Message, ctx: Context) -> Message:
@@ -110,7 +112,7 @@ async def test_tokens_arrive_in_order_and_incrementally(kit: Any, running: Start
     assert flow.inspect().is_quiescent
 
 
-async def test_text_that_looks_like_meta_stays_text(kit: Any, running: Start) -> None:
+async def test_text_that_looks_like_meta_stays_text(kit: type[Kit], running: Start) -> None:
     async def llm(msg: Message, ctx: Context) -> None:
         await ctx.emit_chunk(parent=msg, text='hello\n{"node": "x"}')
         await ctx.emit_chunk(parent=msg, text="hello", meta={"node": "x"}, done=True)
@@ -126,7 +128,7 @@ async def test_text_that_looks_like_meta_stays_text(kit: Any, running: Start) ->
     assert (second["text"], second["meta"], second["node"]) == ("hello", {"node": "x"}, "x")
 
 
-async def test_results_use_the_json_encoder(kit: Any, running: Start) -> None:
+async def test_results_use_the_json_encoder(kit: type[Kit], running: Start) -> None:
     when = datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.UTC)
 
     async def llm(msg: Message, ctx: Context) -> Message:
@@ -144,7 +146,9 @@ async def test_results_use_the_json_encoder(kit: Any, running: Start) -> None:
     assert by_name["result"]["result"] == {"at": "2026-11-30T12:00:00Z", "tags": ["a"]}
 
 
-async def test_legacy_chunk_format_keeps_the_documented_frame(kit: Any, running: Start) -> None:
+async def test_legacy_chunk_format_keeps_the_documented_frame(
+    kit: type[Kit], running: Start
+) -> None:
     async def llm(msg: Message, ctx: Context) -> None:
         await ctx.emit_chunk(parent=msg, text="a", meta={"k": 1}, done=True)
 
@@ -158,7 +162,9 @@ async def test_legacy_chunk_format_keeps_the_documented_frame(kit: Any, running:
     assert (events[1].id, events[1].data_lines) == ("0", ["a", '{"k": 1}'])
 
 
-async def test_client_disconnect_cancels_the_trace(kit: Any, running: Start, recorder: Any) -> None:
+async def test_client_disconnect_cancels_the_trace(
+    kit: type[Kit], running: Start, recorder: Recorder
+) -> None:
     cleaned = asyncio.Event()
     trace_ids: list[str] = []
 
@@ -189,7 +195,7 @@ async def test_client_disconnect_cancels_the_trace(kit: Any, running: Start, rec
     assert flow.inspect().is_quiescent
 
 
-async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start) -> None:
+async def test_slow_reader_back_pressures_the_producer(kit: type[Kit], running: Start) -> None:
     maxsize, total, size = 4, 512, 32 * 1024
     client_paused, blocked = asyncio.Event(), asyncio.Event()
     state = {"produced": 0, "at_block": -1}
@@ -246,7 +252,7 @@ async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start)
     assert state["produced"] == total
 
 
-async def test_fan_out_provenance(kit: Any, running: Start) -> None:
+async def test_fan_out_provenance(kit: type[Kit], running: Start) -> None:
     async def split(msg: Message, ctx: Context) -> Message:
         return msg
 
@@ -280,7 +286,9 @@ async def test_fan_out_provenance(kit: Any, running: Start) -> None:
         assert frs[0]["stream_id"].endswith(f":{name}")
 
 
-async def test_idle_timeout_reports_an_error_event_and_cancels(kit: Any, running: Start) -> None:
+async def test_idle_timeout_reports_an_error_event_and_cancels(
+    kit: type[Kit], running: Start
+) -> None:
     cleaned = asyncio.Event()
 
     async def stalls(msg: Message, ctx: Context) -> None:
@@ -307,7 +315,7 @@ async def test_idle_timeout_reports_an_error_event_and_cancels(kit: Any, running
 
 @pytest.mark.parametrize("entry", ["sse_endpoint", "EventStreamResponse"])
 @pytest.mark.parametrize("state", ["never run", "stopped"])
-async def test_flow_not_running_answers_503(kit: Any, entry: str, state: str) -> None:
+async def test_flow_not_running_answers_503(kit: type[Kit], entry: str, state: str) -> None:
     async def llm(msg: Message, ctx: Context) -> None:
         return None
 
@@ -390,7 +398,9 @@ class FakeClient:
             self.first_chunk.set()
 
 
-async def test_cleanup_runs_when_the_handler_task_is_cancelled(kit: Any, running: Start) -> None:
+async def test_cleanup_runs_when_the_handler_task_is_cancelled(
+    kit: type[Kit], running: Start
+) -> None:
     cleaned = asyncio.Event()
     flow = running(blocking_flow(cleaned))
     msg = kit.message()
@@ -408,7 +418,7 @@ async def test_cleanup_runs_when_the_handler_task_is_cancelled(kit: Any, running
     assert response.ended == "cancelled"  # by the handler's own cleanup
 
 
-async def test_cleanup_survives_an_anyio_cancel_scope(kit: Any, running: Start) -> None:
+async def test_cleanup_survives_an_anyio_cancel_scope(kit: type[Kit], running: Start) -> None:
     # Starlette/anyio deliver cancellation again at every await of a cancelled scope.
     cleaned = asyncio.Event()
     flow = running(blocking_flow(cleaned))
@@ -430,7 +440,9 @@ async def test_cleanup_survives_an_anyio_cancel_scope(kit: Any, running: Start) 
     await kit.wait_for(cleaned.wait())
 
 
-async def test_a_node_that_gives_up_ends_with_an_error_event(kit: Any, running: Start) -> None:
+async def test_a_node_that_gives_up_ends_with_an_error_event(
+    kit: type[Kit], running: Start
+) -> None:
     async def llm(msg: Message, ctx: Context) -> None:
         await ctx.emit_chunk(parent=msg, text="partial")
         raise ValueError("db password is hunter2")
@@ -463,7 +475,7 @@ async def _aiter(items: list[str]) -> Any:
         yield item
 
 
-async def test_keep_alive_comments_while_idle(kit: Any, running: Start) -> None:
+async def test_keep_alive_comments_while_idle(kit: type[Kit], running: Start) -> None:
     release = asyncio.Event()
 
     async def llm(msg: Message, ctx: Context) -> None:
@@ -489,7 +501,7 @@ async def test_keep_alive_comments_while_idle(kit: Any, running: Start) -> None:
     assert [e.event for e in events] == ["start", "chunk", "chunk", "end"]
 
 
-async def test_pings_can_be_disabled(kit: Any, running: Start) -> None:
+async def test_pings_can_be_disabled(kit: type[Kit], running: Start) -> None:
     async def llm(msg: Message, ctx: Context) -> None:
         await asyncio.Event().wait()
 
@@ -505,7 +517,7 @@ async def test_pings_can_be_disabled(kit: Any, running: Start) -> None:
 
 
 async def test_a_request_dropped_without_output_ends_with_an_error_event(
-    kit: Any, running: Start
+    kit: type[Kit], running: Start
 ) -> None:
     async def gate(msg: Message, ctx: Context) -> None:
         return None  # a filter that drops the request

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from starlette.applications import Starlette
@@ -20,14 +19,16 @@ from penguiflow.streaming import StreamWriter
 from penguiflow.streaming.asgi import websocket_endpoint
 from penguiflow.types import FinalAnswer, Headers, Message
 
-Start = Callable[[PenguiFlow], PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import Kit, Start
+    from penguiflow.testing import Recorder
 
 
 def make_message(data: Any) -> Message:
     return Message(payload=data["q"], headers=Headers(tenant="t"))
 
 
-def app_for(kit: Any, flow: PenguiFlow, **options: Any) -> Any:
+def app_for(kit: type[Kit], flow: PenguiFlow, **options: Any) -> Any:
     endpoint = websocket_endpoint(flow, make_message, **options)
     return kit.Tracked(Starlette(routes=[WebSocketRoute("/ws", endpoint)]))
 
@@ -60,7 +61,9 @@ async def until_end(ws: ClientConnection) -> list[dict[str, Any]]:
             return frames
 
 
-async def test_tokens_in_order_incrementally_then_result_and_end(kit: Any, running: Start) -> None:
+async def test_tokens_in_order_incrementally_then_result_and_end(
+    kit: type[Kit], running: Start
+) -> None:
     first_read = asyncio.Event()
 
     async def llm(msg: Message, ctx: Context) -> Message:
@@ -130,7 +133,7 @@ def forever_node(cleaned: asyncio.Event, trace_ids: list[str]) -> Node:
 
 
 async def test_disconnect_mid_stream_cancels_the_trace(
-    kit: Any, running: Start, recorder: Any
+    kit: type[Kit], running: Start, recorder: Recorder
 ) -> None:
     cleaned, trace_ids = asyncio.Event(), list[str]()
     flow = create(forever_node(cleaned, trace_ids).to(), middlewares=[recorder])
@@ -150,7 +153,7 @@ async def test_disconnect_mid_stream_cancels_the_trace(
     assert flow.inspect().is_quiescent
 
 
-async def test_abrupt_disconnect_cancels_the_trace(kit: Any, running: Start) -> None:
+async def test_abrupt_disconnect_cancels_the_trace(kit: type[Kit], running: Start) -> None:
     cleaned, trace_ids = asyncio.Event(), list[str]()
     flow = running(create(forever_node(cleaned, trace_ids).to()))
     app = app_for(kit, flow)
@@ -167,7 +170,7 @@ async def test_abrupt_disconnect_cancels_the_trace(kit: Any, running: Start) -> 
     assert flow.inspect().is_quiescent
 
 
-async def test_client_cancel_frame_and_busy(kit: Any, running: Start) -> None:
+async def test_client_cancel_frame_and_busy(kit: type[Kit], running: Start) -> None:
     cleaned, trace_ids = asyncio.Event(), list[str]()
     flow = running(create(forever_node(cleaned, trace_ids).to()))
     app = app_for(kit, flow)
@@ -190,7 +193,7 @@ async def test_client_cancel_frame_and_busy(kit: Any, running: Start) -> None:
     assert flow.inspect().is_quiescent
 
 
-async def test_flow_not_running_sends_an_error_frame(kit: Any) -> None:
+async def test_flow_not_running_sends_an_error_frame(kit: type[Kit]) -> None:
     cleaned, trace_ids = asyncio.Event(), list[str]()
     flow = create(forever_node(cleaned, trace_ids).to())  # never run
     app = app_for(kit, flow)
@@ -204,7 +207,7 @@ async def test_flow_not_running_sends_an_error_frame(kit: Any) -> None:
     assert "not running" in frame["message"]
 
 
-async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start) -> None:
+async def test_slow_reader_back_pressures_the_producer(kit: type[Kit], running: Start) -> None:
     maxsize, total, size = 4, 256, 32 * 1024
     client_paused, blocked = asyncio.Event(), asyncio.Event()
     state = {"produced": 0, "at_block": -1}
@@ -254,7 +257,7 @@ async def test_slow_reader_back_pressures_the_producer(kit: Any, running: Start)
     assert frames[-1]["reason"] == "drained"
 
 
-async def test_a_node_that_gives_up_sends_an_error_frame(kit: Any, running: Start) -> None:
+async def test_a_node_that_gives_up_sends_an_error_frame(kit: type[Kit], running: Start) -> None:
     async def llm(msg: Message, ctx: Context) -> None:
         await ctx.emit_chunk(parent=msg, text="partial")
         raise ValueError("secret internals")
@@ -278,7 +281,7 @@ async def test_a_node_that_gives_up_sends_an_error_frame(kit: Any, running: Star
     }
 
 
-async def test_a_bad_request_gets_an_error_frame(kit: Any, running: Start) -> None:
+async def test_a_bad_request_gets_an_error_frame(kit: type[Kit], running: Start) -> None:
     cleaned, trace_ids = asyncio.Event(), list[str]()
     flow = running(create(forever_node(cleaned, trace_ids).to()))
     app = app_for(kit, flow)
@@ -293,7 +296,7 @@ async def test_a_bad_request_gets_an_error_frame(kit: Any, running: Start) -> No
     assert trace_ids == []
 
 
-async def test_a_client_that_stops_reading_is_cut_off(kit: Any, running: Start) -> None:
+async def test_a_client_that_stops_reading_is_cut_off(kit: type[Kit], running: Start) -> None:
     loop = asyncio.get_running_loop()
     cancelled_at: list[float] = []
     flooding = asyncio.Event()

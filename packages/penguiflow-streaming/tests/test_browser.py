@@ -14,8 +14,7 @@ import html
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 from starlette.applications import Starlette
@@ -29,7 +28,9 @@ from penguiflow.streaming import StreamWriter
 from penguiflow.streaming.asgi import sse_endpoint
 from penguiflow.types import FinalAnswer, Headers, Message
 
-Start = Callable[[PenguiFlow], PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import Kit, Start
+
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -126,7 +127,7 @@ async def dump_dom(url: str) -> str:
     return stdout.decode()
 
 
-async def test_event_source_in_a_real_browser(kit: Any, running: Start) -> None:
+async def test_event_source_in_a_real_browser(kit: type[Kit], running: Start) -> None:
     flow = running(build_flow())
     app = Starlette(routes=[Route("/", page), Route("/stream", sse_endpoint(flow, make_message))])
     async with kit.serve(app) as addr:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -14,7 +14,8 @@ from penguiflow.node import Node
 from penguiflow.streaming import StreamingPathError, emit_stream_events, stream_flow
 from penguiflow.types import FinalAnswer, Message, StreamChunk
 
-Start = Callable[[PenguiFlow], PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import Kit, Start
 
 
 async def agen(items: list[Any]) -> AsyncIterator[Any]:
@@ -37,7 +38,7 @@ async def collect(gen: AsyncIterator[Any]) -> list[Any]:
         return [x async for x in gen]
 
 
-async def test_stream_flow_yields_chunks_until_done(kit: Any, running: Start) -> None:
+async def test_stream_flow_yields_chunks_until_done(kit: type[Kit], running: Start) -> None:
     flow = running(create(token_node(["a", "b", "c"]).to()))
     out = await collect(stream_flow(flow, kit.message()))
     assert [c.text for c in out] == ["a", "b", "c"]
@@ -46,7 +47,7 @@ async def test_stream_flow_yields_chunks_until_done(kit: Any, running: Start) ->
     assert out[-1].done
 
 
-async def test_stream_flow_include_final_runs_to_the_answer(kit: Any, running: Start) -> None:
+async def test_stream_flow_include_final_runs_to_the_answer(kit: type[Kit], running: Start) -> None:
     def final(msg: Message) -> Message:
         return msg
 
@@ -61,7 +62,9 @@ async def test_stream_flow_include_final_runs_to_the_answer(kit: Any, running: S
     assert isinstance(out[-1], FinalAnswer)
 
 
-async def test_stream_flow_stops_at_a_non_chunk_without_done(kit: Any, running: Start) -> None:
+async def test_stream_flow_stops_at_a_non_chunk_without_done(
+    kit: type[Kit], running: Start
+) -> None:
     async def plain(msg: Message, ctx: Context) -> str:
         return "bare"
 
@@ -69,7 +72,7 @@ async def test_stream_flow_stops_at_a_non_chunk_without_done(kit: Any, running: 
     assert await collect(stream_flow(flow, kit.message())) == ["bare"]
 
 
-async def test_stream_flow_timeout_propagates(kit: Any, running: Start) -> None:
+async def test_stream_flow_timeout_propagates(kit: type[Kit], running: Start) -> None:
     async def silent(msg: Message, ctx: Context) -> None:
         return None
 
@@ -80,13 +83,13 @@ async def test_stream_flow_timeout_propagates(kit: Any, running: Start) -> None:
     await gen.aclose()
 
 
-async def test_stream_flow_on_a_flow_never_run(kit: Any) -> None:
+async def test_stream_flow_on_a_flow_never_run(kit: type[Kit]) -> None:
     flow = create(token_node(["a"]).to())
     with pytest.raises(FlowNotRunningError, match=r"call flow\.run\(\) first"):
         await stream_flow(flow, kit.message()).__anext__()
 
 
-async def test_stream_flow_on_a_stopped_flow(kit: Any) -> None:
+async def test_stream_flow_on_a_stopped_flow(kit: type[Kit]) -> None:
     flow = create(token_node(["a"]).to())
     flow.run()
     await flow.stop()
@@ -109,7 +112,7 @@ def cyclic_flows() -> dict[str, PenguiFlow]:
     ("case", "match"),
     [("no_exit", "no path from a to Rookery"), ("no_entry", "no ingress node")],
 )
-async def test_stream_flow_without_a_streaming_path(kit: Any, case: str, match: str) -> None:
+async def test_stream_flow_without_a_streaming_path(kit: type[Kit], case: str, match: str) -> None:
     flow = cyclic_flows()[case]
     flow.run()
     try:
@@ -122,7 +125,7 @@ async def test_stream_flow_without_a_streaming_path(kit: Any, case: str, match: 
         await flow.stop()
 
 
-async def test_stream_flow_to_a_branch_that_cannot_reach_rookery(kit: Any) -> None:
+async def test_stream_flow_to_a_branch_that_cannot_reach_rookery(kit: type[Kit]) -> None:
     async def f(msg: Any, ctx: Context) -> Any:
         return msg
 
@@ -141,7 +144,7 @@ async def test_stream_flow_to_a_branch_that_cannot_reach_rookery(kit: Any) -> No
 
 
 async def test_emit_stream_events_default_adapter_and_terminal_chunk(
-    kit: Any, running: Start
+    kit: type[Kit], running: Start
 ) -> None:
     async def node(msg: Message, ctx: Context) -> None:
         await emit_stream_events(agen([1, "two", 3.5]), ctx, msg, final_meta={"end": True})
@@ -157,7 +160,7 @@ async def test_emit_stream_events_default_adapter_and_terminal_chunk(
 
 
 async def test_emit_stream_events_with_adapter_done_means_no_extra_chunk(
-    kit: Any, running: Start
+    kit: type[Kit], running: Start
 ) -> None:
     events = [{"t": "x", "end": False}, {"t": "y", "end": True}]
 
@@ -178,7 +181,7 @@ async def test_emit_stream_events_with_adapter_done_means_no_extra_chunk(
 
 
 async def test_emit_stream_events_empty_source_emits_only_the_terminal(
-    kit: Any, running: Start
+    kit: type[Kit], running: Start
 ) -> None:
     async def node(msg: Message, ctx: Context) -> None:
         await emit_stream_events(agen([]), ctx, msg)
@@ -188,7 +191,7 @@ async def test_emit_stream_events_empty_source_emits_only_the_terminal(
     assert (only.text, only.seq, only.done, only.meta) == ("", 0, True, {})
 
 
-async def test_emit_stream_events_on_a_detached_context(kit: Any) -> None:
+async def test_emit_stream_events_on_a_detached_context(kit: type[Kit]) -> None:
     async def f(msg: Any, ctx: Context) -> None:
         return None
 

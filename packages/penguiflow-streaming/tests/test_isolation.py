@@ -10,22 +10,23 @@ import asyncio
 import importlib.util
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from penguiflow.core import Context, PenguiFlow, create
+from penguiflow.core import Context, create
 from penguiflow.node import Node
 from penguiflow.streaming.asgi import EventStreamResponse
 from penguiflow.types import Headers, Message
 
-Start = Callable[[PenguiFlow], PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import Kit, Start
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "first_token.py"
 
 
@@ -39,7 +40,7 @@ def load_bench() -> ModuleType:
     return module
 
 
-async def test_twenty_clients_and_a_stalled_one(kit: Any) -> None:
+async def test_twenty_clients_and_a_stalled_one(kit: type[Kit]) -> None:
     bench = load_bench()
     send_timeout = 1.0
     # A node of about 0.3 s (a fast model); serving 20 connections at once costs a few
@@ -60,7 +61,7 @@ async def test_twenty_clients_and_a_stalled_one(kit: Any) -> None:
     assert blocked_s <= send_timeout + 0.5, figures.report()
 
 
-async def test_a_stalled_client_frees_the_only_node_slot(kit: Any, running: Start) -> None:
+async def test_a_stalled_client_frees_the_only_node_slot(kit: type[Kit], running: Start) -> None:
     """max_concurrency=1: the stalled trace is cancelled, then the next client is served."""
     loop = asyncio.get_running_loop()
     cancelled_at: list[float] = []

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from penguiflow.core import Context, PenguiFlow, create
+from penguiflow.core import Context, create
 from penguiflow.errors import (
     FlowError,
     FlowNotRunningError,
@@ -31,7 +30,9 @@ from penguiflow.streaming import (
 )
 from penguiflow.types import FinalAnswer, Message, StreamChunk
 
-Start = Callable[[PenguiFlow], PenguiFlow]
+if TYPE_CHECKING:
+    from conftest import Kit, Start
+    from penguiflow.testing import Recorder
 
 
 def answer(msg: Message, text: str) -> Message:
@@ -48,7 +49,7 @@ def llm_node(tokens: list[str], name: str = "llm") -> Node:
     return Node(llm, name=name)
 
 
-async def test_chunks_in_order_then_the_result(kit: Any, running: Start) -> None:
+async def test_chunks_in_order_then_the_result(kit: type[Kit], running: Start) -> None:
     flow = running(create(llm_node(["a", "b", "c"]).to()))
     msg = kit.message()
     async with open_stream(flow, msg) as stream:
@@ -64,7 +65,7 @@ async def test_chunks_in_order_then_the_result(kit: Any, running: Start) -> None
     assert flow.inspect().is_quiescent
 
 
-async def test_provenance_node_stream_and_seq(kit: Any, running: Start) -> None:
+async def test_provenance_node_stream_and_seq(kit: type[Kit], running: Start) -> None:
     flow = running(create(llm_node(["x"]).to()))
     msg = kit.message()
     async with open_stream(flow, msg) as stream:
@@ -75,7 +76,7 @@ async def test_provenance_node_stream_and_seq(kit: Any, running: Start) -> None:
     assert provenance(StreamChunk(stream_id="s", seq=3, text="")) == Provenance(None, "s", 3)
 
 
-async def test_events_end_with_the_result_in_arrival_order(kit: Any, running: Start) -> None:
+async def test_events_end_with_the_result_in_arrival_order(kit: type[Kit], running: Start) -> None:
     finish = asyncio.Event()  # never set: the node is still busy after its result
     cancelled = asyncio.Event()
 
@@ -106,7 +107,7 @@ async def test_events_end_with_the_result_in_arrival_order(kit: Any, running: St
     await kit.wait_for(cancelled.wait())
 
 
-async def test_only_this_trace_while_others_run(kit: Any, running: Start) -> None:
+async def test_only_this_trace_while_others_run(kit: type[Kit], running: Start) -> None:
     gates = {"A": asyncio.Event(), "B": asyncio.Event()}
 
     async def llm(msg: Message, ctx: Context) -> Message:
@@ -132,7 +133,7 @@ async def test_only_this_trace_while_others_run(kit: Any, running: Start) -> Non
     assert b == (["B0", "B1", "B2", ""], FinalAnswer(text="B"))
 
 
-async def test_fan_out_streams_interleave_each_in_order(kit: Any, running: Start) -> None:
+async def test_fan_out_streams_interleave_each_in_order(kit: type[Kit], running: Start) -> None:
     turn = {name: asyncio.Event() for name in ("L0", "R0", "L1", "R1")}
 
     async def split(msg: Message, ctx: Context) -> Message:
@@ -192,7 +193,9 @@ def blocking_node(
     return Node(llm, name="llm")
 
 
-async def test_leaving_early_cancels_the_trace(kit: Any, running: Start, recorder: Any) -> None:
+async def test_leaving_early_cancels_the_trace(
+    kit: type[Kit], running: Start, recorder: Recorder
+) -> None:
     started, cleaned = asyncio.Event(), asyncio.Event()
     flow = create(blocking_node(started, cleaned).to(), middlewares=[recorder])
     running(flow)
@@ -207,7 +210,9 @@ async def test_leaving_early_cancels_the_trace(kit: Any, running: Start, recorde
     assert flow.inspect().is_quiescent
 
 
-async def test_cancel_on_exit_false_leaves_the_trace_running(kit: Any, running: Start) -> None:
+async def test_cancel_on_exit_false_leaves_the_trace_running(
+    kit: type[Kit], running: Start
+) -> None:
     started, cleaned, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
     flow = running(create(blocking_node(started, cleaned, release).to()))
     msg = kit.message()
@@ -226,7 +231,7 @@ async def test_cancel_on_exit_false_leaves_the_trace_running(kit: Any, running: 
 
 
 async def test_cleanup_runs_when_the_consumer_task_is_cancelled(
-    kit: Any, running: Start, recorder: Any
+    kit: type[Kit], running: Start, recorder: Recorder
 ) -> None:
     started, cleaned = asyncio.Event(), asyncio.Event()
     flow = create(blocking_node(started, cleaned).to(), middlewares=[recorder])
@@ -252,7 +257,7 @@ async def test_cleanup_runs_when_the_consumer_task_is_cancelled(
     assert flow.inspect().is_quiescent
 
 
-async def test_an_outer_timeout_still_cancels_the_trace(kit: Any, running: Start) -> None:
+async def test_an_outer_timeout_still_cancels_the_trace(kit: type[Kit], running: Start) -> None:
     started, cleaned = asyncio.Event(), asyncio.Event()
     flow = running(create(blocking_node(started, cleaned).to()))
     with pytest.raises(TimeoutError):
@@ -262,7 +267,7 @@ async def test_an_outer_timeout_still_cancels_the_trace(kit: Any, running: Start
     await kit.wait_for(cleaned.wait())
 
 
-async def test_cancelled_elsewhere_raises_trace_cancelled(kit: Any, running: Start) -> None:
+async def test_cancelled_elsewhere_raises_trace_cancelled(kit: type[Kit], running: Start) -> None:
     started, cleaned = asyncio.Event(), asyncio.Event()
     flow = running(create(blocking_node(started, cleaned).to()))
     msg = kit.message()
@@ -279,7 +284,7 @@ async def test_cancelled_elsewhere_raises_trace_cancelled(kit: Any, running: Sta
     assert cleaned.is_set()
 
 
-async def test_own_cancel_ends_iteration_quietly(kit: Any, running: Start) -> None:
+async def test_own_cancel_ends_iteration_quietly(kit: type[Kit], running: Start) -> None:
     started, cleaned = asyncio.Event(), asyncio.Event()
     flow = running(create(blocking_node(started, cleaned).to()))
     async with open_stream(flow, kit.message()) as stream:
@@ -290,7 +295,7 @@ async def test_own_cancel_ends_iteration_quietly(kit: Any, running: Start) -> No
     await kit.wait_for(cleaned.wait())
 
 
-async def test_flow_stopped_mid_stream_raises(kit: Any) -> None:
+async def test_flow_stopped_mid_stream_raises(kit: type[Kit]) -> None:
     started, cleaned = asyncio.Event(), asyncio.Event()
     flow = create(blocking_node(started, cleaned).to())
     flow.run()
@@ -304,7 +309,7 @@ async def test_flow_stopped_mid_stream_raises(kit: Any) -> None:
     assert cleaned.is_set()
 
 
-async def test_idle_timeout(kit: Any, running: Start) -> None:
+async def test_idle_timeout(kit: type[Kit], running: Start) -> None:
     started, cleaned = asyncio.Event(), asyncio.Event()
     flow = running(create(blocking_node(started, cleaned).to()))
     async with open_stream(flow, kit.message(), idle_timeout=0.01) as stream:
@@ -320,13 +325,13 @@ def test_a_non_message_is_rejected() -> None:
         open_stream(create(node.to()), "not a message")  # type: ignore[arg-type]  # on purpose
 
 
-async def test_a_flow_that_never_ran_is_rejected(kit: Any) -> None:
+async def test_a_flow_that_never_ran_is_rejected(kit: type[Kit]) -> None:
     never_run = create(llm_node(["a"]).to())
     with pytest.raises(FlowNotRunningError, match="not running"):
         await open_stream(never_run, kit.message()).start()
 
 
-async def test_a_second_stream_of_one_trace_is_rejected(kit: Any, running: Start) -> None:
+async def test_a_second_stream_of_one_trace_is_rejected(kit: type[Kit], running: Start) -> None:
     flow = running(create(llm_node(["a"]).to()))
     msg = kit.message()
     async with open_stream(flow, msg) as stream:
@@ -336,7 +341,7 @@ async def test_a_second_stream_of_one_trace_is_rejected(kit: Any, running: Start
     assert flow.inspect().is_quiescent
 
 
-async def test_starting_a_stream_twice_is_rejected(kit: Any, running: Start) -> None:
+async def test_starting_a_stream_twice_is_rejected(kit: type[Kit], running: Start) -> None:
     flow = running(create(llm_node(["a"]).to()))
     async with open_stream(flow, kit.message()) as stream:
         with pytest.raises(StreamingUsageError, match="already started"):
@@ -345,7 +350,7 @@ async def test_starting_a_stream_twice_is_rejected(kit: Any, running: Start) -> 
     assert flow.inspect().is_quiescent
 
 
-async def test_reading_an_unstarted_stream_is_rejected(kit: Any, running: Start) -> None:
+async def test_reading_an_unstarted_stream_is_rejected(kit: type[Kit], running: Start) -> None:
     flow = running(create(llm_node(["a"]).to()))
     unstarted = open_stream(flow, kit.message())
     with pytest.raises(StreamingUsageError, match="not started"):
@@ -355,7 +360,7 @@ async def test_reading_an_unstarted_stream_is_rejected(kit: Any, running: Start)
     assert flow.inspect().is_quiescent
 
 
-async def test_no_streaming_path_is_reported_before_emitting(kit: Any) -> None:
+async def test_no_streaming_path_is_reported_before_emitting(kit: type[Kit]) -> None:
     async def f(msg: Any, ctx: Context) -> Any:
         return msg
 
@@ -371,7 +376,7 @@ async def test_no_streaming_path_is_reported_before_emitting(kit: Any) -> None:
         await flow.stop()
 
 
-async def test_slow_consumer_back_pressures_the_producer(kit: Any, running: Start) -> None:
+async def test_slow_consumer_back_pressures_the_producer(kit: type[Kit], running: Start) -> None:
     maxsize, total = 4, 200
     blocked = asyncio.Event()
     state = {"produced": 0, "at_block": -1}
@@ -407,7 +412,7 @@ async def test_slow_consumer_back_pressures_the_producer(kit: Any, running: Star
     assert state["produced"] == total
 
 
-async def test_a_node_that_gives_up_raises_its_flow_error(kit: Any, running: Start) -> None:
+async def test_a_node_that_gives_up_raises_its_flow_error(kit: type[Kit], running: Start) -> None:
     async def llm(msg: Message, ctx: Context) -> None:
         await ctx.emit_chunk(parent=msg, text="partial")
         raise ValueError("boom")
@@ -424,7 +429,7 @@ async def test_a_node_that_gives_up_raises_its_flow_error(kit: Any, running: Sta
     assert stream.ended == "failed"
 
 
-async def test_a_closed_writer_names_itself_and_the_fix(kit: Any, running: Start) -> None:
+async def test_a_closed_writer_names_itself_and_the_fix(kit: type[Kit], running: Start) -> None:
     errors: list[BaseException] = []
 
     async def llm(msg: Message, ctx: Context) -> None:
@@ -444,7 +449,9 @@ async def test_a_closed_writer_names_itself_and_the_fix(kit: Any, running: Start
     assert "new StreamWriter" in str(error)
 
 
-async def test_a_failure_is_a_flow_error_whatever_the_flow_option(kit: Any, running: Start) -> None:
+async def test_a_failure_is_a_flow_error_whatever_the_flow_option(
+    kit: type[Kit], running: Start
+) -> None:
     async def llm(msg: Message, ctx: Context) -> None:
         await ctx.emit_chunk(parent=msg, text="partial")
         raise ValueError("boom")
@@ -461,7 +468,9 @@ async def test_a_failure_is_a_flow_error_whatever_the_flow_option(kit: Any, runn
         assert flow.inspect().is_quiescent  # nothing of it waits at the shared Rookery
 
 
-async def test_a_request_dropped_without_output_raises_no_result(kit: Any, running: Start) -> None:
+async def test_a_request_dropped_without_output_raises_no_result(
+    kit: type[Kit], running: Start
+) -> None:
     async def gate(msg: Message, ctx: Context) -> None:
         return None  # drops the request: no chunk, no result
 
@@ -476,7 +485,7 @@ async def test_a_request_dropped_without_output_raises_no_result(kit: Any, runni
     assert stream.ended == "failed"
 
 
-async def test_chunks_then_no_result_is_a_normal_end(kit: Any, running: Start) -> None:
+async def test_chunks_then_no_result_is_a_normal_end(kit: type[Kit], running: Start) -> None:
     async def llm(msg: Message, ctx: Context) -> None:
         await ctx.emit_chunk(parent=msg, text="only", done=True)
 
@@ -488,7 +497,7 @@ async def test_chunks_then_no_result_is_a_normal_end(kit: Any, running: Start) -
 
 
 @pytest.mark.usefixtures("virtual_clock")  # the idle timeout fires only while all is idle
-async def test_an_idle_timeout_loses_nothing(kit: Any, running: Start) -> None:
+async def test_an_idle_timeout_loses_nothing(kit: type[Kit], running: Start) -> None:
     gate = asyncio.Event()
 
     async def llm(msg: Message, ctx: Context) -> Message:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from penguiflow import Context
 from penguiflow.core import PenguiFlow, create
 from penguiflow.errors import FlowError
 from penguiflow.node import Node, NodePolicy
@@ -31,11 +32,11 @@ def make_message(payload: Any = "hello", **fields: Any) -> Message:
     return Message(payload=payload, headers=Headers(tenant="acme"), **fields)
 
 
-async def upper(message: Message, ctx: Any) -> Message:
+async def upper(message: Message, ctx: Context) -> Message:
     return message.model_copy(update={"payload": str(message.payload).upper()})
 
 
-async def exclaim(message: Message, ctx: Any) -> Message:
+async def exclaim(message: Message, ctx: Context) -> Message:
     return message.model_copy(update={"payload": f"{message.payload}!"})
 
 
@@ -56,7 +57,7 @@ async def test_run_one_returns_first_result_and_stops(flow_kit: FlowTestKit) -> 
 
 
 async def test_run_one_with_bare_payload(flow_kit: FlowTestKit) -> None:
-    async def double(x: int, ctx: Any) -> int:
+    async def double(x: int, ctx: Context) -> int:
         return x * 2
 
     flow = create(Node(double).to())
@@ -67,10 +68,10 @@ async def test_run_one_with_bare_payload(flow_kit: FlowTestKit) -> None:
 async def test_run_one_cancels_leftover_work_of_the_trace(
     flow_kit: FlowTestKit, virtual_clock: VirtualClock
 ) -> None:
-    async def fast(message: Message, ctx: Any) -> Message:
+    async def fast(message: Message, ctx: Context) -> Message:
         return message
 
-    async def slow(message: Message, ctx: Any) -> Message:
+    async def slow(message: Message, ctx: Context) -> Message:
         await asyncio.sleep(100)
         return message
 
@@ -86,7 +87,7 @@ async def test_run_one_cancels_leftover_work_of_the_trace(
 async def test_run_one_timeout_says_what_was_seen(
     flow_kit: FlowTestKit, virtual_clock: VirtualClock
 ) -> None:
-    async def stuck(message: Message, ctx: Any) -> None:
+    async def stuck(message: Message, ctx: Context) -> None:
         await asyncio.Event().wait()
 
     stuck_node = Node(stuck)
@@ -109,7 +110,7 @@ async def test_run_one_timeout_says_what_was_seen(
 async def test_run_one_timeout_for_a_bare_payload(
     flow_kit: FlowTestKit, virtual_clock: VirtualClock
 ) -> None:
-    async def swallow(item: Any, ctx: Any) -> None:
+    async def swallow(item: Any, ctx: Context) -> None:
         return None
 
     flow = create(Node(swallow).to())
@@ -177,7 +178,7 @@ async def test_run_one_with_registry_validates(flow_kit: FlowTestKit) -> None:
     class Query(BaseModel):
         text: str
 
-    async def shout(query: Query, ctx: Any) -> Query:
+    async def shout(query: Query, ctx: Context) -> Query:
         return Query(text=query.text.upper())
 
     registry = ModelRegistry()
@@ -218,7 +219,7 @@ def test_attach_rejects_a_non_flow(flow_kit: FlowTestKit) -> None:
 
 
 async def test_run_trace_collects_results_and_chunks(flow_kit: FlowTestKit) -> None:
-    async def streamer(message: Message, ctx: Any) -> Message:
+    async def streamer(message: Message, ctx: Context) -> Message:
         for word in ("to", "ken", "s"):
             await ctx.emit_chunk(parent=message, text=word)
         await ctx.emit_chunk(parent=message, text="", done=True)
@@ -240,7 +241,7 @@ async def test_run_trace_collects_results_and_chunks(flow_kit: FlowTestKit) -> N
 
 
 async def test_collect_trace_on_a_running_flow(flow_kit: FlowTestKit) -> None:
-    async def fan(message: Message, ctx: Any) -> None:
+    async def fan(message: Message, ctx: Context) -> None:
         for i in range(3):
             await ctx.emit(message.model_copy(update={"payload": i}))
 
@@ -262,7 +263,7 @@ async def test_collect_trace_on_a_running_flow(flow_kit: FlowTestKit) -> None:
 async def test_collect_trace_timeout_keeps_the_flow_running(
     flow_kit: FlowTestKit, virtual_clock: VirtualClock
 ) -> None:
-    async def partial(message: Message, ctx: Any) -> None:
+    async def partial(message: Message, ctx: Context) -> None:
         await ctx.emit(message.model_copy(update={"payload": "part"}))
         await asyncio.Event().wait()
 
@@ -402,7 +403,7 @@ def test_kit_helpers_are_exposed_on_the_class() -> None:
 
 
 async def test_run_one_returns_the_result_after_the_chunks(flow_kit: FlowTestKit) -> None:
-    async def streamer(message: Message, ctx: Any) -> Message:
+    async def streamer(message: Message, ctx: Context) -> Message:
         await ctx.emit_chunk(parent=message, text="tok")
         await ctx.emit_chunk(parent=message, text="", done=True)
         return message.model_copy(update={"payload": "final"})
@@ -415,7 +416,7 @@ async def test_run_one_returns_the_result_after_the_chunks(flow_kit: FlowTestKit
 
 
 async def test_run_one_names_the_node_that_dropped_the_trace(flow_kit: FlowTestKit) -> None:
-    async def gate(message: Message, ctx: Any) -> None:
+    async def gate(message: Message, ctx: Context) -> None:
         return None
 
     parse, drop = Node(upper, name="parse"), Node(gate)
@@ -434,7 +435,7 @@ async def test_run_one_names_the_node_that_dropped_the_trace(flow_kit: FlowTestK
 async def test_run_trace_reports_the_node_that_gave_up(
     flow_kit: FlowTestKit, virtual_clock: VirtualClock
 ) -> None:
-    async def streamer(message: Message, ctx: Any) -> Message:
+    async def streamer(message: Message, ctx: Context) -> Message:
         await ctx.emit_chunk(parent=message, text="partial")
         raise ValueError("model backend down")
 

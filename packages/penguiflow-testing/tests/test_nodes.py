@@ -124,7 +124,7 @@ async def test_stub_context_records_emits_and_chunks() -> None:
     assert "StubContext" in repr(ctx)
 
 
-async def good_node(message: Message, ctx: Any) -> Message:
+async def good_node(message: Message, ctx: Context) -> Message:
     await ctx.emit_chunk(parent=message, text="thinking")
     return message.model_copy(update={"payload": "answer"})
 
@@ -146,7 +146,7 @@ async def test_envelope_check_with_a_bare_function_and_given_message() -> None:
 
 
 async def test_envelope_check_names_a_bare_payload() -> None:
-    async def unwraps(message: Message, ctx: Any) -> str:
+    async def unwraps(message: Message, ctx: Context) -> str:
         return "bare"
 
     with pytest.raises(KitAssertionError) as info:
@@ -158,7 +158,7 @@ async def test_envelope_check_names_a_bare_payload() -> None:
 
 
 async def test_envelope_check_catches_changed_trace_and_headers() -> None:
-    async def rewrites(message: Message, ctx: Any) -> Message:
+    async def rewrites(message: Message, ctx: Context) -> Message:
         await ctx.emit(Message(payload="side", headers=message.headers))
         message.headers.tenant = "someone-else"
         return message
@@ -172,7 +172,7 @@ async def test_envelope_check_catches_changed_trace_and_headers() -> None:
 
 
 async def test_envelope_check_needs_output() -> None:
-    async def silent(message: Message, ctx: Any) -> None:
+    async def silent(message: Message, ctx: Context) -> None:
         return None
 
     with pytest.raises(KitAssertionError, match="returned None and emitted nothing"):
@@ -185,7 +185,7 @@ async def test_envelope_check_with_registry_and_real_context() -> None:
     class Query(BaseModel):
         text: str
 
-    async def shout(query: Query, ctx: Any) -> Query:
+    async def shout(query: Query, ctx: Context) -> Query:
         return Query(text=query.text.upper())
 
     registry = ModelRegistry()

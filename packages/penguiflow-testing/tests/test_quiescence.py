@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from penguiflow import Context
 from penguiflow.core import create
 from penguiflow.node import Node
 from penguiflow.testing import (
@@ -23,11 +24,11 @@ def make_message(payload: Any = "hello") -> Message:
     return Message(payload=payload, headers=Headers(tenant="acme"))
 
 
-async def block(message: Any, ctx: Any) -> None:
+async def block(message: Any, ctx: Context) -> None:
     await asyncio.Event().wait()
 
 
-async def echo(message: Any, ctx: Any) -> Any:
+async def echo(message: Any, ctx: Context) -> Any:
     return message
 
 

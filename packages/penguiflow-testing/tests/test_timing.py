@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from penguiflow import Context
 from penguiflow.clock import wall_time
 from penguiflow.core import BUDGET_EXCEEDED_TEXT, DEADLINE_EXCEEDED_TEXT, create
 from penguiflow.node import Node, NodePolicy
@@ -51,7 +52,7 @@ async def test_node_timeouts_are_instant(
 ) -> None:
     calls: list[float] = []
 
-    async def slow(message: Message, ctx: Any) -> Message:
+    async def slow(message: Message, ctx: Context) -> Message:
         calls.append(virtual_clock.time())
         await asyncio.sleep(30 if len(calls) < 3 else 1)
         return message
@@ -75,11 +76,11 @@ async def test_node_timeouts_are_instant(
 async def test_deadline_follows_virtual_wall_clock(
     flow_kit: FlowTestKit, virtual_clock: VirtualClock
 ) -> None:
-    async def think(message: Message, ctx: Any) -> Message:
+    async def think(message: Message, ctx: Context) -> Message:
         await asyncio.sleep(20)
         return message
 
-    async def answer(message: Message, ctx: Any) -> Message:  # pragma: no cover - skipped
+    async def answer(message: Message, ctx: Context) -> Message:  # pragma: no cover - skipped
         return message.model_copy(update={"payload": FinalAnswer(text="late")})
 
     think_node, answer_node = Node(think), Node(answer)
@@ -103,7 +104,7 @@ async def test_deadline_follows_virtual_wall_clock(
 async def test_hop_budget_of_a_slow_controller(
     flow_kit: FlowTestKit, virtual_clock: VirtualClock
 ) -> None:
-    async def controller(message: Message, ctx: Any) -> Message:
+    async def controller(message: Message, ctx: Context) -> Message:
         await asyncio.sleep(3)  # an LLM call
         wm = message.payload
         return message.model_copy(update={"payload": wm.model_copy(update={"facts": [1]})})
@@ -124,7 +125,7 @@ async def test_hop_budget_of_a_slow_controller(
 async def test_kit_timeout_under_virtual_time_is_instant(
     flow_kit: FlowTestKit, virtual_clock: VirtualClock
 ) -> None:
-    async def stuck(message: Message, ctx: Any) -> None:
+    async def stuck(message: Message, ctx: Context) -> None:
         await asyncio.Event().wait()
 
     flow = create(Node(stuck).to())
@@ -143,7 +144,7 @@ async def test_join_timeout_and_bucket_probe(
 
     join = patterns.join_k("join", 2, timeout_s=30.0)
 
-    async def collect(message: Message, ctx: Any) -> Message:
+    async def collect(message: Message, ctx: Context) -> Message:
         return message
 
     sink = Node(collect)

@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from penguiflow import Context
 from penguiflow.core import OPEN_SEA, ROOKERY, Endpoint, PenguiFlow, create
 from penguiflow.inspect import EdgeSnapshot, FlowSnapshot, NodeSnapshot
 from penguiflow.node import Node, NodePolicy
@@ -42,7 +43,7 @@ NODE_TIMEOUT_S = 120
 # --------------------------------------------------------------------------- flows
 
 
-async def _work(item: Any, ctx: Any) -> Any:
+async def _work(item: Any, ctx: Context) -> Any:
     return item
 
 
@@ -227,6 +228,14 @@ CASES: dict[str, Callable[[], Case]] = {
 }
 
 
+MakeNode = Callable[..., Node]
+"""The ``make_node`` fixture's type (test modules import these under ``TYPE_CHECKING``)."""
+MakeSnapshot = Callable[[PenguiFlow, dict[tuple[Any, Any], int]], FlowSnapshot]
+"""The ``make_snapshot`` fixture's type."""
+Cases = dict[str, Callable[[], Case]]
+"""The ``cases`` fixture's type."""
+
+
 @pytest.fixture(params=sorted(CASES))
 def tricky(request: pytest.FixtureRequest) -> Case:
     """Each tricky flow in turn."""
@@ -234,17 +243,17 @@ def tricky(request: pytest.FixtureRequest) -> Case:
 
 
 @pytest.fixture
-def make_node() -> Callable[..., Node]:
+def make_node() -> MakeNode:
     return node
 
 
 @pytest.fixture
-def make_snapshot() -> Callable[[PenguiFlow, dict[tuple[Any, Any], int]], FlowSnapshot]:
+def make_snapshot() -> MakeSnapshot:
     return fake_snapshot
 
 
 @pytest.fixture
-def cases() -> dict[str, Callable[[], Case]]:
+def cases() -> Cases:
     return CASES
 
 
@@ -467,17 +476,19 @@ def js_trim(text: str) -> str:
     return text.replace("\n", "\ue000").strip(JS_WHITESPACE).replace("\ue000", "\n")
 
 
+class Grammar:
+    """The grammar checks above, as one fixture (test modules cannot import conftest)."""
+
+    mermaid = staticmethod(check_mermaid)
+    dot = staticmethod(check_dot)
+    expected_labels = staticmethod(expected_labels)
+    normalised = staticmethod(normalised)
+    js_trim = staticmethod(js_trim)
+
+
 @pytest.fixture
-def grammar() -> Any:
+def grammar() -> type[Grammar]:
     """``grammar.mermaid(text)`` / ``grammar.dot(text)`` -> :class:`Parsed`."""
-
-    class Grammar:
-        mermaid = staticmethod(check_mermaid)
-        dot = staticmethod(check_dot)
-        expected_labels = staticmethod(expected_labels)
-        normalised = staticmethod(normalised)
-        js_trim = staticmethod(js_trim)
-
     return Grammar
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -11,8 +11,11 @@ from penguiflow.core import create
 from penguiflow.viz import _model, flow_to_dot, flow_to_mermaid
 from penguiflow.viz._escape import dot_text, mermaid_text, normalise
 
+if TYPE_CHECKING:
+    from conftest import MakeNode
 
-def _chain(make_node: Any, *names: str) -> Any:
+
+def _chain(make_node: MakeNode, *names: str) -> Any:
     nodes = [make_node(n) for n in names]
     adj = [a.to(b) for a, b in itertools.pairwise(nodes)] + [nodes[-1].to()]
     return create(*adj)
@@ -22,7 +25,7 @@ def _node_lines(text: str, count: int) -> list[str]:
     return text.split("\n")[1 : 1 + count]
 
 
-def test_identifier_is_the_label_with_unsafe_characters_replaced(make_node: Any) -> None:
+def test_identifier_is_the_label_with_unsafe_characters_replaced(make_node: MakeNode) -> None:
     flow = _chain(make_node, "fetch docs", "ré-rank", "日本", "ok_1")
     assert _node_lines(flow_to_mermaid(flow), 4) == [
         '    fetch_docs["fetch docs"]',
@@ -32,7 +35,7 @@ def test_identifier_is_the_label_with_unsafe_characters_replaced(make_node: Any)
     ]
 
 
-def test_collisions_get_numbered_suffixes_in_order(make_node: Any) -> None:
+def test_collisions_get_numbered_suffixes_in_order(make_node: MakeNode) -> None:
     flow = _chain(make_node, "a b", "a-b", "a.b", "a_b_2", "a_b")
     assert _node_lines(flow_to_dot(flow), 8)[2:7] == [
         '    a_b [label="a b"]',
@@ -43,7 +46,7 @@ def test_collisions_get_numbered_suffixes_in_order(make_node: Any) -> None:
     ]
 
 
-def test_a_node_named_like_a_boundary_stays_distinct(make_node: Any) -> None:
+def test_a_node_named_like_a_boundary_stays_distinct(make_node: MakeNode) -> None:
     flow = _chain(make_node, "OpenSea", "Rookery")
     lines = flow_to_mermaid(flow).split("\n")
     assert lines[1:5] == [
@@ -64,7 +67,7 @@ def test_same_label_twice_stays_distinct() -> None:
     assert [ids.new(label) for label in ("x", "x", "x", "x_2")] == ["x", "x_2", "x_3", "x_2_2"]
 
 
-def test_empty_name_falls_back_to_node_id(make_node: Any) -> None:
+def test_empty_name_falls_back_to_node_id(make_node: MakeNode) -> None:
     blank = make_node("")
     text = flow_to_mermaid(create(blank.to()))
     assert f'    {blank.node_id}["{blank.node_id}"]' in text.split("\n")
@@ -97,13 +100,13 @@ def test_empty_name_falls_back_to_node_id(make_node: Any) -> None:
         ("end!", "end_"),
     ],
 )
-def test_keywords_are_never_identifiers(make_node: Any, name: str, ident: str) -> None:
+def test_keywords_are_never_identifiers(make_node: MakeNode, name: str, ident: str) -> None:
     flow = create(make_node(name).to())
     assert flow_to_mermaid(flow).split("\n")[1].startswith(f"    {ident}[")
     assert flow_to_dot(flow).split("\n")[3].startswith(f"    {ident} [")
 
 
-def test_digit_led_identifiers_are_quoted_in_dot_only(make_node: Any) -> None:
+def test_digit_led_identifiers_are_quoted_in_dot_only(make_node: MakeNode) -> None:
     flow = _chain(make_node, "1st step", "42")
     dot = flow_to_dot(flow).split("\n")
     assert dot[3:5] == ['    "1st_step" [label="1st step"]', '    "42" [label="42"]']
@@ -144,13 +147,13 @@ def test_normalise_keeps_printable_text_untouched() -> None:
     assert normalise(text) == text
 
 
-def test_escaped_labels_in_full_lines(make_node: Any) -> None:
+def test_escaped_labels_in_full_lines(make_node: MakeNode) -> None:
     flow = create(make_node('say "hi" \\o/').to())
     assert flow_to_mermaid(flow).split("\n")[1] == '    say__hi___o_["say #quot;hi#quot; \\o/"]'
     assert flow_to_dot(flow).split("\n")[3] == '    say__hi___o_ [label="say \\"hi\\" \\\\o/"]'
 
 
-def test_mermaid_style_pre_pass_cannot_eat_an_entity(make_node: Any) -> None:
+def test_mermaid_style_pre_pass_cannot_eat_an_entity(make_node: MakeNode) -> None:
     # Mermaid drops the last ";" of /(style|classDef).*:\S*#.*;/ on every line; such a
     # line gets its ":" as "#58;" so the pattern no longer matches.
     flow = create(make_node('style:"x"').to(), make_node("plain: #1").to())
@@ -159,6 +162,6 @@ def test_mermaid_style_pre_pass_cannot_eat_an_entity(make_node: Any) -> None:
     assert lines[2] == '    plain___1["plain: #35;1"]'  # no "style" on the line: kept
 
 
-def test_user_text_cannot_forge_a_line_break(make_node: Any) -> None:
+def test_user_text_cannot_forge_a_line_break(make_node: MakeNode) -> None:
     flow = create(make_node("a<br/>b").to())
     assert flow_to_mermaid(flow).split("\n")[1] == '    a_br__b["a#lt;br/#gt;b"]'

@@ -8,12 +8,15 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from penguiflow.core import create
 from penguiflow.viz import flow_to_dot, flow_to_mermaid
+
+if TYPE_CHECKING:
+    from conftest import Cases, MakeNode
 
 MERMAID_CONTROLLER = """\
 graph TD
@@ -50,15 +53,15 @@ digraph PenguiFlow {
 }"""
 
 
-def test_mermaid_is_byte_exact(cases: Any) -> None:
+def test_mermaid_is_byte_exact(cases: Cases) -> None:
     assert flow_to_mermaid(cases["controller"]().flow) == MERMAID_CONTROLLER
 
 
-def test_dot_is_byte_exact(cases: Any) -> None:
+def test_dot_is_byte_exact(cases: Cases) -> None:
     assert flow_to_dot(cases["controller"]().flow) == DOT_CONTROLLER
 
 
-def test_direction_and_rankdir_only_change_the_header(cases: Any) -> None:
+def test_direction_and_rankdir_only_change_the_header(cases: Cases) -> None:
     flow = cases["controller"]().flow
     mermaid = flow_to_mermaid(flow, direction="LR").split("\n")
     assert mermaid[0] == "graph LR"
@@ -68,7 +71,7 @@ def test_direction_and_rankdir_only_change_the_header(cases: Any) -> None:
     assert dot[:1] + dot[2:] == DOT_CONTROLLER.split("\n")[:1] + DOT_CONTROLLER.split("\n")[2:]
 
 
-def test_fan_out_fan_in_order(cases: Any) -> None:
+def test_fan_out_fan_in_order(cases: Cases) -> None:
     # Nodes in order of first appearance, then the endpoints; edges ingress, internal
     # in declaration order, egress. No class is used, so no classDef/class for nodes.
     assert flow_to_mermaid(cases["fan_out_in"]().flow) == textwrap.dedent(
@@ -95,7 +98,7 @@ def test_fan_out_fan_in_order(cases: Any) -> None:
     )
 
 
-def test_several_ingress_and_egress_follow_node_order(make_node: Any) -> None:
+def test_several_ingress_and_egress_follow_node_order(make_node: MakeNode) -> None:
     a, b, x, y = (make_node(n) for n in ("a", "b", "x", "y"))
     flow = create(b.to(y), a.to(x), x.to(), y.to())
     lines = flow_to_dot(flow).split("\n")
@@ -116,7 +119,7 @@ def test_several_ingress_and_egress_follow_node_order(make_node: Any) -> None:
     ]
 
 
-def test_self_loops_and_cycles_under_allow_cycles(cases: Any) -> None:
+def test_self_loops_and_cycles_under_allow_cycles(cases: Cases) -> None:
     # "loop" has a self-edge but no allow_cycle (allowed by allow_cycles=True): it is a
     # controller_loop, its self-edge counts as incoming (no ingress), and with another
     # successor it has no egress. ping/pong form a 2-node cycle: no loop label.
@@ -145,14 +148,14 @@ def test_self_loops_and_cycles_under_allow_cycles(cases: Any) -> None:
     )
 
 
-def test_allow_cycle_without_self_edge_is_still_a_controller(make_node: Any) -> None:
+def test_allow_cycle_without_self_edge_is_still_a_controller(make_node: MakeNode) -> None:
     a, b = make_node("a", allow_cycle=True), make_node("b")
     text = flow_to_mermaid(create(a.to(b), b.to()))
     assert "    class a controller_loop" in text.split("\n")
     assert "loop|" not in text
 
 
-def test_pure_cycle_has_no_boundaries(cases: Any) -> None:
+def test_pure_cycle_has_no_boundaries(cases: Cases) -> None:
     assert flow_to_mermaid(cases["pure_cycle"]().flow) == textwrap.dedent(
         """\
         graph TD
@@ -163,7 +166,7 @@ def test_pure_cycle_has_no_boundaries(cases: Any) -> None:
     )
 
 
-def test_single_node(make_node: Any) -> None:
+def test_single_node(make_node: MakeNode) -> None:
     only = make_node("only")
     assert flow_to_dot(create(only.to()), rankdir="LR") == textwrap.dedent(
         """\
@@ -179,13 +182,13 @@ def test_single_node(make_node: Any) -> None:
     )
 
 
-def test_duplicate_edges_are_drawn_once(make_node: Any) -> None:
+def test_duplicate_edges_are_drawn_once(make_node: MakeNode) -> None:
     a, b = make_node("a"), make_node("b")
     flow = create(a.to(b, b), a.to(b), b.to())
     assert flow_to_mermaid(flow).count("a --> b") == 1
 
 
-def test_output_is_pure_and_does_not_start_the_flow(cases: Any) -> None:
+def test_output_is_pure_and_does_not_start_the_flow(cases: Cases) -> None:
     flow = cases["controller"]().flow
     first = flow_to_mermaid(flow), flow_to_dot(flow)
     assert (flow_to_mermaid(flow), flow_to_dot(flow)) == first
@@ -193,7 +196,7 @@ def test_output_is_pure_and_does_not_start_the_flow(cases: Any) -> None:
     assert flow.inspect().workers == 0
 
 
-def test_same_topology_built_twice_gives_the_same_text(cases: Any) -> None:
+def test_same_topology_built_twice_gives_the_same_text(cases: Cases) -> None:
     for build in cases.values():
         one, two = build(), build()
         assert flow_to_mermaid(one.flow, **one.kwargs()) == flow_to_mermaid(
@@ -240,13 +243,13 @@ def test_output_does_not_depend_on_hash_seed() -> None:
 
 
 @pytest.mark.parametrize("direction", ["td", "TX", "", "LR ", "graph"])
-def test_unknown_direction_is_rejected(direction: Any, cases: Any) -> None:  # not a Direction
+def test_unknown_direction_is_rejected(direction: Any, cases: Cases) -> None:  # not a Direction
     with pytest.raises(ValueError, match="direction must be one of TB, TD, BT, RL, LR"):
         flow_to_mermaid(cases["controller"]().flow, direction=direction)
 
 
 @pytest.mark.parametrize("rankdir", ["TD", "lr", "", "TB;"])
-def test_unknown_rankdir_is_rejected(rankdir: Any, cases: Any) -> None:  # not a RankDir
+def test_unknown_rankdir_is_rejected(rankdir: Any, cases: Cases) -> None:  # not a RankDir
     with pytest.raises(ValueError, match="rankdir must be one of TB, LR, BT, RL"):
         flow_to_dot(cases["controller"]().flow, rankdir=rankdir)
 
@@ -258,7 +261,7 @@ def test_a_non_flow_is_rejected(render: Any) -> None:
 
 
 @pytest.mark.parametrize("render", [flow_to_mermaid, flow_to_dot])
-def test_options_are_keyword_only(render: Any, cases: Any) -> None:
+def test_options_are_keyword_only(render: Any, cases: Cases) -> None:
     with pytest.raises(TypeError):
         render(cases["controller"]().flow, "LR")
 
@@ -266,7 +269,7 @@ def test_options_are_keyword_only(render: Any, cases: Any) -> None:
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_examples_are_the_real_output(make_node: Any) -> None:
+def test_readme_examples_are_the_real_output(make_node: MakeNode) -> None:
     planner, summarize = make_node("planner"), make_node("summarize")
     controller = make_node("controller", allow_cycle=True)
     flow = create(planner.to(controller), controller.to(controller, summarize), summarize.to())

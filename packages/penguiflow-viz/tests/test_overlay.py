@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from penguiflow import Context
 from penguiflow.core import OPEN_SEA, ROOKERY, PenguiFlow, create
 from penguiflow.metrics import FlowEvent
 from penguiflow.node import Node, NodePolicy
 from penguiflow.viz import flow_to_dot, flow_to_mermaid
+
+if TYPE_CHECKING:
+    from conftest import Cases, Grammar, Graphviz, MakeSnapshot, Mermaid
 
 WAIT_S = 5.0
 
@@ -25,7 +29,7 @@ class Gate:
     started: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
 
     def node(self, name: str) -> Node:
-        async def gate(item: Any, ctx: Any) -> Any:
+        async def gate(item: Any, ctx: Context) -> Any:
             self.started.put_nowait(item)
             await self.opened.wait()
             return item
@@ -65,7 +69,7 @@ async def pipeline() -> AsyncIterator[Pipeline]:
     gate = Gate()
     gate_node = gate.node("gate")
 
-    async def after_fn(item: Any, ctx: Any) -> Any:
+    async def after_fn(item: Any, ctx: Context) -> Any:
         return item
 
     after = Node(after_fn, name="after", policy=NodePolicy(validate="none", max_concurrency=2))
@@ -159,7 +163,7 @@ async def test_without_a_snapshot_the_output_is_unchanged(pipeline: Pipeline) ->
 
 
 async def test_live_overlay_passes_the_real_parsers(
-    pipeline: Pipeline, graphviz: Any, mermaid: Any, grammar: Any
+    pipeline: Pipeline, graphviz: Graphviz, mermaid: Mermaid, grammar: type[Grammar]
 ) -> None:
     await _backed_up(pipeline)
     snap = pipeline.flow.inspect()
@@ -175,7 +179,7 @@ async def test_live_overlay_passes_the_real_parsers(
 
 
 def test_unbounded_edges_show_the_depth_alone(
-    make_node: Callable[..., Node], make_snapshot: Any
+    make_node: Callable[..., Node], make_snapshot: MakeSnapshot
 ) -> None:
     a = make_node("a")
     flow = create(a.to(), queue_maxsize=0)
@@ -187,7 +191,7 @@ def test_unbounded_edges_show_the_depth_alone(
 
 
 def test_an_internal_edge_with_a_backlog_gets_a_label(
-    make_node: Callable[..., Node], make_snapshot: Any
+    make_node: Callable[..., Node], make_snapshot: MakeSnapshot
 ) -> None:
     a, b = make_node("a"), make_node("b", max_concurrency=4)
     flow = create(a.to(b), b.to())
@@ -198,7 +202,7 @@ def test_an_internal_edge_with_a_backlog_gets_a_label(
 
 
 def test_controller_with_backlog_keeps_both_classes(
-    make_node: Callable[..., Node], make_snapshot: Any, cases: Any
+    make_node: Callable[..., Node], make_snapshot: MakeSnapshot, cases: Cases
 ) -> None:
     case = cases["controller"]()
     ctl = case.nodes["controller"]
@@ -214,7 +218,9 @@ def test_controller_with_backlog_keeps_both_classes(
     ) in dot
 
 
-def test_a_snapshot_of_another_flow_is_rejected(make_node: Callable[..., Node], cases: Any) -> None:
+def test_a_snapshot_of_another_flow_is_rejected(
+    make_node: Callable[..., Node], cases: Cases
+) -> None:
     one, other = cases["controller"](), cases["controller"]()
     with pytest.raises(ValueError, match="snapshot does not describe this flow"):
         flow_to_mermaid(one.flow, snapshot=other.flow.inspect())

@@ -5,12 +5,15 @@ These run without Graphviz or node; ``test_real_renderers.py`` covers the real p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from penguiflow.core import OPEN_SEA, ROOKERY, create
 from penguiflow.viz import flow_to_dot, flow_to_mermaid
+
+if TYPE_CHECKING:
+    from conftest import Case, Grammar, MakeNode
 
 NAMES = st.text(
     alphabet=st.one_of(
@@ -24,7 +27,7 @@ NAMES = st.text(
 
 
 @st.composite
-def flows(draw: st.DrawFn, make_node: Any) -> tuple[Any, dict[str, Any]]:
+def flows(draw: st.DrawFn, make_node: MakeNode) -> tuple[Any, dict[str, Any]]:
     names = draw(st.lists(NAMES, min_size=1, max_size=8, unique=True))
     loops = draw(st.lists(st.booleans(), min_size=len(names), max_size=len(names)))
     nodes = [make_node(n, allow_cycle=loop) for n, loop in zip(names, loops, strict=True)]
@@ -53,7 +56,7 @@ SETTINGS = settings(
 @SETTINGS
 @given(data=st.data())
 def test_mermaid_is_always_in_grammar_and_faithful(
-    data: st.DataObject, make_node: Any, grammar: Any
+    data: st.DataObject, make_node: MakeNode, grammar: type[Grammar]
 ) -> None:
     flow, kwargs = data.draw(flows(make_node))
     text = flow_to_mermaid(flow, **kwargs)
@@ -65,7 +68,7 @@ def test_mermaid_is_always_in_grammar_and_faithful(
 @SETTINGS
 @given(data=st.data())
 def test_dot_is_always_in_grammar_and_faithful(
-    data: st.DataObject, make_node: Any, grammar: Any
+    data: st.DataObject, make_node: MakeNode, grammar: type[Grammar]
 ) -> None:
     flow, kwargs = data.draw(flows(make_node))
     text = flow_to_dot(flow, **kwargs)
@@ -97,7 +100,9 @@ def _faithful(flow: Any, parsed: Any) -> None:
         assert ("controller_loop" in parsed.classes[ident[node]]) == looped
 
 
-def test_tricky_flows_are_in_grammar_and_show_every_name(tricky: Any, grammar: Any) -> None:
+def test_tricky_flows_are_in_grammar_and_show_every_name(
+    tricky: Case, grammar: type[Grammar]
+) -> None:
     """The tricky flows of the real-renderer tests, without needing the renderers."""
     want = list(grammar.expected_labels(tricky).values())
     for render, check in ((flow_to_mermaid, grammar.mermaid), (flow_to_dot, grammar.dot)):

@@ -7,15 +7,18 @@ classes, edges) must be exactly what the flow says: escaping round-trips.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from penguiflow.core import create
 from penguiflow.viz import flow_to_dot, flow_to_mermaid
 
+if TYPE_CHECKING:
+    from conftest import Case, Cases, Grammar, Graphviz, MakeNode, Mermaid
 
-def _expected(case: Any, grammar: Any, declared: Any) -> tuple[dict[str, str], list[Any]]:
+
+def _expected(case: Any, grammar: type[Grammar], declared: Any) -> tuple[dict[str, str], list[Any]]:
     """Shown labels by id, and edges by id, derived from the flow itself."""
     labels = grammar.expected_labels(case)
     assert len(labels) == len(declared.labels)
@@ -24,7 +27,9 @@ def _expected(case: Any, grammar: Any, declared: Any) -> tuple[dict[str, str], l
     return dict(zip(declared.labels, labels.values(), strict=True)), edges
 
 
-def test_dot_is_rendered_by_graphviz(tricky: Any, graphviz: Any, grammar: Any) -> None:
+def test_dot_is_rendered_by_graphviz(
+    tricky: Case, graphviz: Graphviz, grammar: type[Grammar]
+) -> None:
     text = flow_to_dot(tricky.flow, **tricky.kwargs())
     declared = grammar.dot(text)
     labels, edges = _expected(tricky, grammar, declared)
@@ -40,13 +45,15 @@ def test_dot_is_rendered_by_graphviz(tricky: Any, graphviz: Any, grammar: Any) -
 
 
 @pytest.mark.parametrize("rankdir", ["TB", "LR", "BT", "RL"])
-def test_every_rankdir_renders(rankdir: Any, cases: Any, graphviz: Any) -> None:
+def test_every_rankdir_renders(rankdir: Any, cases: Cases, graphviz: Graphviz) -> None:
     case = cases["controller"]()
     svg = graphviz.svg(flow_to_dot(case.flow, rankdir=rankdir))
     assert "controller" in svg
 
 
-def test_mermaid_is_accepted_by_the_mermaid_parser(tricky: Any, mermaid: Any, grammar: Any) -> None:
+def test_mermaid_is_accepted_by_the_mermaid_parser(
+    tricky: Case, mermaid: Mermaid, grammar: type[Grammar]
+) -> None:
     text = flow_to_mermaid(tricky.flow, **tricky.kwargs())
     declared = grammar.mermaid(text)
     labels, edges = _expected(tricky, grammar, declared)
@@ -62,13 +69,13 @@ def test_mermaid_is_accepted_by_the_mermaid_parser(tricky: Any, mermaid: Any, gr
 
 
 @pytest.mark.parametrize("direction", ["TD", "TB", "BT", "RL", "LR"])
-def test_every_direction_parses(direction: Any, cases: Any, mermaid: Any) -> None:
+def test_every_direction_parses(direction: Any, cases: Cases, mermaid: Mermaid) -> None:
     case = cases["controller"]()
     parsed = mermaid.parse(flow_to_mermaid(case.flow, direction=direction))
     assert "controller" in parsed.labels
 
 
-def test_mermaid_rejects_what_we_avoid(mermaid: Any) -> None:
+def test_mermaid_rejects_what_we_avoid(mermaid: Mermaid) -> None:
     """The hazards the escaping rules exist for, shown on the real parser."""
     bad = [
         'graph TD\n    end["end"]',  # keyword as id
@@ -99,14 +106,14 @@ def _random_names(seed: int, count: int) -> list[str]:
     return list(names)
 
 
-def _fan_flow(names: list[str], make_node: Any) -> Any:
+def _fan_flow(names: list[str], make_node: MakeNode) -> Any:
     nodes = [make_node(name) for name in names]
     hub, sink = make_node("hub"), make_node("sink")
     return create(hub.to(*nodes), *(n.to(sink) for n in nodes), sink.to())
 
 
 def test_random_names_round_trip_through_graphviz(
-    graphviz: Any, grammar: Any, make_node: Any
+    graphviz: Graphviz, grammar: type[Grammar], make_node: MakeNode
 ) -> None:
     names = _random_names(7, 300)
     flow = _fan_flow(names, make_node)
@@ -125,7 +132,7 @@ def test_random_names_round_trip_through_graphviz(
 
 
 def test_random_names_round_trip_through_mermaid(
-    mermaid: Any, grammar: Any, make_node: Any
+    mermaid: Mermaid, grammar: type[Grammar], make_node: MakeNode
 ) -> None:
     texts, name_sets = [], []
     for seed in range(10):
