@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pydantic import BaseModel
 
-from penguiflow import Context
-from penguiflow.core import CycleError, PenguiFlow, TraceCancelled, create
+from penguiflow.core import Context, CycleError, PenguiFlow, TraceCancelled, create
 from penguiflow.errors import (
     FlowBuildError,
     FlowNotRunningError,

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import penguiflow._runtime as runtime_mod
-from penguiflow import Context
 from penguiflow._edges import Entry
-from penguiflow.core import PenguiFlow, TraceCancelled
+from penguiflow.core import Context, PenguiFlow, TraceCancelled
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Headers, Message
 

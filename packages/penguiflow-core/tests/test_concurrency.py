@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from penguiflow import Context
-from penguiflow.core import PenguiFlow
+from penguiflow.core import Context, PenguiFlow
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import WM, FinalAnswer, Headers, Message
 

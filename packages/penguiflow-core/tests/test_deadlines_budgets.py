@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pydantic import BaseModel
 
-from penguiflow import Context
 from penguiflow.clock import use_wall_clock
-from penguiflow.core import PenguiFlow
+from penguiflow.core import Context, PenguiFlow
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import FinalAnswer, Headers, Message
 

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from penguiflow import Context
-from penguiflow.core import OPEN_SEA, ROOKERY, PenguiFlow
+from penguiflow.core import OPEN_SEA, ROOKERY, Context, PenguiFlow
 from penguiflow.inspect import EdgeSnapshot, FlowSnapshot, NodeSnapshot, TraceSnapshot
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Headers, Message

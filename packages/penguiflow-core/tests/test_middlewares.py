@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import penguiflow.middlewares as mw_mod
-from penguiflow import Context
-from penguiflow.core import PenguiFlow
+from penguiflow.core import Context, PenguiFlow
 from penguiflow.metrics import FlowEvent
 from penguiflow.middlewares import Middleware
 from penguiflow.node import Node, NodePolicy

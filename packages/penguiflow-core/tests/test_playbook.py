@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pydantic import BaseModel
 
-from penguiflow import Context
-from penguiflow.core import PenguiFlow, TraceCancelled, call_playbook, create
+from penguiflow.core import Context, PenguiFlow, TraceCancelled, call_playbook, create
 from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
 from penguiflow.types import Headers, Message

@@ -11,8 +11,7 @@ from pydantic import BaseModel
 
 import penguiflow._retries as retries_mod
 import penguiflow._runtime as runtime_mod
-from penguiflow import Context
-from penguiflow.core import PenguiFlow
+from penguiflow.core import Context, PenguiFlow
 from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
 from penguiflow.types import Headers, Message

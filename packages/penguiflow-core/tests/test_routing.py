@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from penguiflow import Context
-from penguiflow.core import PenguiFlow
+from penguiflow.core import Context, PenguiFlow
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import WM, FinalAnswer, Headers, Message
 

@@ -9,8 +9,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import NoOpTracerProvider
 
-from penguiflow import Context
-from penguiflow.core import PenguiFlow, create
+from penguiflow.core import Context, PenguiFlow, create
 from penguiflow.node import Node, NodePolicy
 from penguiflow.otel import instrument
 

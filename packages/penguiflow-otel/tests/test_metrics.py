@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from penguiflow import Context
-from penguiflow.core import create
+from penguiflow.core import Context, create
 from penguiflow.node import Node, NodePolicy
 from penguiflow.otel import instrument
 from penguiflow.testing import simulate_error

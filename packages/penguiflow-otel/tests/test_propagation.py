@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from opentelemetry.trace import format_span_id, format_trace_id
 
-from penguiflow import Context
-from penguiflow.core import create
+from penguiflow.core import Context, create
 from penguiflow.node import Node, NodePolicy
 from penguiflow.otel import instrument
 

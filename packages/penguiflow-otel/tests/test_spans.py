@@ -14,8 +14,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
-from penguiflow import Context
-from penguiflow.core import PenguiFlow, create
+from penguiflow.core import Context, PenguiFlow, create
 from penguiflow.node import Node, NodePolicy
 from penguiflow.otel import instrument, instrument_playbook
 from penguiflow.registry import ModelRegistry

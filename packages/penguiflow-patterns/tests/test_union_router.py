@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from penguiflow import Context
-from penguiflow.core import PenguiFlow, create
+from penguiflow.core import Context, PenguiFlow, create
 from penguiflow.errors import FlowBuildError, FlowError
 from penguiflow.node import Node
 from penguiflow.patterns import union_router

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from penguiflow import Context
-from penguiflow.core import PenguiFlow, create
+from penguiflow.core import Context, PenguiFlow, create
 from penguiflow.errors import FlowError
 from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry

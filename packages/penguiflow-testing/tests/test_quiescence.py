@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from penguiflow import Context
-from penguiflow.core import create
+from penguiflow.core import Context, create
 from penguiflow.node import Node
 from penguiflow.testing import (
     FlowTestKit,

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from penguiflow import Context
 from penguiflow.clock import wall_time
-from penguiflow.core import BUDGET_EXCEEDED_TEXT, DEADLINE_EXCEEDED_TEXT, create
+from penguiflow.core import BUDGET_EXCEEDED_TEXT, DEADLINE_EXCEEDED_TEXT, Context, create
 from penguiflow.node import Node, NodePolicy
 from penguiflow.testing import FlowTestKit, VirtualClock, VirtualEventLoop, simulate_error
 from penguiflow.types import WM, FinalAnswer, Headers, Message

@@ -29,8 +29,7 @@ from typing import Any
 
 import pytest
 
-from penguiflow import Context
-from penguiflow.core import OPEN_SEA, ROOKERY, Endpoint, PenguiFlow, create
+from penguiflow.core import OPEN_SEA, ROOKERY, Context, Endpoint, PenguiFlow, create
 from penguiflow.inspect import EdgeSnapshot, FlowSnapshot, NodeSnapshot
 from penguiflow.node import Node, NodePolicy
 

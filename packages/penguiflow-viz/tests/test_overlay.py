@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from penguiflow import Context
-from penguiflow.core import OPEN_SEA, ROOKERY, PenguiFlow, create
+from penguiflow.core import OPEN_SEA, ROOKERY, Context, PenguiFlow, create
 from penguiflow.metrics import FlowEvent
 from penguiflow.node import Node, NodePolicy
 from penguiflow.viz import flow_to_dot, flow_to_mermaid
