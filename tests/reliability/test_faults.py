@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pydantic import BaseModel
 
-from penguiflow import Context, Headers, Message, ModelRegistry, Node, NodePolicy, create
+from penguiflow import Context, FlowEvent, Headers, Message, ModelRegistry, Node, NodePolicy, create
 from penguiflow.core import PenguiFlow
 
 if TYPE_CHECKING:
@@ -305,7 +305,7 @@ async def test_middleware_that_raises_is_logged_and_ignored(
 ) -> None:
     calls = 0
 
-    async def broken(event: Any) -> None:
+    async def broken(event: FlowEvent) -> None:
         nonlocal calls
         calls += 1
         raise RuntimeError("middleware bug")
@@ -325,7 +325,7 @@ async def test_middleware_that_raises_is_logged_and_ignored(
 async def test_slow_middleware_slows_only_its_node(
     virtual_clock: VirtualClock, recorder: Recorder, tasks_now: TasksNow, task_leaks: TaskLeaks
 ) -> None:
-    async def slow(event: Any) -> None:
+    async def slow(event: FlowEvent) -> None:
         if event.event_type == "node_start":
             await asyncio.sleep(10)  # virtual: a middleware is awaited inline
 
@@ -340,7 +340,7 @@ async def test_slow_middleware_slows_only_its_node(
 async def test_stop_completes_when_a_middleware_blocks(virtual_clock: VirtualClock) -> None:
     release = asyncio.Event()
 
-    async def blocking(event: Any) -> None:
+    async def blocking(event: FlowEvent) -> None:
         if event.event_type == "node_cancelled":
             await release.wait()
 

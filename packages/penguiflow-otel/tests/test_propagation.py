@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from opentelemetry.trace import format_span_id, format_trace_id
 
-from penguiflow.core import Context, create
+from penguiflow.core import Context, PenguiFlow, create
 from penguiflow.node import Node, NodePolicy
 from penguiflow.otel import instrument
+from penguiflow.types import Message
 
 if TYPE_CHECKING:
     from conftest import Helpers, Otel
@@ -32,7 +33,7 @@ def _flow() -> Any:
     return create(a.to(b), b.to())
 
 
-async def _run_one(flow: Any, msg: Any) -> Any:
+async def _run_one(flow: PenguiFlow, msg: Message) -> Any:
     flow.run()
     try:
         await flow.emit(msg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -173,7 +174,7 @@ async def test_fan_out_streams_interleave_each_in_order(kit: type[Kit], running:
         assert [c.done for c in seq] == [False, False, True]
 
 
-async def _all(stream: Any) -> list[StreamChunk]:
+async def _all(stream: AsyncIterable[StreamChunk]) -> list[StreamChunk]:
     return [c async for c in stream]
 
 

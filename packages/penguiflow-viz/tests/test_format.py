@@ -255,13 +255,13 @@ def test_unknown_rankdir_is_rejected(rankdir: Any, cases: Cases) -> None:  # not
 
 
 @pytest.mark.parametrize("render", [flow_to_mermaid, flow_to_dot])
-def test_a_non_flow_is_rejected(render: Any) -> None:
+def test_a_non_flow_is_rejected(render: Any) -> None:  # called with a non-flow
     with pytest.raises(TypeError, match="expected a PenguiFlow, got dict"):
         render({})
 
 
 @pytest.mark.parametrize("render", [flow_to_mermaid, flow_to_dot])
-def test_options_are_keyword_only(render: Any, cases: Cases) -> None:
+def test_options_are_keyword_only(render: Any, cases: Cases) -> None:  # called positionally
     with pytest.raises(TypeError):
         render(cases["controller"]().flow, "LR")
 

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from penguiflow.core import OPEN_SEA, ROOKERY, create
+from penguiflow.core import OPEN_SEA, ROOKERY, PenguiFlow, create
 from penguiflow.viz import flow_to_dot, flow_to_mermaid
 
 if TYPE_CHECKING:
-    from conftest import Case, Grammar, MakeNode
+    from conftest import Case, Grammar, MakeNode, Parsed
 
 NAMES = st.text(
     alphabet=st.one_of(
@@ -77,7 +77,7 @@ def test_dot_is_always_in_grammar_and_faithful(
     assert flow_to_dot(flow, **kwargs) == text
 
 
-def _faithful(flow: Any, parsed: Any) -> None:
+def _faithful(flow: PenguiFlow, parsed: Parsed) -> None:
     has_in = any(f.source == OPEN_SEA for f in flow.floes)
     has_out = any(f.target == ROOKERY for f in flow.floes)
     assert len(parsed.labels) == len(flow.nodes) + has_in + has_out
