@@ -77,7 +77,10 @@ async def _worker(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    # Warnings and up from the flow (its INFO events are built only when someone listens,
+    # and they cost time on every message); this package's own notes at INFO.
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("penguiflow.redis").setLevel(logging.INFO)
     try:
         asyncio.run(_worker(args))
     except ValueError as exc:

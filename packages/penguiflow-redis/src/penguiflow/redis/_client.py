@@ -19,16 +19,17 @@ from penguiflow.errors import FlowRuntimeError, FlowStoppedError, TraceCancelled
 from penguiflow.registry import ModelRegistry
 from penguiflow.types import StreamChunk
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from ._codec import Codec, decode_error, local_error
 from ._keys import DEFAULT_PREFIX, Keys
-from ._worker import REPLY_TTL_S
+from ._worker import REPLY_TTL_S, stop_task
 
 __all__ = ["Client", "RemoteRequest", "connect"]
 
 CANCEL_TTL_S: Final = 600
 """How long a cancel waits for a worker to pick its request up (then it is forgotten)."""
-_READ_BLOCK_MS: Final = 5_000
+_READ_BLOCK_MS: Final = 2_000  # well under redis-py's default socket timeout (5 s)
 _PENDING: Final = object()
 _Note = tuple[bytes, dict[bytes, bytes]]
 _WAKE: Final[_Note] = (b"wake", {})
@@ -126,9 +127,11 @@ class Client:
             return
         self._commands = self._reader = None
         if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            # Wake the reader with a note on its own stream rather than cancelling its
+            # blocked read (a cancel that meets redis-py's read timeout can be lost).
+            with contextlib.suppress(RedisError):
+                await commands.xadd(self._replies, {"t": "", "o": "close"})
+            await stop_task(reader, _READ_BLOCK_MS / 1000 + 1)
         try:
             live = [r for r in self._live.values() if r.state == "pending"]
             if live:
@@ -239,10 +242,10 @@ class Client:
     async def _read(self) -> None:
         """Hand each reply entry to its request; delete what was read."""
         reader: Connection = Redis.from_url(self._url)
-        commands = self._connected()
+        commands: Connection = self._commands
         key, last = self._replies, b"0-0"
         try:
-            while True:
+            while self._commands is not None:
                 found = await reader.xread({key: last}, count=1000, block=_READ_BLOCK_MS)
                 ids: list[bytes] = []
                 for _stream, entries in found or ():

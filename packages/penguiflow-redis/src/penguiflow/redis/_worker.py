@@ -54,6 +54,8 @@ Connection = Any
 REPLY_TTL_S: Final = 300
 """Lifetime of a reply stream after its last write (refreshed by every write and read)."""
 REPLY_MAXLEN: Final = 100_000
+_BLOCK_S: Final = 1.0
+"""Longest blocking read; well under redis-py's default socket timeout (5 s)."""
 """Hard cap on a reply stream's length; clients delete what they read long before."""
 
 # Hand an entry back: if it is still pending under this worker, re-add its fields as a new
@@ -134,6 +136,7 @@ class _Worker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._room.set()
+        self._stopping = False
         self._lease_s = max(1, round(3 * settings.claim_idle_s))
         self._hand_back = redis.register_script(_HAND_BACK)
 
@@ -162,7 +165,11 @@ class _Worker:
                     failed = task.exception()
         finally:
             stopping.cancel()
-            await _cancel_and_wait(reader)
+            # The reader ends after its current blocking read (at most _BLOCK_S): a cancel
+            # that meets redis-py's read timeout can be lost, so it is only the fallback.
+            self._stopping = True
+            self._room.set()
+            await stop_task(reader, _BLOCK_S + 2)
             await self._drain()
             for task in background:
                 await _cancel_and_wait(task)
@@ -223,10 +230,12 @@ class _Worker:
         loop = asyncio.get_running_loop()
         claim_every = self._settings.claim_idle_s / 2
         min_idle_ms = max(1, int(self._settings.claim_idle_s * 1000))
-        block_ms = max(1, int(claim_every * 1000))
+        block_ms = max(1, int(min(claim_every, _BLOCK_S) * 1000))
         next_claim = loop.time()
-        while True:
+        while not self._stopping:
             await self._room.wait()
+            if self._stopping:
+                return
             if loop.time() >= next_claim:
                 next_claim = loop.time() + claim_every
                 reply = await redis.xautoclaim(
@@ -415,6 +424,19 @@ async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def stop_task(task: asyncio.Task[Any], timeout: float) -> None:
+    """Wait for a task told to end; cancel it if it has not ended after ``timeout``.
+
+    Its own failure is logged, not raised: it is stopping anyway.
+    """
+    await asyncio.wait([task], timeout=timeout)
+    if not task.done():
+        task.cancel()
+        await asyncio.wait([task])
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("%s ended with %r", task.get_name(), task.exception())
 
 
 async def run_worker(

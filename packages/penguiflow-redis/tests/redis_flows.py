@@ -1,0 +1,161 @@
+"""The flows the tests serve from worker subprocesses (``redis_flows:NAME``).
+
+Each factory returns ``(flow, registry)``. Nodes that the tests watch from outside write
+to Redis keys under ``probe:`` (``PROBE_URL`` in the environment), so a test can wait for
+"the node started" or "the node saw CancelledError" without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from penguiflow import WM, Context, FinalAnswer, Message, ModelRegistry, Node, NodePolicy, create
+from penguiflow.core import PenguiFlow
+from penguiflow.patterns import join_k
+
+
+class Number(BaseModel):
+    n: int
+
+
+class Doubled(BaseModel):
+    n: int
+    doubled: int
+
+
+class Answer(BaseModel):
+    n: int
+    text: str
+
+
+async def parse(msg: Number, ctx: Context) -> Number:
+    return Number(n=msg.n)
+
+
+async def double(msg: Number, ctx: Context) -> Doubled:
+    return Doubled(n=msg.n, doubled=2 * msg.n)
+
+
+async def render(msg: Doubled, ctx: Context) -> Answer:
+    return Answer(n=msg.n, text=f"{msg.n}*2={msg.doubled}")
+
+
+def chain() -> tuple[PenguiFlow, ModelRegistry]:
+    """parse -> double -> render, every node validating."""
+    policy = NodePolicy(validate="both")
+    a = Node(parse, name="parse", policy=policy)
+    b = Node(double, name="double", policy=policy)
+    c = Node(render, name="render", policy=policy)
+    registry = ModelRegistry()
+    registry.register("parse", Number, Number)
+    registry.register("double", Number, Doubled)
+    registry.register("render", Doubled, Answer)
+    return create(a.to(b), b.to(c)), registry
+
+
+_probe: Redis | None = None
+
+
+def probe() -> Redis:
+    """A connection to the tests' Redis, for the nodes' "I got here" marks."""
+    global _probe
+    if _probe is None:
+        _probe = Redis.from_url(os.environ["PROBE_URL"])
+    return _probe
+
+
+async def wait_forever(msg: Message, ctx: Context) -> Message:
+    """Mark the start, then wait; on cancellation mark that too."""
+    key = f"probe:{msg.trace_id}"
+    await probe().set(f"{key}:started", os.getpid(), ex=60)
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        await asyncio.shield(probe().set(f"{key}:cancelled", os.getpid(), ex=60))
+        raise
+    return msg
+
+
+async def nap(msg: Message, ctx: Context) -> Message:
+    """Mark the start, then sleep ``msg.payload`` seconds (a slow node)."""
+    await probe().incr(f"probe:{msg.trace_id}:runs")
+    await probe().expire(f"probe:{msg.trace_id}:runs", 60)
+    await asyncio.sleep(float(msg.payload))
+    return msg
+
+
+def slow() -> tuple[PenguiFlow, None]:
+    """One node that waits until cancelled."""
+    return create(Node(wait_forever, name="wait_forever").to()), None
+
+
+def napping() -> tuple[PenguiFlow, None]:
+    """One node that sleeps as long as the payload says."""
+    return create(Node(nap, name="nap").to()), None
+
+
+async def speak(msg: Message, ctx: Context) -> str:
+    """Stream one chunk per word, then return the sentence."""
+    words = str(msg.payload).split()
+    for i, word in enumerate(words):
+        await ctx.emit_chunk(parent=msg, text=word, done=i == len(words) - 1)
+    return " ".join(words)
+
+
+def talker() -> tuple[PenguiFlow, None]:
+    return create(Node(speak, name="speak").to()), None
+
+
+async def think(msg: Message, ctx: Context) -> Message:
+    """A controller: one fact per hop, then a FinalAnswer."""
+    wm: WM = msg.payload
+    if len(wm.facts) >= 3:
+        answer = FinalAnswer(text=f"{wm.query}: " + ", ".join(wm.facts))
+        return msg.model_copy(update={"payload": answer})
+    facts = [*wm.facts, f"fact{len(wm.facts) + 1}"]
+    return msg.model_copy(update={"payload": wm.model_copy(update={"facts": facts})})
+
+
+def controller() -> tuple[PenguiFlow, None]:
+    node = Node(think, name="think", allow_cycle=True)
+    return create(node.to(node)), None
+
+
+async def fan(msg: Message, ctx: Context) -> Message:
+    return msg
+
+
+def _retriever(source: str) -> Node:
+    async def retrieve(msg: Message, ctx: Context) -> Message:
+        return msg.model_copy(update={"payload": f"{source}:{msg.payload}"})
+
+    return Node(retrieve, name=source)
+
+
+async def summarize(msg: Message, ctx: Context) -> str:
+    return " + ".join(sorted(msg.payload))
+
+
+def fan_in() -> tuple[PenguiFlow, None]:
+    """fan -> (docs, web, sql) -> join_k(3) -> summarize."""
+    fan_node = Node(fan, name="fan")
+    sources = [_retriever(name) for name in ("docs", "web", "sql")]
+    join = join_k("join", 3)
+    summary = Node(summarize, name="summarize")
+    flow = create(
+        fan_node.to(*sources), *(s.to(join) for s in sources), join.to(summary), summary.to()
+    )
+    return flow, None
+
+
+async def explode(msg: Message, ctx: Context) -> Message:
+    raise ValueError(f"no good: {msg.payload}")
+
+
+def failing() -> tuple[PenguiFlow, None]:
+    node = Node(explode, name="explode", policy=NodePolicy(max_retries=1, backoff_base=0.01))
+    return create(node.to()), None

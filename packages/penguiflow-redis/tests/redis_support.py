@@ -1,0 +1,76 @@
+"""Helpers the tests share: worker subprocesses, polling with a deadline, key listing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+HERE = Path(__file__).resolve().parent
+
+
+class Workers:
+    """Starts worker subprocesses for one test and stops what is left at the end."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, target: str, *, claim_idle: float = 1.0, grace: float = 5.0, name: str = ""
+    ) -> subprocess.Popen[bytes]:
+        args = [
+            sys.executable, "-m", "penguiflow.redis", "worker", f"redis_flows:{target}",
+            "--url", self.url, "--prefix", self.prefix,
+            "--claim-idle", str(claim_idle), "--grace", str(grace),
+        ]  # fmt: skip
+        if name:
+            args += ["--name", name]
+        env = {**os.environ, "PROBE_URL": self.url, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(args, cwd=HERE, env=env, stderr=subprocess.PIPE)
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], *, timeout: float = 15.0, what: str = "a condition"
+) -> Any:
+    """Poll ``check`` until it returns something truthy, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def request_keys(redis: Redis, prefix: str) -> list[bytes]:
+    """Every per-request or per-client key of ``prefix`` still in Redis."""
+    found: list[bytes] = []
+    for pattern in ("running", "cancelled", "client"):
+        found += [k async for k in redis.scan_iter(match=f"{prefix}:{pattern}:*")]
+    return found
