@@ -81,10 +81,12 @@ async def wait_forever(msg: Message, ctx: Context) -> Message:
 
 
 async def nap(msg: Message, ctx: Context) -> Message:
-    """Mark the start, then sleep ``msg.payload`` seconds (a slow node)."""
-    await probe().incr(f"probe:{msg.trace_id}:runs")
-    await probe().expire(f"probe:{msg.trace_id}:runs", 60)
-    await asyncio.sleep(float(msg.payload))
+    """Sleep: ``payload`` is ``"FIRST,LATER"``, the seconds of the first run and of reruns."""
+    key = f"probe:{msg.trace_id}:runs"
+    runs = await probe().incr(key)
+    await probe().expire(key, 60)
+    first, later = (float(x) for x in str(msg.payload).split(","))
+    await asyncio.sleep(first if runs == 1 else later)
     return msg
 
 
@@ -95,7 +97,8 @@ def slow() -> tuple[PenguiFlow, None]:
 
 def napping() -> tuple[PenguiFlow, None]:
     """One node that sleeps as long as the payload says."""
-    return create(Node(nap, name="nap").to()), None
+    node = Node(nap, name="nap", policy=NodePolicy(max_concurrency=8))
+    return create(node.to()), None
 
 
 async def speak(msg: Message, ctx: Context) -> str:

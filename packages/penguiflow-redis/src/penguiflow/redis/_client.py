@@ -23,13 +23,15 @@ from redis.exceptions import RedisError
 
 from ._codec import Codec, decode_error, local_error
 from ._keys import DEFAULT_PREFIX, Keys
-from ._worker import REPLY_TTL_S, stop_task
+from ._worker import REPLY_TTL_S, ensure_group, open_redis, stop_task
 
 __all__ = ["Client", "RemoteRequest", "connect"]
 
 CANCEL_TTL_S: Final = 600
 """How long a cancel waits for a worker to pick its request up (then it is forgotten)."""
 _READ_BLOCK_MS: Final = 2_000  # well under redis-py's default socket timeout (5 s)
+_CONNECTIONS: Final = 32
+"""Connections a client's commands share (its reader has one more of its own)."""
 _PENDING: Final = object()
 _Note = tuple[bytes, dict[bytes, bytes]]
 _WAKE: Final[_Note] = (b"wake", {})
@@ -107,9 +109,9 @@ class Client:
     async def __aenter__(self) -> Client:
         if self._commands is not None:
             raise FlowRuntimeError("this client is already connected")
-        commands: Connection = Redis.from_url(self._url)
+        commands: Connection = open_redis(self._url, _CONNECTIONS)
         try:
-            await commands.ping()
+            await ensure_group(commands, self._keys)
         except BaseException:
             await commands.aclose()
             raise

@@ -6,9 +6,10 @@ One worker process runs the whole flow in-process and serves whole requests:
    entries another worker has left idle for ``claim_idle_s``: it died).
 2. Each entry becomes ``flow.request(message)``; its chunks are appended to the client's
    reply stream as they come.
-3. The outcome, the ``XACK`` and the deletion of the request's keys go in one
-   ``MULTI``/``EXEC``: either all of them happen or none does. A worker killed before that
-   leaves the entry pending, and another worker runs the request again (at-least-once).
+3. The outcome, the ``XACK`` and ``XDEL`` of the entry and the deletion of the request's
+   keys go in one ``MULTI``/``EXEC``: either all of them happen or none does. A worker
+   killed before that leaves the entry pending, and another worker runs the request again
+   (at-least-once).
 
 While a request runs, its entry is re-claimed by its own worker every ``claim_idle_s / 3``
 (``XCLAIM ... JUSTID``), so a long request is never taken over while its worker lives.
@@ -37,7 +38,7 @@ from penguiflow.errors import (
     TraceCancelled,
 )
 from penguiflow.registry import ModelRegistry
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ResponseError
 
 from ._codec import Codec, encode_error, local_error
@@ -59,12 +60,13 @@ _BLOCK_S: Final = 1.0
 """Hard cap on a reply stream's length; clients delete what they read long before."""
 
 # Hand an entry back: if it is still pending under this worker, re-add its fields as a new
-# entry and acknowledge the old one, atomically (so it is never both handed back and done).
+# entry and acknowledge and delete the old one, atomically (so it is never both handed back and done).
 _HAND_BACK: Final = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
 redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('DEL', KEYS[2])
 return 1
 """
@@ -144,8 +146,7 @@ class _Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         redis, keys = self._redis, self._keys
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-            await redis.xgroup_create(keys.requests, GROUP, id="0", mkstream=True)
+        await ensure_group(redis, keys)
         pubsub = redis.pubsub()
         await pubsub.subscribe(keys.cancel_channel)
         self._flow.run(registry=self._registry)
@@ -342,6 +343,7 @@ class _Worker:
             pipe.xadd(reply, {"t": trace, **fields}, maxlen=REPLY_MAXLEN, approximate=True)
             pipe.expire(reply, REPLY_TTL_S)
             pipe.xack(keys.requests, GROUP, held.entry_id)
+            pipe.xdel(keys.requests, held.entry_id)
             pipe.delete(keys.running(trace), keys.cancelled(trace))
             await pipe.execute()
 
@@ -392,6 +394,21 @@ class _Worker:
             name = _text(consumer["name"])
             if name != self._name and consumer["pending"] == 0 and consumer["idle"] > idle_ms:
                 await redis.xgroup_delconsumer(keys.requests, GROUP, name)
+
+
+def open_redis(url: str, connections: int) -> Connection:
+    """A client whose pool holds at most ``connections``; callers beyond wait for one."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=connections, timeout=None)
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+async def ensure_group(redis: Connection, keys: Keys) -> None:
+    """Create the request stream and its consumer group, unless they exist."""
+    try:
+        await redis.xgroup_create(keys.requests, GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
 
 
 async def trim_requests(redis: Connection, keys: Keys) -> None:
@@ -450,7 +467,7 @@ async def run_worker(
 ) -> None:
     """Serve ``flow`` from Redis until ``stop`` is set; see ``penguiflow.redis.serve``."""
     keys = Keys(prefix)
-    redis: Connection = Redis.from_url(url)
+    redis: Connection = open_redis(url, settings.concurrency + 8)
     try:
         worker = _Worker(flow, registry, redis, keys, settings)
         await worker.run(stop)

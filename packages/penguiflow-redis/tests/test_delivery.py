@@ -1,0 +1,145 @@
+"""Many requests, two workers, a worker killed, a worker stopped: one outcome per request.
+
+Afterwards nothing is left: no pending entry, no per-request key, no request entry beyond
+what is still being worked on (the request stream is trimmed once entries are done).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from redis.asyncio import Redis
+
+import redis_flows
+from penguiflow import Headers, Message
+from penguiflow.redis import connect
+from redis_support import Workers, eventually, request_keys
+
+
+def message(payload: object) -> Message:
+    return Message(payload=payload, headers=Headers(tenant="t"))
+
+
+async def settled(redis: Redis, prefix: str) -> bool:
+    """No pending entry, no request entry left, no per-request key."""
+    stream = f"{prefix}:requests"
+    pending = await redis.xpending(stream, "workers")
+    return (
+        pending["pending"] == 0
+        and await redis.xlen(stream) == 0
+        and await request_keys(redis, prefix) == []
+    )
+
+
+async def pending_of(redis: Redis, prefix: str, consumer: str) -> int:
+    rows = await redis.xpending_range(
+        f"{prefix}:requests", "workers", min="-", max="+", count=1000, consumername=consumer
+    )
+    return len(rows)
+
+
+async def consumers(redis: Redis, prefix: str) -> set[str]:
+    found = await redis.xinfo_consumers(f"{prefix}:requests", "workers")
+    return {c["name"].decode() if isinstance(c["name"], bytes) else c["name"] for c in found}
+
+
+def expected(n: int) -> redis_flows.Answer:
+    return redis_flows.Answer(n=n, text=f"{n}*2={2 * n}")
+
+
+async def test_two_workers_serve_5000_requests_one_outcome_each(
+    redis_url: str, prefix: str, workers: Workers, redis: Redis
+) -> None:
+    workers.start("chain", name="w1")
+    workers.start("chain", name="w2")
+    flow, registry = redis_flows.chain()
+    async with connect(flow, redis_url, registry=registry, prefix=prefix) as client:
+        outs = await asyncio.gather(
+            *(client.invoke(message(redis_flows.Number(n=i)), timeout=60) for i in range(5000))
+        )
+    assert [o.payload for o in outs] == [expected(i) for i in range(5000)]
+    await eventually(lambda: settled(redis, prefix), what="Redis to be clean")
+
+
+async def test_a_killed_worker_loses_nothing(
+    redis_url: str, prefix: str, workers: Workers, redis: Redis
+) -> None:
+    victim = workers.start("chain", name="victim")
+    workers.start("chain", name="survivor")
+    flow, registry = redis_flows.chain()
+    total, done = 3000, 0
+    killed = asyncio.Event()
+    held_at_kill = 0
+
+    async def one(i: int) -> redis_flows.Answer:
+        nonlocal done, held_at_kill
+        out = await client.invoke(message(redis_flows.Number(n=i)), timeout=60)
+        done += 1
+        if done == total // 4:
+            # Kill it while it holds requests; they are run again by the survivor.
+            held = await eventually(lambda: pending_of(redis, prefix, "victim"), what="work")
+            victim.send_signal(signal.SIGKILL)
+            held_at_kill = held
+            killed.set()
+        answer: redis_flows.Answer = out.payload
+        return answer
+
+    async with connect(flow, redis_url, registry=registry, prefix=prefix) as client:
+        outs = await asyncio.gather(*(one(i) for i in range(total)))
+    assert killed.is_set() and victim.wait(timeout=10) == -signal.SIGKILL
+    assert held_at_kill > 0
+    assert outs == [expected(i) for i in range(total)]
+    await eventually(lambda: settled(redis, prefix), what="Redis to be clean")
+    assert await pending_of(redis, prefix, "victim") == 0
+
+
+async def test_sigterm_finishes_in_flight_requests_and_leaves_nothing_claimed(
+    redis_url: str, prefix: str, workers: Workers, redis: Redis
+) -> None:
+    proc = workers.start("napping", name="leaving", grace=20)
+    flow, _ = redis_flows.napping()
+    async with connect(flow, redis_url, prefix=prefix) as client:
+        calls = [asyncio.create_task(client.invoke(message("0.5,0"))) for _ in range(5)]
+        await eventually(
+            lambda: _at_least(pending_of(redis, prefix, "leaving"), 5), what="5 in flight"
+        )
+        proc.send_signal(signal.SIGTERM)
+        outs = await asyncio.gather(*calls)
+    assert [o.payload for o in outs] == ["0.5,0"] * 5
+    assert proc.wait(timeout=10) == 0
+    assert "leaving" not in await consumers(redis, prefix)
+    await eventually(lambda: settled(redis, prefix), what="Redis to be clean")
+
+
+async def test_sigterm_hands_back_what_does_not_finish_in_time(
+    redis_url: str, prefix: str, workers: Workers, redis: Redis
+) -> None:
+    proc = workers.start("napping", name="leaving", grace=0.2)
+    flow, _ = redis_flows.napping()
+    async with connect(flow, redis_url, prefix=prefix) as client:
+        msgs = [message("60,0") for _ in range(3)]
+        calls = [asyncio.create_task(client.invoke(m)) for m in msgs]
+        runs = [f"probe:{m.trace_id}:runs" for m in msgs]
+        await eventually(lambda: _all_exist(redis, runs), what="3 running")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+        # Nothing claimed: the three requests are back in the stream, waiting.
+        assert "leaving" not in await consumers(redis, prefix)
+        assert (await redis.xpending(f"{prefix}:requests", "workers"))["pending"] == 0
+        assert await redis.xlen(f"{prefix}:requests") == 3
+        workers.start("napping", name="next")
+        outs = await asyncio.gather(*calls)
+    assert [o.trace_id for o in outs] == [m.trace_id for m in msgs]
+    for key in runs:  # each ran twice: once cut short, once to the end
+        assert await redis.get(key) == b"2"
+    await eventually(lambda: settled(redis, prefix), what="Redis to be clean")
+
+
+async def _all_exist(redis: Redis, keys: list[str]) -> bool:
+    return bool(await redis.exists(*keys) == len(keys))
+
+
+async def _at_least(count: asyncio.Future[int] | object, n: int) -> bool:
+    value = await count  # type: ignore[misc]
+    return bool(value >= n)
