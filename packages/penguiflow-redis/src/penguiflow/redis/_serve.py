@@ -74,16 +74,23 @@ def load_target(spec: str) -> tuple[PenguiFlow, ModelRegistry | None]:
     with ``python -m``.
 
     Raises:
-        ValueError: ``spec`` is not ``MODULE:ATTR``, or names something else.
+        ValueError: ``spec`` is not ``MODULE:ATTR``, cannot be imported, or names
+            something else.
     """
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"expected MODULE:ATTR (for example app.flows:build), got {spec!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    target: Any = importlib.import_module(module_name)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} (from {spec}): {exc}") from exc
     for part in attr.split("."):
-        target = getattr(target, part)
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(f"{spec}: {module_name!r} has no attribute {attr!r}") from None
     if not isinstance(target, PenguiFlow) and callable(target):
         target = target()
     if isinstance(target, PenguiFlow):

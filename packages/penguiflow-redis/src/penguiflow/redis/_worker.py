@@ -60,7 +60,8 @@ _BLOCK_S: Final = 1.0
 """Hard cap on a reply stream's length; clients delete what they read long before."""
 
 # Hand an entry back: if it is still pending under this worker, re-add its fields as a new
-# entry and acknowledge and delete the old one, atomically (so it is never both handed back and done).
+# entry and acknowledge and delete the old one, atomically (so it is never both handed
+# back and done).
 _HAND_BACK: Final = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
@@ -235,7 +236,7 @@ class _Worker:
         next_claim = loop.time()
         while not self._stopping:
             await self._room.wait()
-            if self._stopping:
+            if self._stopped():  # set while this task waited for room
                 return
             if loop.time() >= next_claim:
                 next_claim = loop.time() + claim_every
@@ -258,6 +259,9 @@ class _Worker:
             )
             for _stream, entries in streams or ():
                 self._start(entries)
+
+    def _stopped(self) -> bool:
+        return self._stopping
 
     def _free(self) -> int:
         return self._settings.concurrency - len(self._held)
