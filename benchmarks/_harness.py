@@ -47,6 +47,7 @@ DEFAULT_N: dict[str, int] = {
     "concurrency_1k": 1000,
     "concurrency_10k": 10000,
     "retry0": 5000,
+    "invoke_1k": 1000,
 }
 
 # Scenarios measured by run.py, in table order.
@@ -279,6 +280,49 @@ async def run_concurrent(
         "base_rss_mb": round(base, 2),
         "kb_per_trace": round((peak - base) * 1024.0 / n, 3),
     }
+
+
+async def run_invoke(
+    call: Callable[[Any], Awaitable[Any]],
+    make: Callable[[int], Any],
+    n: int,
+    key: Key,
+    want: Want,
+    *,
+    warm: int,
+) -> tuple[int, float]:
+    """Batches of ``n`` concurrent request calls, each awaiting its own result.
+
+    ``call(message)`` sends one request and returns its result (``flow.invoke`` on our
+    side; on the baseline's, one future per request, resolved by the egress). Every
+    caller must get the result of its own request: result ``i`` of a batch has the key
+    ``want(start + i)``. Batches repeat until MIN_TIME was measured, as in ``run_timed``.
+    Returns (calls done, seconds measured).
+    """
+
+    async def batch(start: int, count: int) -> None:
+        wants = [want(i) for i in range(start, start + count)]
+        results = await asyncio.gather(*[call(make(i)) for i in range(start, start + count)])
+        for wanted, out in zip(wants, results, strict=True):
+            try:
+                ok = key(out) == wanted
+            except Exception:
+                ok = False
+            if not ok:
+                fail(f"a caller got another request's result: wanted {wanted!r}, got {out!r}"[:400])
+
+    await batch(0, warm)
+    done = 0
+    seconds = 0.0
+    while True:
+        start = 1_000_000 + done
+        gc.collect()
+        t0 = perf_counter()
+        await batch(start, n)
+        seconds += perf_counter() - t0
+        done += n
+        if seconds >= MIN_TIME:
+            return done, seconds
 
 
 # --------------------------------------------------------------------------- command line

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Registry, fail, main, run_concurrent, run_timed
+from _harness import Registry, fail, main, run_concurrent, run_invoke, run_timed
 from pydantic import BaseModel, Field
 from pydantic.type_adapter import TypeAdapter
 
@@ -663,6 +663,44 @@ async def retry0(n: int) -> dict:
     if failed:
         fail(f"{len(failed)} messages failed without being retried")
     return res
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@REG.add("invoke_1k", "calls", "1,000 concurrent requests, one future each, resolved at egress")
+async def invoke_1k(n: int) -> dict:
+    f = build_chain()
+    waiting: dict[Any, asyncio.Future] = {}
+    loop = asyncio.get_running_loop()
+
+    async def egress() -> None:
+        get = f.outbox.get
+        pop = waiting.pop
+        while True:
+            out = await get()
+            fut = pop(out.trace_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(out)
+
+    async def invoke(msg: Any) -> Any:
+        fut = loop.create_future()
+        tid = msg.trace_id
+        waiting[tid] = fut
+        try:
+            await f.inbox.put(msg)
+            return await fut
+        finally:
+            waiting.pop(tid, None)
+
+    f.start(egress())
+    try:
+        done, secs = await run_invoke(invoke, make_msg, n, key_payload, want_echo, warm=warm_n(n))
+        if waiting:
+            fail(f"{len(waiting)} request(s) still waiting after every call returned")
+    finally:
+        await f.stop()
+    return {"seconds": secs, "n": done, "batch": n}
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ TARGETS: dict[str, float | None] = {
     "concurrency_1k": 0.5,
     "concurrency_10k": 0.5,
     "retry0": 0.5,
+    "invoke_1k": None,
 }
 KB_TARGET = 2.0  # KB per in-flight trace at 10k
 

@@ -21,6 +21,7 @@ from _harness import (
     fail,
     main,
     run_concurrent,
+    run_invoke,
     run_timed,
 )
 from pydantic import BaseModel
@@ -478,6 +479,24 @@ async def retry0(n: int) -> dict:
     if failed:
         fail(f"{len(failed)} messages failed without being retried")
     return res
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@REG.add("invoke_1k", "calls", "1,000 concurrent flow.invoke calls through the chain")
+async def invoke_1k(n: int) -> dict:
+    flow = build_chain()
+    try:
+        done, secs = await run_invoke(
+            flow.invoke, make_msg, n, key_payload, want_echo, warm=warm_n(n)
+        )
+        left = flow.inspect().traces
+        if left:  # untimed: every request ended and released its trace
+            fail(f"{len(left)} trace(s) still live after every invoke returned")
+    finally:
+        await flow.stop()
+    return {"seconds": secs, "n": done, "batch": n}
 
 
 if __name__ == "__main__":
