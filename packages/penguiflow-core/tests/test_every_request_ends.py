@@ -689,13 +689,6 @@ async def test_a_request_whose_playbook_runs_out_of_time_gets_the_deadline_answe
 # -- found by the property test (test_property_outcomes.py) -------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="per-trace stream capacity deadlocks a streaming node whose chunks feed another "
-    "streaming node: the upstream node fills the downstream inbox until the trace has "
-    "queue_maxsize + 1 pending items, then both nodes wait in emit_chunk for per-trace "
-    "capacity that only the downstream node (itself waiting) could free",
-)
 @pytest.mark.usefixtures("virtual_clock")
 async def test_a_stream_feeding_a_streaming_node_does_not_deadlock(make_flow: MakeFlow) -> None:
     async def tokens(m: Message, ctx: Context) -> Message:
@@ -719,13 +712,6 @@ async def test_a_stream_feeding_a_streaming_node_does_not_deadlock(make_flow: Ma
     assert result.payload == "final"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request ended by stop() with FlowStoppedError keeps its trace and its queued "
-    "item on the ingress edge (inspect().traces and edges are not empty), although the "
-    "handle already has its outcome; a later run() then processes the orphan and its "
-    "result sits at Rookery, where nobody will fetch it",
-)
 @pytest.mark.usefixtures("virtual_clock")
 async def test_requests_ended_by_stop_leave_nothing_behind(make_flow: MakeFlow) -> None:
     started = asyncio.Event()

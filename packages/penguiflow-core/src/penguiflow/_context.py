@@ -115,7 +115,7 @@ class KernelPort:
         fetch: Callable[[Inbox, set[Floe] | None, Ending | None], Awaitable[Any]],
         take: Callable[[Inbox, set[Floe] | None], Entry | None],
         consume: Callable[[Entry], Any],
-        wait_trace_capacity: Callable[[str], Awaitable[None]],
+        wait_trace_capacity: Callable[[str, Owner], Awaitable[None]],
         play: Callable[[Any, Any, float | None], Awaitable[Any]],
         hold: Callable[[str], Callable[[], None]],
         expire: Callable[[Owner, Message], Awaitable[None]],
@@ -131,7 +131,7 @@ class KernelPort:
         self.take: Callable[[Inbox, set[Floe] | None], Entry | None] = take
         self.consume: Callable[[Entry], Any] = consume
         """Complete a fetched entry's accounting; events of a finished cancel are scheduled."""
-        self.wait_trace_capacity: Callable[[str], Awaitable[None]] = wait_trace_capacity
+        self.wait_trace_capacity: Callable[[str, Owner], Awaitable[None]] = wait_trace_capacity
         self.play: Callable[[Any, Any, float | None], Awaitable[Any]] = play
         """Run a playbook under this flow (cancel mirrored): (factory, message, timeout)."""
         self.hold: Callable[[str], Callable[[], None]] = hold
@@ -280,7 +280,7 @@ class Context:
         seq, first = streams.advance(trace_id, sid, seq)
         chunk, envelope = chunk_envelope(parent, sid, seq, text, done, meta, self._node_name)
         if not first and kernel.queue_maxsize > 0:
-            await kernel.wait_trace_capacity(trace_id)
+            await kernel.wait_trace_capacity(trace_id, self._ports.owner)
         await kernel.send(self._outs if to is None else self._ports.targets(to), envelope)
         if done:
             streams.close(trace_id, sid)

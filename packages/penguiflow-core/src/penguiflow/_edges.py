@@ -34,6 +34,7 @@ __all__ = [
     "entries",
     "name_of",
     "purge",
+    "queued_for",
     "wake_stopped",
 ]
 
@@ -347,3 +348,14 @@ def wake_stopped(rookery: Ports, opensea: Ports, traces: Iterable[Trace]) -> Non
             trace.waiters = None
         if trace.ended is not None:
             trace.ended.unpark_all()
+
+
+def queued_for(trace: Trace, owner: Owner) -> int:
+    """How many live queued entries of ``trace`` wait for ``owner`` (O(items of the trace))."""
+    count = 0
+    entry = trace.head
+    while entry is not None:
+        if not entry.dead and entry.floe.target is owner:
+            count += 1
+        entry = entry.next
+    return count

@@ -15,6 +15,7 @@ from ._chunks import StreamCounters
 from ._context import Context
 from ._edges import Endpoint, Floe, Owner, Ports, Trace, name_of
 from ._events import Hooks
+from ._parking import ParkingLot
 from ._slots import NodeRuntime
 from ._subscription import Subscription
 from ._validation import AdapterSource
@@ -45,6 +46,7 @@ class FlowGraph:
     _client_streams: StreamCounters
     _tasks: list[asyncio.Task[None]]
     _running: bool
+    _stopped: bool
     _queue_maxsize: int
     _registry: AdapterSource | None
 
@@ -150,3 +152,12 @@ class FlowGraph:
             workers=sum(1 for t in self._tasks if not t.done()),
             subscriptions=len(self._subs),
         )
+
+    async def wait_ended(self, trace_id: str, *, timeout: float | None = None) -> bool:
+        """Wait until nothing of the trace is queued, running or held; False on timeout."""
+        trace = self._traces.get(trace_id)
+        if trace is None or self._stopped:
+            return True
+        if trace.ended is None:
+            trace.ended = ParkingLot()
+        return await trace.ended.wait(timeout)

@@ -19,7 +19,7 @@ from .errors import FlowError, FlowRuntimeError, FlowStoppedError, TraceCancelle
 from .node import Node
 from .types import Message, StreamChunk
 
-__all__ = ["Request", "RequestState", "no_result"]
+__all__ = ["Request", "RequestAPI", "RequestState", "no_result"]
 
 RequestState: TypeAlias = Literal["pending", "result", "failed", "cancelled", "stopped"]
 """Where a request stands: still ``"pending"``, or how it ended."""
@@ -225,3 +225,35 @@ async def invoke(
             return await req.result()
     async with asyncio.timeout(timeout), Request(flow, message, to) as req:
         return await req.result()
+
+
+class RequestAPI:
+    """``flow.invoke`` and ``flow.request``: the request API, on top of the flow's
+    public per-trace view (``subscribe``), ``emit`` and ``cancel``."""
+
+    async def invoke(
+        self: _Flow,
+        message: Any,
+        *,
+        timeout: float | None = None,
+        to: Node | Sequence[Node] | None = None,
+    ) -> Any:
+        """Send one request through the flow and wait for its outcome.
+
+        Many concurrent calls may share one running flow; each gets its own trace's
+        outcome. ``timeout`` covers emitting too; when it passes the trace is cancelled,
+        then ``TimeoutError`` is raised. Returns what ``fetch()`` would have returned for
+        the trace, or raises as ``Request.result()`` does (``FlowError``,
+        ``TraceCancelled``, ``FlowStoppedError``).
+        """
+        return await invoke(self, message, timeout, to)
+
+    def request(self: _Flow, message: Any, *, to: Node | Sequence[Node] | None = None) -> Request:
+        """A handle on one request, for streaming its chunks and waiting for its outcome.
+
+        ``async with flow.request(message) as req:`` emits the message; then
+        ``async for chunk in req.chunks()`` yields its stream chunks, ``await
+        req.result()`` waits for the outcome (as ``invoke`` returns or raises it), and
+        ``await req.cancel()`` cancels it. Leaving the block early cancels the trace.
+        """
+        return Request(self, message, to)

@@ -38,13 +38,14 @@ from ._edges import (
     Ports,
     Trace,
     purge,
+    queued_for,
     wake_stopped,
 )
 from ._events import DEBUG, INFO, Hooks, enabled, logger
 from ._graph import FlowGraph
 from ._parking import ParkingLot
 from ._playbook import SubflowFactory, run_playbook
-from ._request import Request, invoke
+from ._request import RequestAPI
 from ._retries import Retries
 from ._slots import (
     NodeRuntime,
@@ -78,7 +79,7 @@ STOP_GRACE_S: Final = 1.0
 """How long ``stop()`` lets a cancelled worker clean up before cancelling it again."""
 
 
-class PenguiFlow(FlowGraph):
+class PenguiFlow(FlowGraph, RequestAPI):
     """A wired graph of nodes with bounded edges, run on the caller's event loop.
 
     Build it with :func:`create`; construction needs no event loop and starts nothing.
@@ -225,6 +226,12 @@ class PenguiFlow(FlowGraph):
                 slot.stopping = True
         for task in tasks:
             task.cancel()
+        # A request that gets "the flow stopped" as its outcome leaves nothing behind;
+        # other queued items stay on their edges for the next run().
+        for tid in list(self._subs):
+            trace = self._traces.get(tid)
+            if trace is not None and not trace.cancelled:
+                self._abort(trace, running=False)
         wake_stopped(self._rookery, self._opensea, self._traces.values())
         interrupted = False
         try:
@@ -316,38 +323,6 @@ class PenguiFlow(FlowGraph):
             parent=parent, text=text, stream_id=stream_id, seq=seq, done=done, meta=meta, to=to
         )
 
-    async def invoke(
-        self, message: Any, *, timeout: float | None = None, to: Node | Sequence[Node] | None = None
-    ) -> Any:
-        """Send one request through the flow and wait for its outcome.
-
-        Many concurrent calls may share one running flow; each gets its own trace's
-        outcome. ``timeout`` covers emitting too; when it passes the trace is cancelled,
-        then ``TimeoutError`` is raised. Returns what ``fetch()`` would have returned for
-        the trace, or raises as ``Request.result()`` does (``FlowError``,
-        ``TraceCancelled``, ``FlowStoppedError``).
-        """
-        return await invoke(self, message, timeout, to)
-
-    def request(self, message: Any, *, to: Node | Sequence[Node] | None = None) -> Request:
-        """A handle on one request, for streaming its chunks and waiting for its outcome.
-
-        ``async with flow.request(message) as req:`` emits the message; then
-        ``async for chunk in req.chunks()`` yields its stream chunks, ``await
-        req.result()`` waits for the outcome (as ``invoke`` returns or raises it), and
-        ``await req.cancel()`` cancels it. Leaving the block early cancels the trace.
-        """
-        return Request(self, message, to)
-
-    async def wait_ended(self, trace_id: str, *, timeout: float | None = None) -> bool:
-        """Wait until nothing of the trace is queued, running or held; False on timeout."""
-        trace = self._traces.get(trace_id)
-        if trace is None or self._stopped:
-            return True
-        if trace.ended is None:
-            trace.ended = ParkingLot()
-        return await trace.ended.wait(timeout)
-
     async def fetch(self, from_: Node | Sequence[Node] | None = None) -> Any:
         """Return the next item that reached Rookery, exactly as it was delivered.
 
@@ -424,23 +399,8 @@ class PenguiFlow(FlowGraph):
             return True
         # The cancel takes full effect before anything is awaited, so a caller that is
         # itself cancelled meanwhile cannot leave the trace half-cancelled.
-        trace.cancelled = True
         pending = trace.pending
-        hooks.call(hooks.cancel, trace_id)
-        purged = purge(trace)
-        self._streams.forget(trace_id)
-        self._client_streams.forget(trace_id)
-        interrupt(self._runtimes, trace)
-        if trace.waiters is not None:
-            trace.waiters.unpark_all()
-            trace.waiters = None
-        sub = self._subs.get(trace_id)
-        if sub is not None:
-            finish(sub, "cancelled")
-        finished = False
-        if purged:
-            trace.pending -= purged - 1
-            finished = self._release(trace)
+        finished = self._abort(trace)
         if hooks.observed(INFO):
             await hooks.emit(
                 "trace_cancel_start",
@@ -453,6 +413,31 @@ class PenguiFlow(FlowGraph):
             if finished:
                 await self._hooks.cancel_finished(self._rookery, trace_id)
         return True
+
+    def _abort(self, trace: Trace, *, running: bool = True) -> bool:
+        """Cancel ``trace`` at once; True when nothing of it is left (it just ended).
+
+        ``running=False`` (from ``stop()``, which cancels every worker itself) leaves the
+        workers alone, so a ``stop()`` called from a node is not interrupted.
+        """
+        trace_id = trace.trace_id
+        trace.cancelled = True
+        self._hooks.call(self._hooks.cancel, trace_id)
+        purged = purge(trace)
+        self._streams.forget(trace_id)
+        self._client_streams.forget(trace_id)
+        if running:
+            interrupt(self._runtimes, trace)
+        if trace.waiters is not None:
+            trace.waiters.unpark_all()
+            trace.waiters = None
+        sub = self._subs.get(trace_id)
+        if sub is not None:
+            finish(sub, "cancelled")
+        if not purged:
+            return False
+        trace.pending -= purged - 1
+        return self._release(trace)
 
     # -- accounting ---------------------------------------------------------------------
 
@@ -511,13 +496,17 @@ class PenguiFlow(FlowGraph):
         if rt is not None:
             await self._router.deadline_skip(rt, message, trace)
 
-    async def _wait_trace_capacity(self, trace_id: str) -> None:
+    async def _wait_trace_capacity(self, trace_id: str, owner: Owner) -> None:
         maxsize = self._queue_maxsize
         while True:
             if self._stopped:
                 raise FlowStoppedError("the flow stopped; this chunk was not sent")
             trace = self._traces.get(trace_id)
             if trace is None or trace.pending - 1 < maxsize or not self._running:
+                return
+            # Items of the trace queued for the waiting node itself only it can consume:
+            # they never count against it (a streaming node fed by a stream).
+            if trace.pending - 1 - queued_for(trace, owner) < maxsize:
                 return
             if trace.cancelled:
                 raise TraceCancelled(trace_id)
