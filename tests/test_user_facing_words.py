@@ -1,4 +1,4 @@
-"""No internal jargon where users read: READMEs, docs, and the add-ons' docstrings and errors.
+"""No internal jargon where users read: READMEs, docs, and every package's docstrings and errors.
 
 Users have no access to the project's internal specification or its issue tracker
 numbering, so references such as "contract §5.7", "B13", "D2", "issue 9" or "upstream"
@@ -26,9 +26,8 @@ def user_facing_files() -> list[Path]:
     files += sorted((ROOT / "docs").rglob("*.md"))
     files += sorted((ROOT / "packages").glob("*/README.md"))
     files += sorted((ROOT / "examples").glob("*/README.md"))
-    # The add-ons' docstrings and error messages. (Core's sources and the streaming
-    # add-on's are checked once their ongoing rewrites land.)
-    for addon in ("patterns", "viz", "testing"):
+    # Every package's docstrings and error messages.
+    for addon in ("core", "patterns", "streaming", "viz", "testing", "otel", "redis"):
         files += sorted((ROOT / "packages" / f"penguiflow-{addon}" / "src").rglob("*.py"))
     return [f for f in files if f.exists()]
 
