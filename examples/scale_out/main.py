@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from penguiflow import Context, Headers, Message, ModelRegistry, Node, NodePolicy, create
 from penguiflow.core import PenguiFlow
@@ -79,6 +81,21 @@ def build() -> tuple[PenguiFlow, ModelRegistry]:
     return create(a.to(b), b.to(c)), registry
 
 
+async def wait_ready(url: str) -> None:
+    """Wait (up to 10 s) until the Redis server just started answers."""
+    redis = Redis.from_url(url)
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    await redis.ping()
+                    return
+                except RedisConnectionError:
+                    await asyncio.sleep(0.02)  # still starting
+    finally:
+        await redis.aclose()
+
+
 @asynccontextmanager
 async def redis_and_workers() -> AsyncIterator[str]:
     """A Redis (started here unless REDIS_URL is set) and two workers serving build()."""
@@ -108,6 +125,7 @@ async def redis_and_workers() -> AsyncIterator[str]:
             )
         )
         url = f"redis://127.0.0.1:{port}/0"
+        await wait_ready(url)
     workers = [
         subprocess.Popen(
             [

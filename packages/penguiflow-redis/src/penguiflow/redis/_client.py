@@ -21,6 +21,7 @@ from penguiflow.types import StreamChunk
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ._batch import Batcher
 from ._codec import Codec, decode_error, local_error
 from ._keys import DEFAULT_PREFIX, Keys
 from ._worker import REPLY_TTL_S, ensure_group, open_redis, stop_task
@@ -84,6 +85,7 @@ class Client:
     """
 
     __slots__ = (
+        "_batch",
         "_codec",
         "_commands",
         "_id",
@@ -104,6 +106,7 @@ class Client:
         self._room = asyncio.Semaphore(max_pending)
         self._live: dict[str, RemoteRequest] = {}
         self._commands: Connection | None = None
+        self._batch: Batcher | None = None
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Client:
@@ -112,10 +115,16 @@ class Client:
         commands: Connection = open_redis(self._url, _CONNECTIONS)
         try:
             await ensure_group(commands, self._keys)
+            # Create the reply stream; workers only ever append to an existing one.
+            async with commands.pipeline(transaction=True) as pipe:
+                pipe.xadd(self._replies, {"t": "", "o": "open"})
+                pipe.expire(self._replies, REPLY_TTL_S)
+                await pipe.execute()
         except BaseException:
             await commands.aclose()
             raise
         self._commands = commands
+        self._batch = Batcher(commands, transaction=False)
         self._reader = asyncio.create_task(self._read(), name="penguiflow.redis:replies")
         return self
 
@@ -128,6 +137,7 @@ class Client:
         if commands is None:
             return
         self._commands = self._reader = None
+        self._batch = None
         if reader is not None:
             # Wake the reader with a note on its own stream rather than cancelling its
             # blocked read (a cancel that meets redis-py's read timeout can be lost).
@@ -210,12 +220,19 @@ class Client:
             )
         return self._commands
 
+    def _batcher(self) -> Batcher:
+        if self._batch is None:
+            raise FlowRuntimeError(
+                "this client is not connected; use it inside `async with connect(...)`"
+            )
+        return self._batch
+
     def _queue_cancel(self, pipe: Any, trace_id: str) -> None:
         pipe.set(self._keys.cancelled(trace_id), "1", ex=CANCEL_TTL_S)
         pipe.publish(self._keys.cancel_channel, trace_id)
 
     async def _submit(self, req: RemoteRequest, message: Any) -> None:
-        commands = self._connected()
+        batch = self._batcher()
         fields = self._codec.encode_message(message)
         trace_id = req.trace_id
         await self._room.acquire()
@@ -225,10 +242,9 @@ class Client:
                     f"trace {trace_id} already has a request in flight on this client"
                 )
             self._live[trace_id] = req
+            entry = {"t": trace_id, "r": self._replies, **fields}
             try:
-                await commands.xadd(
-                    self._keys.requests, {"t": trace_id, "r": self._replies, **fields}
-                )
+                await batch.run(lambda pipe: pipe.xadd(self._keys.requests, entry))
             except BaseException:
                 del self._live[trace_id]
                 raise

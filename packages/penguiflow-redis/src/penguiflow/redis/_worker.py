@@ -41,6 +41,7 @@ from penguiflow.registry import ModelRegistry
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ResponseError
 
+from ._batch import Batcher
 from ._codec import Codec, encode_error, local_error
 from ._keys import GROUP, Keys
 
@@ -55,6 +56,9 @@ Connection = Any
 REPLY_TTL_S: Final = 300
 """Lifetime of a reply stream after its last write (refreshed by every write and read)."""
 REPLY_MAXLEN: Final = 100_000
+# Replies go only to a stream its client created (and deletes when it closes): the outcome
+# of a request whose client is gone is dropped instead of recreating the stream.
+_REPLY: Final[dict[str, Any]] = {"maxlen": REPLY_MAXLEN, "approximate": True, "nomkstream": True}
 _BLOCK_S: Final = 1.0
 """Longest blocking read; well under redis-py's default socket timeout (5 s)."""
 """Hard cap on a reply stream's length; clients delete what they read long before."""
@@ -142,6 +146,8 @@ class _Worker:
         self._stopping = False
         self._lease_s = max(1, round(3 * settings.claim_idle_s))
         self._hand_back = redis.register_script(_HAND_BACK)
+        self._batch = Batcher(redis, transaction=False)
+        self._atomic = Batcher(redis, transaction=True)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -296,11 +302,13 @@ class _Worker:
 
     async def _outcome(self, held: _Held) -> dict[str, Any] | None:
         """Run the request; return the fields of its outcome, or None to hand it back."""
-        redis, keys, trace = self._redis, self._keys, held.trace_id
-        async with redis.pipeline(transaction=False) as pipe:
+        keys, trace = self._keys, held.trace_id
+
+        def start(pipe: Any) -> None:
             pipe.exists(keys.cancelled(trace))
             pipe.set(keys.running(trace), self._name, ex=self._lease_s)
-            marked, _ = await pipe.execute()
+
+        marked, _ = await self._batch.run(start)
         if marked or _cancelled(held):
             return {"o": "cancelled"}
         try:
@@ -334,22 +342,26 @@ class _Worker:
 
     async def _send(self, held: _Held, fields: dict[str, Any]) -> None:
         reply = held.fields[b"r"]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(reply, {"t": held.trace_id, **fields}, maxlen=REPLY_MAXLEN, approximate=True)
+
+        def send(pipe: Any) -> None:
+            pipe.xadd(reply, {"t": held.trace_id, **fields}, **_REPLY)
             pipe.expire(reply, REPLY_TTL_S)
-            await pipe.execute()
+
+        await self._batch.run(send)
 
     async def _finish(self, held: _Held, fields: dict[str, Any]) -> None:
         """Write the outcome, acknowledge the entry and drop the request's keys, at once."""
-        redis, keys, trace = self._redis, self._keys, held.trace_id
+        keys, trace = self._keys, held.trace_id
         reply = held.fields[b"r"]
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(reply, {"t": trace, **fields}, maxlen=REPLY_MAXLEN, approximate=True)
+
+        def finish(pipe: Any) -> None:
+            pipe.xadd(reply, {"t": trace, **fields}, **_REPLY)
             pipe.expire(reply, REPLY_TTL_S)
             pipe.xack(keys.requests, GROUP, held.entry_id)
             pipe.xdel(keys.requests, held.entry_id)
             pipe.delete(keys.running(trace), keys.cancelled(trace))
-            await pipe.execute()
+
+        await self._atomic.run(finish)
 
     # -- cancels, leases, trimming --------------------------------------------------------
 
