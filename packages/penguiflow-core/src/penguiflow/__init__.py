@@ -116,8 +116,9 @@ def _installed(module_name: str) -> bool:
         return False
 
 
+_PRESENT = {module_name: _installed(module_name) for module_name, _ in _ADDONS.values()}
 _INSTALLED_ADDONS = sorted(
-    name for name, (module_name, _) in _ADDONS.items() if _installed(module_name)
+    name for name, (module_name, _) in _ADDONS.items() if _PRESENT[module_name]
 )
 __all__ += _INSTALLED_ADDONS
 
