@@ -699,7 +699,10 @@ class PenguiFlow(FlowGraph, RequestAPI):
                     raise asyncio.CancelledError  # stopped, but our cancellation was eaten
                 if not items:
                     entry = None  # an idle worker keeps nothing of the last item alive
-                    fut = waiters.park()
+                    # ``waiters.park()``, inlined with the loop at hand: an idle worker
+                    # parks once per item, so this is on every hop.
+                    fut = loop.create_future()
+                    waiters.append(fut)
                     try:
                         await fut
                     except BaseException:
