@@ -842,9 +842,14 @@ class PenguiFlow(FlowGraph, RequestAPI):
                         else:
                             rtid = trace_id_of(result)
                             special = isinstance(result, Message) and is_special(result.payload)
-                            if not special and is_special(result) and isinstance(item, Message):
-                                # A bare WM/FinalAnswer (no registry to re-wrap it) still
-                                # belongs to the incoming envelope and its trace.
+                            if (
+                                not special
+                                and rt.self_floe is not None
+                                and is_special(result)
+                                and isinstance(item, Message)
+                            ):
+                                # A controller's bare WM/FinalAnswer (no registry to re-wrap
+                                # it) still belongs to the incoming envelope and its trace.
                                 result = with_payload(item, result)
                                 rtid, special = result.trace_id, True
                         if rtid is None:
