@@ -35,10 +35,9 @@ class FlowGraph:
     # Set by the kernel when it builds the flow.
     _nodes: tuple[Node, ...]
     _floes: tuple[Floe, ...]
-    _contexts: dict[Owner, Context]
     _endpoint_contexts: dict[Endpoint, Context]
-    _node_ports: dict[Owner, Ports]
     _runtimes: list[NodeRuntime]
+    _runtime_of: dict[Owner, NodeRuntime]
     _hooks: Hooks
     _traces: dict[str, Trace]
     _subs: dict[str, Subscription]
@@ -72,10 +71,14 @@ class FlowGraph:
 
     def context(self, owner: Owner) -> Context:
         """The context of a node of this flow, or of ``OPEN_SEA`` / ``ROOKERY``."""
+        if isinstance(owner, Endpoint) and owner in self._endpoint_contexts:
+            return self._endpoint_contexts[owner]
+        return self._node(owner).ctx
+
+    def _node(self, owner: object) -> NodeRuntime:
+        """The runtime record of a node of this flow; the error names a stranger."""
         try:
-            if isinstance(owner, Endpoint):
-                return self._endpoint_contexts[owner]
-            return self._contexts[owner]
+            return self._runtime_of[owner]  # type: ignore[index]  # anything may be asked
         except (KeyError, TypeError):
             raise UnknownNodeError(
                 f"{name_of(owner)} is not a node of this flow (nodes: "
@@ -84,8 +87,7 @@ class FlowGraph:
             ) from None
 
     def _ports_of(self, node: Node) -> Ports:
-        self.context(node)  # the error for a stranger
-        return self._node_ports[node]
+        return self._node(node).ports
 
     @property
     def is_running(self) -> bool:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
 from ._chunks import StreamCounters
-from ._context import Context, Ending, KernelPort, wired_context
+from ._context import Ending, KernelPort, wired_context
 from ._controller import Router, is_special
 from ._edges import (
     OPEN_SEA,
@@ -35,7 +35,6 @@ from ._edges import (
     Floe,
     Inbox,
     Owner,
-    Ports,
     Trace,
     purge,
     queued_for,
@@ -149,16 +148,14 @@ class PenguiFlow(FlowGraph, RequestAPI):
         self._opensea = wiring.opensea
         self._rookery = wiring.rookery
         self._rookery_floes = wiring.rookery_floes
-        ctxs = [wired_context(p, port) for p in wiring.ports]
-        self._contexts: dict[Owner, Context] = dict(zip(nodes, ctxs, strict=True))
         self._endpoint_contexts = {
             OPEN_SEA: wired_context(wiring.opensea, port, self._client_streams),
             ROOKERY: wired_context(wiring.rookery, port),
         }
-        self._node_ports: dict[Owner, Ports] = dict(zip(nodes, wiring.ports, strict=True))
+        # One record per node holds its context and ports; nothing else is keyed by node.
         self._runtimes = [
-            NodeRuntime(n, p, c, self._queue_maxsize)
-            for n, p, c in zip(nodes, wiring.ports, ctxs, strict=True)
+            NodeRuntime(n, p, wired_context(p, port), self._queue_maxsize)
+            for n, p in zip(nodes, wiring.ports, strict=True)
         ]
         self._runtime_of: dict[Owner, NodeRuntime] = {rt.node: rt for rt in self._runtimes}
         self._router = Router(self._hooks, self._offer, self._send_rest, self._rookery_floes)
