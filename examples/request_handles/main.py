@@ -111,7 +111,7 @@ class Service:
         """Answer one request: ``(HTTP status, JSON body)``. Never raises for an outcome."""
         message = self.message(question, request_id)
         try:
-            result = await self.flow.invoke(message, timeout=timeout)
+            result = await self.flow.invoke(message, timeout=timeout, expect=Message)
         except (FlowError, TimeoutError, TraceCancelled, FlowStoppedError) as exc:
             return error_response(exc, message.trace_id)
         return 200, {"trace_id": message.trace_id, "answer": result.payload}
@@ -127,7 +127,7 @@ class Service:
         leaves the ``async with`` block, which cancels the request's trace.
         """
         message = self.message(question)
-        async with self.flow.request(message) as req:
+        async with self.flow.request(message, expect=Message) as req:
             async for chunk in req.chunks():
                 yield {"chunk": chunk.text, "seq": chunk.seq, "node": chunk.node}
             try:

@@ -57,9 +57,31 @@ def test_flow_and_request_types() -> None:
     node = Node(answer)
     flow = create(node.to())
     request = flow.request(Message(payload=Question(text="q"), headers=Headers(tenant="t")))
-    assert_type(request, Request)
+    assert_type(request, Request[object])
     assert_type(request.state, RequestState)
     assert_type(request.trace_id, str)
+    expecting = flow.request(Message(payload="q", headers=Headers(tenant="t")), expect=Message)
+    assert_type(expecting, Request[Message])
+
+
+async def test_results_are_object_unless_expected() -> None:
+    """Never ``Any``: a result is ``object`` until the caller names its class."""
+    flow = create(Node(passthrough).to())
+    flow.run()
+    try:
+        message = Message(payload=Question(text="q"), headers=Headers(tenant="t"))
+        out = await flow.invoke(message)
+        assert_type(out, object)
+        typed = await flow.invoke(message, expect=Message)
+        assert_type(typed, Message)
+        async with flow.request(message) as req:
+            assert_type(req, Request[object])
+            assert_type(await req.result(), object)
+        async with flow.request(message, expect=Message) as typed_req:
+            assert_type(typed_req, Request[Message])
+            assert_type(await typed_req.result(), Message)
+    finally:
+        await flow.stop()
 
 
 def test_shapes() -> None:

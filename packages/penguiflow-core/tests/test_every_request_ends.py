@@ -114,7 +114,9 @@ async def test_a_stray_cancelled_error_is_a_node_failure_not_a_dead_worker(
         assert isinstance(outcome.__cause__, asyncio.CancelledError)
     assert flow.is_running and flow.inspect().workers == 4
     good = [msg(f"good{i}") for i in range(10)]
-    results = await asyncio.wait_for(asyncio.gather(*(flow.invoke(m) for m in good)), 5.0)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(flow.invoke(m, expect=Message) for m in good)), 5.0
+    )
     assert [r.payload for r in results] == [f"good{i}" for i in range(10)]
 
 
@@ -132,13 +134,15 @@ async def test_a_middleware_raising_any_base_exception_is_contained(
     flow = make_flow(node(echo, "a", max_concurrency=4).to(), middlewares=[broken_observer])
     flow.run()
     messages = [msg(i) for i in range(10)]
-    results = await asyncio.wait_for(asyncio.gather(*(flow.invoke(m) for m in messages)), 5.0)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(flow.invoke(m, expect=Message) for m in messages)), 5.0
+    )
     assert [r.payload for r in results] == list(range(10))
     assert seen.count("node_start") == 10 and seen.count("node_success") == 10
     assert flow.is_running and flow.inspect().workers == 4
-    assert [r.payload for r in [await asyncio.wait_for(flow.invoke(msg("later")), 1.0)]] == [
-        "later"
-    ]
+    assert [
+        r.payload for r in [await asyncio.wait_for(flow.invoke(msg("later"), expect=Message), 1.0)]
+    ] == ["later"]
 
 
 # -- controller loops never block on their own edge ---------------------------------------
@@ -159,7 +163,9 @@ async def test_a_controller_loop_with_more_traces_than_its_edge_holds_completes(
     flow = make_flow(c.to(c), queue_maxsize=maxsize)
     flow.run()
     messages = [msg(WM(query=f"q{i}")) for i in range(traces)]
-    outs = await asyncio.wait_for(asyncio.gather(*(flow.invoke(m) for m in messages)), 10.0)
+    outs = await asyncio.wait_for(
+        asyncio.gather(*(flow.invoke(m, expect=Message) for m in messages)), 10.0
+    )
     assert [o.payload for o in outs] == [FinalAnswer(text=f"q{i}") for i in range(traces)]
     assert [o.trace_id for o in outs] == [m.trace_id for m in messages]
 
@@ -452,7 +458,7 @@ async def test_cancel_interrupts_a_deadline_answer_blocked_on_a_full_rookery(
     assert all(n.inflight == 0 for n in snap.nodes)
     assert (await asyncio.wait_for(flow.fetch(), 1.0)).payload == "first"
     assert all(e.depth == 0 for e in flow.inspect().edges)  # no late answer came after
-    assert (await asyncio.wait_for(flow.invoke(msg("next")), 1.0)).payload == "next"
+    assert (await asyncio.wait_for(flow.invoke(msg("next"), expect=Message), 1.0)).payload == "next"
 
 
 # -- nothing outlives its trace -----------------------------------------------------------
@@ -495,7 +501,9 @@ async def test_emit_to_no_node_leaves_no_trace(make_flow: MakeFlow) -> None:
     await flow.emit(reused, to=[])
     snap = flow.inspect()
     assert snap.traces == {} and snap.is_quiescent
-    out = await asyncio.wait_for(flow.invoke(reused), 1.0)  # the trace id is free to reuse
+    out = await asyncio.wait_for(
+        flow.invoke(reused, expect=Message), 1.0
+    )  # the trace id is free to reuse
     assert out.payload == "again"
 
 
@@ -558,7 +566,7 @@ async def test_an_idle_worker_holds_no_reference_to_its_last_item(
     flow.run()
     m = msg("in")
     ref = weakref.ref(m)
-    out = await asyncio.wait_for(flow.invoke(m), 1.0)
+    out = await asyncio.wait_for(flow.invoke(m, expect=Message), 1.0)
     assert out.payload == "out"
     del m
     gc.collect()
@@ -587,7 +595,9 @@ async def test_one_traces_backlog_does_not_throttle_other_traces(make_flow: Make
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     fast = [msg(f"fast{i}") for i in range(20)]
-    outs = await asyncio.wait_for(asyncio.gather(*(flow.invoke(m) for m in fast)), 5.0)
+    outs = await asyncio.wait_for(
+        asyncio.gather(*(flow.invoke(m, expect=Message) for m in fast)), 5.0
+    )
     assert [o.payload for o in outs] == [f"fast{i}" for i in range(20)]
     assert loop.time() - t0 < 0.1  # 20 items on 15 idle slots: two rounds of 10 ms
     release.set()
@@ -610,7 +620,9 @@ async def test_an_attempt_cut_by_the_deadline_answers_deadline_exceeded_in_time_
     flow.run()
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    out = await asyncio.wait_for(flow.invoke(msg(deadline_s=wall_time() + 0.3)), 20.0)
+    out = await asyncio.wait_for(
+        flow.invoke(msg(deadline_s=wall_time() + 0.3), expect=Message), 20.0
+    )
     assert out.payload == FinalAnswer(text=DEADLINE_EXCEEDED_TEXT)
     assert 0.25 <= loop.time() - t0 < 0.5  # the time left, not timeout_s, not a retry
 
@@ -681,7 +693,9 @@ async def test_a_request_whose_playbook_runs_out_of_time_gets_the_deadline_answe
     flow.run()
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    out = await asyncio.wait_for(flow.invoke(msg(deadline_s=wall_time() + 0.3)), 20.0)
+    out = await asyncio.wait_for(
+        flow.invoke(msg(deadline_s=wall_time() + 0.3), expect=Message), 20.0
+    )
     assert out.payload == FinalAnswer(text=DEADLINE_EXCEEDED_TEXT)
     assert 0.25 <= loop.time() - t0 < 0.5
 
@@ -705,7 +719,7 @@ async def test_a_stream_feeding_a_streaming_node_does_not_deadlock(make_flow: Ma
     a, b = node(tokens, "tokens"), node(upper, "upper")
     flow = make_flow(a.to(b), b.to())
     flow.run()
-    async with asyncio.timeout(10.0), flow.request(msg()) as req:
+    async with asyncio.timeout(10.0), flow.request(msg(), expect=Message) as req:
         texts = [c.text async for c in req.chunks()]
         result = await req.result()
     assert texts == [f"T{i}" for i in range(100)]
@@ -737,5 +751,7 @@ async def test_requests_ended_by_stop_leave_nothing_behind(make_flow: MakeFlow) 
     snap = flow.inspect()
     assert snap.traces == {} and all(e.depth == 0 for e in snap.edges), snap
     flow.run()  # nothing of the ended requests runs again or lands at Rookery
-    assert (await asyncio.wait_for(flow.invoke(msg("third")), 1.0)).payload == "third"
+    assert (
+        await asyncio.wait_for(flow.invoke(msg("third"), expect=Message), 1.0)
+    ).payload == "third"
     assert flow.inspect().is_quiescent

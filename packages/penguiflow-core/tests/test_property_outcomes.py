@@ -233,9 +233,12 @@ async def drive(flow: PenguiFlow, graph: Graph, call: Call, rec: Record) -> None
                     if call.cancel_after is not None:
                         task = loop.create_task(cancel_later(lambda: flow.cancel(m.trace_id)))
                         cancels.append(task)
-                    out = await flow.invoke(m, timeout=call.timeout)
+                    out = await flow.invoke(m, timeout=call.timeout, expect=Message)
                 else:
-                    async with asyncio.timeout(call.timeout), flow.request(m) as req:
+                    async with (
+                        asyncio.timeout(call.timeout),
+                        flow.request(m, expect=Message) as req,
+                    ):
                         if call.cancel_after is not None:
                             cancels.append(loop.create_task(cancel_later(req.cancel)))
                         try:

@@ -52,7 +52,9 @@ async def test_concurrent_invokes_each_get_their_own_result(make_flow: MakeFlow)
     flow = make_flow(node(slow_echo, "a", max_concurrency=8).to())
     flow.run()
     messages = [msg(i) for i in range(200)]
-    results = await asyncio.wait_for(asyncio.gather(*(flow.invoke(m) for m in messages)), 5.0)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(flow.invoke(m, expect=Message) for m in messages)), 5.0
+    )
     assert [r.payload for r in results] == list(range(200))
     assert [r.trace_id for r in results] == [m.trace_id for m in messages]
 
@@ -65,7 +67,7 @@ async def test_request_streams_chunks_then_the_result(make_flow: MakeFlow) -> No
 
     flow = make_flow(node(talk, "llm").to())
     flow.run()
-    async with flow.request(msg()) as req:
+    async with flow.request(msg(), expect=Message) as req:
         chunks = [chunk async for chunk in req.chunks()]
         result = await req.result()
     assert [(c.text, c.seq, c.node) for c in chunks] == [
@@ -216,7 +218,7 @@ async def test_the_result_releases_everything_the_trace_still_holds(make_flow: M
     f, s = node(fast, "fast"), node(slow, "slow")
     flow = make_flow(src.to(f, s), f.to(), s.to())
     flow.run()
-    out = await flow.invoke(msg(), timeout=1.0)
+    out = await flow.invoke(msg(), timeout=1.0, expect=Message)
     assert out.payload == "fast"
     snap = flow.inspect()
     assert snap.traces == {} and all(n.inflight == 0 for n in snap.nodes)
@@ -248,7 +250,7 @@ async def test_ctx_message_is_the_envelope_of_a_payload_typed_node(make_flow: Ma
     flow = make_flow(n.to())
     flow.run(registry=registry)
     m = Message(payload=Question(text="hi"), headers=Headers(tenant="acme"), meta={"k": 1})
-    async with flow.request(m) as req:
+    async with flow.request(m, expect=Message) as req:
         chunks = [c async for c in req.chunks()]
         result = await req.result()
     assert seen == [("acme", {"k": 1})]

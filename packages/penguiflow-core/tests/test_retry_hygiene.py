@@ -48,7 +48,7 @@ async def test_retry_on_types_retries_only_those(make_flow: MakeFlow) -> None:
     }
     flow = make_flow(node(flaky, "call", **policy).to())
     flow.run()
-    assert (await flow.invoke(msg("conn"), timeout=5)).payload == "conn"
+    assert (await flow.invoke(msg("conn"), timeout=5, expect=Message)).payload == "conn"
     assert calls == ["conn"] * 3
     calls.clear()
     with pytest.raises(FlowError) as info:
@@ -198,7 +198,7 @@ async def test_a_controller_hop_budget_reports_budget_exhausted(
     c = Node(ctrl, name="ctrl", allow_cycle=True, policy=NodePolicy(validate="none"))
     flow = make_flow(c.to(c), middlewares=[recorder])
     flow.run()
-    out = await flow.invoke(msg(WM(query="q", budget_hops=3)), timeout=5)
+    out = await flow.invoke(msg(WM(query="q", budget_hops=3)), timeout=5, expect=Message)
     assert out.payload == FinalAnswer(text="Hop budget exhausted")
     [spent] = recorder.matching("budget_exhausted")
     assert (spent.node_name, spent.extra["budget"], spent.extra["limit"]) == ("ctrl", "hops", 3)

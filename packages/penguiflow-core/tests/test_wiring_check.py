@@ -92,7 +92,9 @@ async def test_a_subclass_fits_and_the_flow_runs() -> None:
     flow = create(first.to(second))
     flow.run(registry=ModelRegistry.from_nodes(first, second), wiring="strict")
     try:
-        out = await flow.invoke(Message(payload=A(x=3), headers=Headers(tenant="t")))
+        out = await flow.invoke(
+            Message(payload=A(x=3), headers=Headers(tenant="t")), expect=Message
+        )
         assert out.payload == C(z=3)
     finally:
         await flow.stop()

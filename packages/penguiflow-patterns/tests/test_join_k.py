@@ -435,7 +435,7 @@ async def test_a_request_waits_for_a_half_full_bucket(
     j = join_k("j", 2)
     flow = start(create(j.to()), running, recorder)
     first = kit.message("a")
-    async with flow.request(first) as req:
+    async with flow.request(first, expect=Message) as req:
         # The first part sits in the bucket: the request is not over...
         await recorder.wait("node_success", "j", first.trace_id)
         assert held(flow) == {first.trace_id: 1}
@@ -457,7 +457,7 @@ async def test_a_branch_slow_past_the_deadline_answers_the_request(
 
     flow = fan_in(running, slow_work)
     msg = kit.message("doc", deadline_s=wall_time() + 1)
-    result = await flow.invoke(msg, timeout=WAIT_S)
+    result = await flow.invoke(msg, timeout=WAIT_S, expect=Message)
     assert (result.trace_id, result.payload) == (
         msg.trace_id, FinalAnswer(text=DEADLINE_EXCEEDED_TEXT),
     )  # fmt: skip
@@ -473,7 +473,7 @@ async def test_a_bucket_dropped_at_its_deadline_answers_the_request(
 
     flow = fan_in(running, filtered, recorder)
     msg = kit.message("doc", deadline_s=wall_time() + 1)
-    result = await flow.invoke(msg, timeout=WAIT_S)
+    result = await flow.invoke(msg, timeout=WAIT_S, expect=Message)
     assert (result.trace_id, result.payload) == (
         msg.trace_id, FinalAnswer(text=DEADLINE_EXCEEDED_TEXT),
     )  # fmt: skip
@@ -505,7 +505,7 @@ async def test_a_timed_out_partial_batch_is_the_request_result(
 
     flow = fan_in(running, filtered, timeout_s=5)
     msg = kit.message("doc")
-    batch = await flow.invoke(msg, timeout=WAIT_S)
+    batch = await flow.invoke(msg, timeout=WAIT_S, expect=Message)
     assert (batch.trace_id, batch.payload) == (msg.trace_id, ["doc"])
     kit.assert_clean(flow)
 

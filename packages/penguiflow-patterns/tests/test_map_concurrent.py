@@ -328,7 +328,9 @@ async def test_a_node_whose_task_group_fails_is_that_nodes_error() -> None:
         with pytest.raises(FlowError) as info:
             await flow.invoke(Message(payload="fail", headers=Headers(tenant="t")), timeout=5)
         assert (info.value.code, info.value.node_name) == ("NODE_EXCEPTION", "fan")
-        ok = await flow.invoke(Message(payload="ok", headers=Headers(tenant="t")), timeout=5)
+        ok = await flow.invoke(
+            Message(payload="ok", headers=Headers(tenant="t")), timeout=5, expect=Message
+        )
         assert ok.payload == "ok"  # the node's worker survived
     finally:
         await flow.stop()

@@ -5,21 +5,27 @@ outcome, which is one of: a result, a typed error (a node gave up, or the trace 
 without a result), a cancellation, or the flow stopping. ``flow.invoke(message)`` is the
 one-line form. Both are built on the flow's per-trace view (``Subscription``): whatever
 of the trace reaches Rookery comes to the handle, never to another caller.
+
+Results are typed ``object``: what reaches Rookery depends on the graph, which a type
+checker cannot follow. ``expect=Model`` types the result as ``Model`` and checks it when it
+arrives (a mismatch raises ``FlowTypeError``); without ``expect`` nothing is checked.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Final, Literal, Protocol, TypeAlias
+from typing import Any, Final, Generic, Literal, Protocol, Self, TypeAlias, TypeVar, overload
 
 from ._subscription import Subscription
 from ._trace import trace_id_of
-from .errors import FlowError, FlowRuntimeError, FlowStoppedError, TraceCancelled
+from .errors import FlowError, FlowRuntimeError, FlowStoppedError, FlowTypeError, TraceCancelled
 from .node import Node
 from .types import Message, StreamChunk
 
-__all__ = ["Request", "RequestAPI", "RequestState", "no_result"]
+__all__ = ["Request", "RequestAPI", "RequestState", "check_result", "no_result"]
+
+T = TypeVar("T")
 
 RequestState: TypeAlias = Literal["pending", "result", "failed", "cancelled", "stopped"]
 """Where a request stands: still ``"pending"``, or how it ended."""
@@ -63,7 +69,21 @@ def no_result(trace_id: str | None, node: str | None) -> FlowError:
     )
 
 
-class Request:
+def check_result(outcome: Any, expect: type[T], trace_id: str | None) -> T:
+    """Return ``outcome`` if it is an ``expect``; raise ``FlowTypeError`` saying why not."""
+    if isinstance(outcome, expect):
+        return outcome
+    expected, actual = expect.__qualname__, type(outcome).__qualname__
+    returned = f"{actual}; pass expect={actual} or fix the node"
+    if isinstance(outcome, Message) and isinstance(outcome.payload, expect):
+        returned = f"{actual} whose payload is {expected}; pass expect={actual} and read .payload"
+    raise FlowTypeError(
+        f"trace {trace_id}: expected a result of type {expected}, got {actual}: the flow's "
+        f"exit node returned {returned}"
+    )
+
+
+class Request(Generic[T]):
     """A handle on one request: its trace id, its stream chunks and its outcome.
 
     Use it as ``async with flow.request(message) as req:``. Entering emits the message
@@ -71,11 +91,19 @@ class Request:
     trace, and leaving it after the outcome releases whatever the trace still holds.
 
     ``chunks()`` and ``result()`` read the same per-trace stream; call them from one task.
+    ``T`` is the result's type: ``object``, or the class given as
+    ``flow.request(message, expect=...)``.
     """
 
-    __slots__ = ("_flow", "_message", "_outcome", "_sub", "_to", "state", "trace_id")
+    __slots__ = ("_expect", "_flow", "_message", "_outcome", "_sub", "_to", "state", "trace_id")
 
-    def __init__(self, flow: _Flow, message: Any, to: Node | Sequence[Node] | None) -> None:
+    def __init__(
+        self,
+        flow: _Flow,
+        message: Any,
+        to: Node | Sequence[Node] | None,
+        expect: type[T] | None = None,
+    ) -> None:
         trace_id = trace_id_of(message)
         if trace_id is None:
             raise FlowRuntimeError(
@@ -85,6 +113,7 @@ class Request:
         self._flow = flow
         self._message = message
         self._to = to
+        self._expect = expect
         self._sub: Subscription | None = None
         self._outcome: Any = _PENDING
         self.trace_id: str = trace_id
@@ -92,7 +121,7 @@ class Request:
         self.state: RequestState = "pending"
         """``"pending"`` until the outcome is known, then how the request ended."""
 
-    async def __aenter__(self) -> Request:
+    async def __aenter__(self) -> Self:
         flow = self._flow
         sub = self._sub = flow.subscribe(self.trace_id, errors=True)
         try:
@@ -182,16 +211,19 @@ class Request:
         while (chunk := await self.next_chunk()) is not None:
             yield chunk
 
-    async def result(self) -> Any:
+    async def result(self) -> T:
         """Wait for the outcome: return the result, or raise why there is none.
 
         Chunks not read through ``chunks()`` are skipped.
 
         Returns:
             What ``flow.fetch()`` would have returned for this trace: the item that reached
-            Rookery, as it was delivered (including deadline and budget answers).
+            Rookery, as it was delivered (including deadline and budget answers). Typed
+            ``object``, or the ``expect=`` class the request was made with.
 
         Raises:
+            FlowTypeError: The request was made with ``expect=`` and the result is not an
+                instance of it; the message names both types and the trace id.
             FlowError: A node gave up (``node_name``, ``code``, ``attempts``; the node's
                 exception is the ``__cause__``), or the trace ended without a result
                 (``code="NO_RESULT"``, naming the node that dropped it).
@@ -202,7 +234,10 @@ class Request:
             await self._next()
         outcome = self._outcome
         if self.state == "result":
-            return outcome
+            if self._expect is None:
+                result: T = outcome
+                return result
+            return check_result(outcome, self._expect, self.trace_id)
         raise outcome
 
     async def cancel(self) -> bool:
@@ -217,13 +252,17 @@ class Request:
 
 
 async def invoke(
-    flow: _Flow, message: Any, timeout: float | None, to: Node | Sequence[Node] | None
-) -> Any:
+    flow: _Flow,
+    message: Any,
+    timeout: float | None,
+    to: Node | Sequence[Node] | None,
+    expect: type[T] | None = None,
+) -> T:
     """Run one request to its outcome; see ``PenguiFlow.invoke``."""
     if timeout is None:
-        async with Request(flow, message, to) as req:
+        async with Request(flow, message, to, expect) as req:
             return await req.result()
-    async with asyncio.timeout(timeout), Request(flow, message, to) as req:
+    async with asyncio.timeout(timeout), Request(flow, message, to, expect) as req:
         return await req.result()
 
 
@@ -231,12 +270,33 @@ class RequestAPI:
     """``flow.invoke`` and ``flow.request``: the request API, on top of the flow's
     public per-trace view (``subscribe``), ``emit`` and ``cancel``."""
 
+    @overload
     async def invoke(
         self: _Flow,
         message: Any,
         *,
         timeout: float | None = None,
         to: Node | Sequence[Node] | None = None,
+        expect: None = None,
+    ) -> object: ...
+
+    @overload
+    async def invoke(
+        self: _Flow,
+        message: Any,
+        *,
+        timeout: float | None = None,
+        to: Node | Sequence[Node] | None = None,
+        expect: type[T],
+    ) -> T: ...
+
+    async def invoke(
+        self: _Flow,
+        message: Any,
+        *,
+        timeout: float | None = None,
+        to: Node | Sequence[Node] | None = None,
+        expect: type[Any] | None = None,
     ) -> Any:
         """Send one request through the flow and wait for its outcome.
 
@@ -245,15 +305,47 @@ class RequestAPI:
         then ``TimeoutError`` is raised. Returns what ``fetch()`` would have returned for
         the trace, or raises as ``Request.result()`` does (``FlowError``,
         ``TraceCancelled``, ``FlowStoppedError``).
-        """
-        return await invoke(self, message, timeout, to)
 
-    def request(self: _Flow, message: Any, *, to: Node | Sequence[Node] | None = None) -> Request:
+        The result is typed ``object``: narrow it with ``isinstance``, or pass the class
+        you expect, ``expect=Message`` for example, to have it typed as that class and
+        checked when it arrives. A result that is not an ``expect`` raises
+        ``FlowTypeError`` naming both types and the trace id.
+        """
+        return await invoke(self, message, timeout, to, expect)
+
+    @overload
+    def request(
+        self: _Flow,
+        message: Any,
+        *,
+        to: Node | Sequence[Node] | None = None,
+        expect: None = None,
+    ) -> Request[object]: ...
+
+    @overload
+    def request(
+        self: _Flow,
+        message: Any,
+        *,
+        to: Node | Sequence[Node] | None = None,
+        expect: type[T],
+    ) -> Request[T]: ...
+
+    def request(
+        self: _Flow,
+        message: Any,
+        *,
+        to: Node | Sequence[Node] | None = None,
+        expect: type[Any] | None = None,
+    ) -> Request[Any]:
         """A handle on one request, for streaming its chunks and waiting for its outcome.
 
         ``async with flow.request(message) as req:`` emits the message; then
         ``async for chunk in req.chunks()`` yields its stream chunks, ``await
         req.result()`` waits for the outcome (as ``invoke`` returns or raises it), and
         ``await req.cancel()`` cancels it. Leaving the block early cancels the trace.
+
+        The handle is a ``Request[object]``; with ``expect=Model`` it is a
+        ``Request[Model]``, whose ``result()`` checks the result as ``invoke`` does.
         """
-        return Request(self, message, to)
+        return Request(self, message, to, expect)

@@ -9,7 +9,8 @@ PenguiFlow::
     ├── FlowBuildError (ValueError)        a graph, node or policy that cannot be built
     │   ├── CycleError (RuntimeError)      a cycle without allow_cycle / allow_cycles
     │   └── FlowTypeError (TypeError)      a sync node function, a middleware that is
-    │                                      not callable, a policy of the wrong type
+    │                                      not callable, a policy of the wrong type; a
+    │                                      request result that is not its expect= class
     ├── FlowRuntimeError (RuntimeError)    misuse of a flow at run time
     │   ├── FlowNotRunningError            cancel() on a stopped flow, a detached context
     │   └── FlowStoppedError               emit() after stop(), before the next run()
@@ -55,7 +56,12 @@ class CycleError(FlowBuildError, RuntimeError):
 
 
 class FlowTypeError(FlowBuildError, TypeError):
-    """Something of the wrong kind was given where a flow is built (e.g. a sync function)."""
+    """Something of the wrong kind was given where a flow is built (e.g. a sync function).
+
+    Also raised by ``flow.invoke(..., expect=X)`` and ``Request.result()`` when the
+    request's result is not an ``X``: the flow does not produce what the caller was
+    written for. The message names both types and the trace id.
+    """
 
 
 class UnknownNodeError(PenguiFlowError, KeyError):

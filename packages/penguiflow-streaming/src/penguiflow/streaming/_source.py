@@ -94,7 +94,7 @@ class TraceSource:
         self._flow = flow
         self._message = message
         self._to = to
-        self._req: Request | None = None
+        self._req: Request[object] | None = None
         self._closed = False
         self._cancelling = False
         self._outputs = 0  # chunks handed out so far
@@ -166,7 +166,7 @@ class TraceSource:
             return chunk
         return await self._outcome(req)
 
-    async def _outcome(self, req: Request) -> StreamResult:
+    async def _outcome(self, req: Request[object]) -> StreamResult:
         """The request has its outcome: hand out the result once, or end the stream."""
         try:
             item = await req.result()  # known already: returns or raises at once
@@ -235,7 +235,7 @@ class TraceSource:
                 self.ended = _ENDS[req.state]
 
 
-async def _run_out(req: Request) -> None:
+async def _run_out(req: Request[object]) -> None:
     """Wait for a released request's outcome (discarding it), then let go of its trace."""
     try:
         with contextlib.suppress(Exception):
