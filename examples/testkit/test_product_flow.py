@@ -90,6 +90,7 @@ async def test_happy_path(flow_kit: FlowTestKit, virtual_clock: VirtualClock) ->
     assert run.done == "drained"
     assert run.text == "Please see our articles."
     (final,) = run.payloads
+    assert isinstance(final, FinalAnswer)
     assert final.citations == ["kb/billing/1", "kb/billing/2"]
     flow_kit.assert_node_sequence(message.trace_id, ["classify", "search_kb", "answer"])
     assert virtual_clock.time() == pytest.approx(0.8)  # the KB call, on virtual time
@@ -108,7 +109,7 @@ async def test_flaky_knowledge_base_is_retried_instantly(
     message = ticket()
     started = time.perf_counter()
 
-    result = await flow_kit.run_one(flow, message, registry=registry, timeout_s=60)
+    result = await flow_kit.run_one(flow, message, registry=registry, timeout_s=60, expect=Message)
 
     assert time.perf_counter() - started < 0.5  # 6 s of backoff, run in milliseconds
     assert virtual_clock.time() == 6.0  # backoff 2 s, then 4 s
@@ -155,7 +156,7 @@ async def test_deadline_turns_into_a_final_answer(
     flow, registry = build_flow(search=slow_kb)
     message = ticket(deadline_s=wall_time() + 3.0)
 
-    result = await flow_kit.run_one(flow, message, registry=registry, timeout_s=60)
+    result = await flow_kit.run_one(flow, message, registry=registry, timeout_s=60, expect=Message)
 
     assert result.payload == FinalAnswer(text=DEADLINE_EXCEEDED_TEXT)
     assert result.trace_id == message.trace_id
@@ -169,4 +170,5 @@ async def test_answer_keeps_the_envelope() -> None:
     check = await assert_preserves_message_envelope(Node(answer), message)
 
     assert [chunk.text for chunk in check.chunks][:2] == ["Please ", "see "]
+    assert check.result is not None
     assert check.result.payload.citations == ["kb/general/1"]

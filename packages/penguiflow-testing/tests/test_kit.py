@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from penguiflow.core import Context, PenguiFlow, create
-from penguiflow.errors import FlowError
+from penguiflow.errors import FlowError, FlowTypeError
 from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
 from penguiflow.testing import (
@@ -47,11 +47,33 @@ def chain() -> PenguiFlow:
 async def test_run_one_returns_first_result_and_stops(flow_kit: FlowTestKit) -> None:
     flow = chain()
     message = make_message("hi")
-    result = await flow_kit.run_one(flow, message)
+    result = await flow_kit.run_one(flow, message, expect=Message)
     assert result.payload == "HI!"
     assert result.trace_id == message.trace_id
     assert not flow.is_running
     flow_kit.assert_node_sequence(message.trace_id, ["upper", "exclaim"])
+    flow_kit.assert_quiescent(require_stopped=True)
+
+
+async def test_run_one_checks_the_expected_type(flow_kit: FlowTestKit) -> None:
+    message = make_message("hi")
+    with pytest.raises(FlowTypeError) as info:
+        await flow_kit.run_one(chain(), message, expect=StreamChunk)
+    assert str(info.value) == (
+        f"trace {message.trace_id}: expected a result of type StreamChunk, got Message: the "
+        "flow's exit node returned Message; pass expect=Message or fix the node"
+    )
+
+    async def double(x: int, ctx: Context) -> int:
+        return x * 2
+
+    assert await flow_kit.run_one(create(Node(double).to()), 21, expect=int) == 42
+    with pytest.raises(FlowTypeError) as bare:
+        await flow_kit.run_one(create(Node(double).to()), 21, expect=str)
+    assert str(bare.value) == (
+        "run_one: expected a result of type str, got int for the untracked item 21: the "
+        "flow's exit node returned int; pass expect=int or fix the node"
+    )
     flow_kit.assert_quiescent(require_stopped=True)
 
 
@@ -183,13 +205,15 @@ async def test_run_one_with_registry_validates(flow_kit: FlowTestKit) -> None:
     registry = ModelRegistry()
     registry.register("shout", Query, Query)
     flow = create(Node(shout).to())
-    result = await flow_kit.run_one(flow, make_message({"text": "hey"}), registry=registry)
+    result = await flow_kit.run_one(
+        flow, make_message({"text": "hey"}), registry=registry, expect=Message
+    )
     assert result.payload == Query(text="HEY")
 
 
 async def test_run_one_rejects_a_non_flow(flow_kit: FlowTestKit) -> None:
     with pytest.raises(KitUsageError, match="expects a PenguiFlow"):
-        await flow_kit.run_one("not a flow", make_message())  # type: ignore[arg-type]
+        await flow_kit.run_one("not a flow", make_message())  # type: ignore[call-overload]
 
 
 async def test_run_one_rejects_a_zero_timeout(flow_kit: FlowTestKit) -> None:
@@ -199,7 +223,7 @@ async def test_run_one_rejects_a_zero_timeout(flow_kit: FlowTestKit) -> None:
 
 async def test_run_one_rejects_a_non_numeric_timeout(flow_kit: FlowTestKit) -> None:
     with pytest.raises(KitUsageError, match="timeout_s must be a number"):
-        await flow_kit.run_one(chain(), make_message(), timeout_s="1")  # type: ignore[arg-type]
+        await flow_kit.run_one(chain(), make_message(), timeout_s="1")  # type: ignore[call-overload]
 
 
 async def test_run_trace_rejects_a_bare_payload(flow_kit: FlowTestKit) -> None:
@@ -234,7 +258,10 @@ async def test_run_trace_collects_results_and_chunks(flow_kit: FlowTestKit) -> N
     assert run.text == "tokens"
     assert run.payloads == ("final",)
     assert len(run.items) == 5
-    assert all(isinstance(item.payload, StreamChunk) for item in run.items[:4])
+    assert all(
+        isinstance(item, Message) and isinstance(item.payload, StreamChunk)
+        for item in run.items[:4]
+    )
     assert {e.event_type for e in run.events} >= {"node_start", "node_success"}
     assert not flow.is_running
 
@@ -255,7 +282,9 @@ async def test_collect_trace_on_a_running_flow(flow_kit: FlowTestKit) -> None:
         await flow.stop()
     assert run1.payloads == (0, 1, 2)
     assert run2.payloads == (0, 1, 2)
-    assert {item.trace_id for item in run1.items} == {first.trace_id}
+    items = [item for item in run1.items if isinstance(item, Message)]
+    assert len(items) == len(run1.items)
+    assert {item.trace_id for item in items} == {first.trace_id}
     assert flow_kit.trace_ids == (first.trace_id, second.trace_id)
 
 
@@ -409,7 +438,7 @@ async def test_run_one_returns_the_result_after_the_chunks(flow_kit: FlowTestKit
 
     flow = create(Node(streamer).to())
     message = make_message()
-    result = await flow_kit.run_one(flow, message)
+    result = await flow_kit.run_one(flow, message, expect=Message)
     assert (result.trace_id, result.payload) == (message.trace_id, "final")
     assert not flow.is_running
 

@@ -132,7 +132,7 @@ async def good_node(message: Message, ctx: Context) -> Message:
 async def test_envelope_check_passes_for_a_well_behaved_node() -> None:
     check = await assert_preserves_message_envelope(Node(good_node))
     assert isinstance(check, EnvelopeCheck)
-    assert check.result.payload == "answer"
+    assert check.result is not None and check.result.payload == "answer"
     assert [c.text for c in check.chunks] == ["thinking"]
     assert len(check.outputs) == 2
     assert check.message.headers.tenant == "penguiflow-testing"
@@ -142,7 +142,7 @@ async def test_envelope_check_with_a_bare_function_and_given_message() -> None:
     message = make_message("in")
     check = await assert_preserves_message_envelope(good_node, message)
     assert check.message is message
-    assert check.result.trace_id == message.trace_id
+    assert check.result is not None and check.result.trace_id == message.trace_id
 
 
 async def test_envelope_check_names_a_bare_payload() -> None:
@@ -193,5 +193,5 @@ async def test_envelope_check_with_registry_and_real_context() -> None:
     node = Node(shout)
     message = make_message({"text": "hi"})
     check = await assert_preserves_message_envelope(node, message, Context(node), registry=registry)
-    assert check.result.payload == Query(text="HI")
+    assert check.result is not None and check.result.payload == Query(text="HI")
     assert check.chunks == ()

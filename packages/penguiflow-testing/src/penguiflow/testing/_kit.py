@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, final, overload
 
 from penguiflow.core import PenguiFlow
-from penguiflow.errors import FlowError, FlowStoppedError, TraceCancelled
+from penguiflow.errors import FlowError, FlowStoppedError, FlowTypeError, TraceCancelled
 from penguiflow.types import Message, StreamChunk
 
 from ._errors import (
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from penguiflow.metrics import FlowEvent
 
 __all__ = ["FlowTestKit", "TraceRun"]
+
+T = TypeVar("T")
 
 TraceEnd = Literal["drained", "failed", "cancelled", "stopped"]
 
@@ -64,10 +66,14 @@ def format_event(event: FlowEvent) -> str:
 @final
 @dataclass(frozen=True, slots=True)
 class TraceRun:
-    """Everything one trace delivered to Rookery, in order, and how it ended."""
+    """Everything one trace delivered to Rookery, in order, and how it ended.
+
+    Items are typed ``object``: what reaches Rookery depends on the graph. Narrow them
+    with ``isinstance`` (or read ``chunks`` and ``text``, which are typed).
+    """
 
     trace_id: str
-    items: tuple[Any, ...]
+    items: tuple[object, ...]
     """Every item of the trace that reached Rookery, exactly as delivered."""
     done: TraceEnd
     """``"drained"`` (all work finished), ``"failed"`` (a node gave up: see ``error``),
@@ -84,7 +90,7 @@ class TraceRun:
         return tuple(c for c in map(_chunk_of, self.items) if c is not None)
 
     @property
-    def results(self) -> tuple[Any, ...]:
+    def results(self) -> tuple[object, ...]:
         """The items that are not stream chunks, in order."""
         return tuple(item for item in self.items if _chunk_of(item) is None)
 
@@ -94,7 +100,7 @@ class TraceRun:
         return "".join(chunk.text for chunk in self.chunks)
 
     @property
-    def payloads(self) -> tuple[Any, ...]:
+    def payloads(self) -> tuple[object, ...]:
         """``results`` with ``Message`` envelopes unwrapped to their payloads."""
         return tuple(r.payload if isinstance(r, Message) else r for r in self.results)
 
@@ -348,12 +354,36 @@ class FlowTestKit:
             _check_registry(helper, flow, registry)
         self.attach(flow)
 
+    @overload
     async def run_one(
         self,
         flow: PenguiFlow,
         message: Any,
         registry: Any = None,
         timeout_s: float = 1.0,
+        *,
+        expect: None = None,
+    ) -> object: ...
+
+    @overload
+    async def run_one(
+        self,
+        flow: PenguiFlow,
+        message: Any,
+        registry: Any = None,
+        timeout_s: float = 1.0,
+        *,
+        expect: type[T],
+    ) -> T: ...
+
+    async def run_one(
+        self,
+        flow: PenguiFlow,
+        message: Any,
+        registry: Any = None,
+        timeout_s: float = 1.0,
+        *,
+        expect: type[Any] | None = None,
     ) -> Any:
         """Start ``flow``, emit ``message``, return the trace's result, stop the flow.
 
@@ -374,6 +404,8 @@ class FlowTestKit:
             registry: Passed to ``flow.run``; checked first for missing nodes.
             timeout_s: Limit in loop seconds (virtual seconds under the virtual clock,
                 where a generous value costs nothing).
+            expect: The class the result must be an instance of (``Message``, say). The
+                result is then typed as that class; without it, ``object``.
 
         Returns:
             The result, exactly as delivered.
@@ -384,26 +416,41 @@ class FlowTestKit:
             KitAssertionError: A node gave up, or the trace finished (or was cancelled or
                 stopped) without a result; the message names the node and lists the
                 events.
+            FlowTypeError: ``expect`` was given and the result is not an instance of it;
+                the message names both types and the trace id.
         """
         self._prepare("run_one", flow, registry, timeout_s, start=True)
         trace_id = _trace_id_of(message)
         flow.run(registry=registry)
         try:
             if trace_id is None:
-                return await self._fetch_one(flow, message, timeout_s)
-            return await self._request_one(flow, message, trace_id, timeout_s)
+                result = await self._fetch_one(flow, message, timeout_s)
+                if expect is None or isinstance(result, expect):
+                    return result
+                actual = type(result).__qualname__
+                raise FlowTypeError(
+                    f"run_one: expected a result of type {expect.__qualname__}, got {actual} "
+                    f"for the untracked item {message!r:.80}: the flow's exit node returned "
+                    f"{actual}; pass expect={actual} or fix the node"
+                )
+            return await self._request_one(flow, message, trace_id, timeout_s, expect)
         finally:
             await _wind_down(flow, trace_id)
 
     async def _request_one(
-        self, flow: PenguiFlow, message: Any, trace_id: str, timeout_s: float
+        self,
+        flow: PenguiFlow,
+        message: Any,
+        trace_id: str,
+        timeout_s: float,
+        expect: type[Any] | None,
     ) -> Any:
         self._note_trace(trace_id)
         start = len(self._by_trace[trace_id])
         scope = asyncio.timeout(timeout_s)
         report = ""
         try:
-            async with scope, flow.request(message) as req:
+            async with scope, flow.request(message, expect=expect) as req:
                 try:
                     return await req.result()
                 except asyncio.CancelledError:

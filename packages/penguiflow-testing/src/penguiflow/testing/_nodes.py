@@ -233,9 +233,9 @@ class EnvelopeCheck:
 
     message: Message
     """The message the node was called with."""
-    result: Any
-    """What the node returned."""
-    outputs: tuple[Any, ...]
+    result: Message | None
+    """What the node returned (a ``Message``, checked, or ``None``)."""
+    outputs: tuple[Message, ...]
     """Everything checked: the result (when not ``None``), then each emitted item."""
     chunks: tuple[StreamChunk, ...]
     """Chunks produced through the stub's ``emit_chunk``."""
@@ -307,6 +307,7 @@ async def assert_preserves_message_envelope(
             "check; pass a message it produces output for"
         )
     problems: list[str] = []
+    checked: list[Message] = []
     for label, item in outputs:
         if not isinstance(item, Message):
             problems.append(
@@ -315,6 +316,7 @@ async def assert_preserves_message_envelope(
                 "message.model_copy(update={'payload': ...}) instead"
             )
             continue
+        checked.append(item)
         if item.trace_id != trace_id:
             problems.append(f"{label}: trace_id changed from {trace_id!r} to {item.trace_id!r}")
         if item.headers != headers:
@@ -328,7 +330,7 @@ async def assert_preserves_message_envelope(
         )
     return EnvelopeCheck(
         message=message,
-        result=result,
-        outputs=tuple(item for _, item in outputs),
+        result=result if isinstance(result, Message) else None,  # else it was a problem
+        outputs=tuple(checked),
         chunks=chunks,
     )
