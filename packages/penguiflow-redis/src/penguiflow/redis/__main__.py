@@ -51,16 +51,40 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGTERM, how long in-flight requests may take before they are handed back",
     )
     worker.add_argument("--name", default=None, help="this worker's consumer name")
+    worker.add_argument(
+        "--nodes",
+        default=None,
+        metavar="A,B",
+        help="serve only these nodes (all by default); items for the others go to Redis",
+    )
+    worker.add_argument(
+        "--max-deliveries",
+        type=int,
+        default=5,
+        metavar="N",
+        help="after N deliveries that each stopped their worker, dead-letter the entry",
+    )
+    worker.add_argument(
+        "--stream-maxlen",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="with --nodes: entries a node's stream holds before senders wait",
+    )
     return parser
 
 
 async def _worker(args: argparse.Namespace) -> None:
     flow, registry = load_target(args.target)
+    nodes = None
+    if args.nodes is not None:
+        nodes = [name.strip() for name in args.nodes.split(",") if name.strip()]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"penguiflow.redis worker serving {args.target} on {args.url}", file=sys.stderr)
+    what = args.target if nodes is None else f"{args.target} (nodes {', '.join(nodes)})"
+    print(f"penguiflow.redis worker serving {what} on {args.url}", file=sys.stderr)
     await serve(
         flow,
         args.url,
@@ -71,6 +95,9 @@ async def _worker(args: argparse.Namespace) -> None:
         grace_s=args.grace,
         name=args.name,
         stop=stop,
+        nodes=nodes,
+        max_deliveries=args.max_deliveries,
+        stream_maxlen=args.stream_maxlen,
     )
 
 

@@ -11,25 +11,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
-from typing import Any, Final, final
+from typing import Any, Final, Generic, TypeVar, final, overload
 
-from penguiflow.core import PenguiFlow, RequestState, trace_id_of
-from penguiflow.errors import FlowRuntimeError, FlowStoppedError, TraceCancelled
+from penguiflow.core import DEADLINE_EXCEEDED_TEXT, PenguiFlow, RequestState, trace_id_of
+from penguiflow.errors import FlowRuntimeError, FlowStoppedError, FlowTypeError, TraceCancelled
 from penguiflow.registry import ModelRegistry
-from penguiflow.types import StreamChunk
+from penguiflow.types import FinalAnswer, Message, StreamChunk
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ._batch import Batcher
 from ._codec import Codec, decode_error, local_error
 from ._keys import DEFAULT_PREFIX, Keys
-from ._worker import REPLY_TTL_S, ensure_group, open_redis, stop_task
+from ._worker import LIVE_TTL_S, REPLY_TTL_S, ensure_group, open_redis, stop_task
 
 __all__ = ["Client", "RemoteRequest", "connect"]
 
+T = TypeVar("T")
+
 CANCEL_TTL_S: Final = 600
 """How long a cancel waits for a worker to pick its request up (then it is forgotten)."""
+DEADLINE_GRACE_S: Final = 2.0
+"""How long after a message's ``deadline_s`` the client answers for a silent worker."""
 _READ_BLOCK_MS: Final = 2_000  # well under redis-py's default socket timeout (5 s)
 _CONNECTIONS: Final = 32
 """Connections a client's commands share (its reader has one more of its own)."""
@@ -104,7 +109,7 @@ class Client:
         self._id = os.urandom(8).hex()
         self._replies = keys.client(self._id)
         self._room = asyncio.Semaphore(max_pending)
-        self._live: dict[str, RemoteRequest] = {}
+        self._live: dict[str, RemoteRequest[Any]] = {}
         self._commands: Connection | None = None
         self._batch: Batcher | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -114,7 +119,7 @@ class Client:
             raise FlowRuntimeError("this client is already connected")
         commands: Connection = open_redis(self._url, _CONNECTIONS)
         try:
-            await ensure_group(commands, self._keys)
+            await ensure_group(commands, self._keys.requests)
             # Create the reply stream; workers only ever append to an existing one.
             async with commands.pipeline(transaction=True) as pipe:
                 pipe.xadd(self._replies, {"t": "", "o": "open"})
@@ -159,51 +164,71 @@ class Client:
 
     # -- the request API ------------------------------------------------------------------
 
-    def request(self, message: Any) -> RemoteRequest:
+    @overload
+    def request(self, message: Any, *, expect: None = None) -> RemoteRequest[object]: ...
+
+    @overload
+    def request(self, message: Any, *, expect: type[T]) -> RemoteRequest[T]: ...
+
+    def request(self, message: Any, *, expect: type[Any] | None = None) -> RemoteRequest[Any]:
         """A handle on one request, as ``flow.request(message)`` gives in-process.
 
         ``async with client.request(message) as req:`` sends the message; then ``async for
         chunk in req.chunks()``, ``await req.result()`` and ``await req.cancel()`` work as
         on ``penguiflow.core.Request``. Leaving the block before the outcome cancels it.
+        With ``expect=Model``, ``result()`` is typed ``Model`` and checks it.
 
         Raises:
             FlowRuntimeError: ``message`` has no trace id (wrap the payload in a
                 ``Message``).
         """
-        return RemoteRequest(self, message)
+        return RemoteRequest(self, message, expect)
 
-    async def invoke(self, message: Any, *, timeout: float | None = None) -> Any:
+    @overload
+    async def invoke(
+        self, message: Any, *, timeout: float | None = None, expect: None = None
+    ) -> object: ...
+
+    @overload
+    async def invoke(self, message: Any, *, timeout: float | None = None, expect: type[T]) -> T: ...
+
+    async def invoke(
+        self, message: Any, *, timeout: float | None = None, expect: type[Any] | None = None
+    ) -> Any:
         """Send one request and wait for its outcome, as ``flow.invoke`` does.
 
         ``timeout`` covers sending too; when it passes, the request is cancelled, then
-        ``TimeoutError`` is raised.
+        ``TimeoutError`` is raised. The result is typed ``object``; with ``expect=Model``
+        it is typed ``Model`` and checked when it arrives.
 
         Raises:
             FlowError: A node gave up, or the request ended without a result.
+            FlowTypeError: ``expect`` was given and the result is not one.
             TraceCancelled: The request was cancelled (from any client).
             FlowStoppedError: The client closed first.
             TimeoutError: ``timeout`` passed.
         """
         if timeout is None:
-            async with self.request(message) as req:
+            async with self.request(message, expect=expect) as req:
                 return await req.result()
-        async with asyncio.timeout(timeout), self.request(message) as req:
+        async with asyncio.timeout(timeout), self.request(message, expect=expect) as req:
             return await req.result()
 
     async def cancel(self, trace_id: str) -> bool:
         """Cancel a request, whichever client sent it and whichever worker runs it.
 
-        The worker running it calls ``flow.cancel(trace_id)`` (its nodes see
-        ``CancelledError``); a request still queued is skipped when a worker takes it.
+        Every worker holding work of the request cancels it in its flow (its nodes see
+        ``CancelledError``); work of it still queued is skipped when a worker takes it.
 
         Returns:
-            True if the request was pending in this client or running in a worker.
+            True if the request was pending in this client, or queued or running in
+            workers.
         """
         commands = self._connected()
         req = self._live.get(trace_id)
         pending_here = req is not None and req.state == "pending"
         async with commands.pipeline(transaction=False) as pipe:
-            pipe.exists(self._keys.running(trace_id))
+            pipe.exists(self._keys.running(trace_id), self._keys.live(trace_id))
             self._queue_cancel(pipe, trace_id)
             running, *_ = await pipe.execute()
         if req is not None:
@@ -227,11 +252,20 @@ class Client:
             )
         return self._batch
 
+    async def _cancel_quietly(self, trace_id: str) -> None:
+        """Tell workers to cancel ``trace_id``, without settling the local request."""
+        commands = self._commands
+        if commands is None:
+            return
+        async with commands.pipeline(transaction=False) as pipe:
+            self._queue_cancel(pipe, trace_id)
+            await pipe.execute()
+
     def _queue_cancel(self, pipe: Any, trace_id: str) -> None:
         pipe.set(self._keys.cancelled(trace_id), "1", ex=CANCEL_TTL_S)
         pipe.publish(self._keys.cancel_channel, trace_id)
 
-    async def _submit(self, req: RemoteRequest, message: Any) -> None:
+    async def _submit(self, req: RemoteRequest[Any], message: Any) -> None:
         batch = self._batcher()
         fields = self._codec.encode_message(message)
         trace_id = req.trace_id
@@ -243,8 +277,17 @@ class Client:
                 )
             self._live[trace_id] = req
             entry = {"t": trace_id, "r": self._replies, **fields}
+            live = self._keys.live(trace_id)
+
+            def send(pipe: Any) -> None:
+                # The request stream's entry is the request's first live entry; workers
+                # that split the flow count the ones they add and finish (see _nodes).
+                pipe.xadd(self._keys.requests, entry)
+                pipe.incr(live)
+                pipe.expire(live, LIVE_TTL_S)
+
             try:
-                await batch.run(lambda pipe: pipe.xadd(self._keys.requests, entry))
+                await batch.run(send)
             except BaseException:
                 del self._live[trace_id]
                 raise
@@ -252,7 +295,7 @@ class Client:
             self._room.release()
             raise
 
-    def _forget(self, req: RemoteRequest) -> None:
+    def _forget(self, req: RemoteRequest[Any]) -> None:
         if self._live.get(req.trace_id) is req:
             del self._live[req.trace_id]
             self._room.release()
@@ -284,18 +327,32 @@ class Client:
 
 
 @final
-class RemoteRequest:
-    """A handle on one request served by a worker; made by ``client.request(message)``.
+class RemoteRequest(Generic[T]):
+    """A handle on one request served by workers; made by ``client.request(message)``.
 
     The same surface as ``penguiflow.core.Request``: ``trace_id``, ``state``,
     ``next_chunk()``, ``chunks()``, ``result()`` and ``cancel()``. If a worker dies and
     another runs the request again, chunks already delivered are not repeated (they are
     matched on their stream id and sequence number) and exactly one outcome is delivered.
+
+    A message with ``deadline_s`` ends at the latest shortly after its deadline: if no
+    worker has answered ``DEADLINE_GRACE_S`` (2 s) after it, the client cancels the
+    request and returns the same deadline answer a worker gives (the message with a
+    ``FinalAnswer("Deadline exceeded")`` payload).
     """
 
-    __slots__ = ("_client", "_inbox", "_message", "_next_seq", "_outcome", "state", "trace_id")
+    __slots__ = (
+        "_client",
+        "_expect",
+        "_inbox",
+        "_message",
+        "_next_seq",
+        "_outcome",
+        "state",
+        "trace_id",
+    )
 
-    def __init__(self, client: Client, message: Any) -> None:
+    def __init__(self, client: Client, message: Any, expect: type[T] | None = None) -> None:
         trace_id = trace_id_of(message)
         if trace_id is None:
             raise FlowRuntimeError(
@@ -304,6 +361,7 @@ class RemoteRequest:
             )
         self._client = client
         self._message = message
+        self._expect = expect
         self._inbox: asyncio.Queue[_Note] = asyncio.Queue()
         self._next_seq: dict[str, int] = {}
         self._outcome: Any = _PENDING
@@ -312,7 +370,7 @@ class RemoteRequest:
         self.state: RequestState = "pending"
         """``"pending"`` until the outcome is known, then how the request ended."""
 
-    async def __aenter__(self) -> RemoteRequest:
+    async def __aenter__(self) -> RemoteRequest[T]:
         await self._client._submit(self, self._message)
         return self
 
@@ -336,8 +394,25 @@ class RemoteRequest:
 
     async def _next(self) -> StreamChunk | None:
         """Read the next note; return a chunk, or None (the outcome may now be settled)."""
-        kind, fields = await self._inbox.get()
         trace_id = self.trace_id
+        message = self._message
+        deadline = message.deadline_s if isinstance(message, Message) else None
+        if deadline is None:
+            kind, fields = await self._inbox.get()
+        else:
+            left = deadline + DEADLINE_GRACE_S - time.time()
+            try:
+                async with asyncio.timeout(max(left, 0.0)):
+                    kind, fields = await self._inbox.get()
+            except TimeoutError:
+                # No worker answered by the deadline (none serves the next node, or all
+                # are gone): answer as a worker would, and cancel what may still run.
+                answer = message.model_copy(
+                    update={"payload": FinalAnswer(text=DEADLINE_EXCEEDED_TEXT)}
+                )
+                self._settle(answer, "result")
+                await self._client._cancel_quietly(trace_id)
+                return None
         if kind == b"chunk":
             chunk = StreamChunk.model_validate_json(fields[b"p"])
             expected = self._next_seq.get(chunk.stream_id, 0)
@@ -378,22 +453,27 @@ class RemoteRequest:
         while (chunk := await self.next_chunk()) is not None:
             yield chunk
 
-    async def result(self) -> Any:
+    async def result(self) -> T:
         """Wait for the outcome: return the result, or raise why there is none.
 
         Raises:
             FlowError: A node gave up (``node_name``, ``code``, ``attempts``; the node's
                 exception type and text are the ``__cause__``), or the request ended
                 without a result (``code="NO_RESULT"``).
+            FlowTypeError: ``expect`` was given and the result is not one.
             TraceCancelled: The request was cancelled.
             FlowStoppedError: The client closed first.
         """
         while self._outcome is _PENDING:
             await self._next()
         outcome = self._outcome
-        if self.state == "result":
-            return outcome
-        raise outcome
+        if self.state != "result":
+            raise outcome
+        expect = self._expect
+        if expect is None:
+            result: T = outcome
+            return result
+        return _check_result(outcome, expect, self.trace_id)
 
     async def cancel(self) -> bool:
         """Cancel the request; ``result()`` then raises ``TraceCancelled``.
@@ -404,3 +484,17 @@ class RemoteRequest:
         if self._client._commands is None:
             return False
         return await self._client.cancel(self.trace_id)
+
+
+def _check_result(outcome: Any, expect: type[T], trace_id: str) -> T:
+    """Return ``outcome`` if it is an ``expect``; raise ``FlowTypeError`` saying why not."""
+    if isinstance(outcome, expect):
+        return outcome
+    expected, actual = expect.__qualname__, type(outcome).__qualname__
+    returned = f"{actual}; pass expect={actual} or fix the node"
+    if isinstance(outcome, Message) and isinstance(outcome.payload, expect):
+        returned = f"{actual} whose payload is {expected}; pass expect={actual} and read .payload"
+    raise FlowTypeError(
+        f"trace {trace_id}: expected a result of type {expected}, got {actual}: the flow's "
+        f"exit node returned {returned}"
+    )

@@ -1,9 +1,13 @@
 """The Redis names one flow uses, all under its key prefix.
 
-``{prefix}:requests`` is the request stream (consumer group ``workers``);
-``{prefix}:client:{id}`` is one client's reply stream; ``{prefix}:running:{trace}`` and
-``{prefix}:cancelled:{trace}`` are per-request keys with a bounded lifetime, deleted when
-the request ends; ``{prefix}:cancel`` is the pub/sub channel that carries cancels.
+``{prefix}:requests`` is the request stream (consumer group ``workers``): the entry of
+the flow, where clients write. ``{prefix}:node:{name}`` is the stream of one node served
+by ``--nodes`` workers (same group name), where items cross from the process that ran the
+node before it. ``{prefix}:dead`` is the bounded dead-letter stream.
+``{prefix}:client:{id}`` is one client's reply stream; ``{prefix}:running:{trace}``,
+``{prefix}:live:{trace}`` and ``{prefix}:cancelled:{trace}`` are per-request keys with a
+bounded lifetime, deleted when the request ends; ``{prefix}:cancel`` is the pub/sub channel
+that carries cancels.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ GROUP: Final = "workers"
 class Keys:
     """The key names of one prefix."""
 
-    __slots__ = ("cancel_channel", "prefix", "requests")
+    __slots__ = ("cancel_channel", "dead", "prefix", "requests")
 
     def __init__(self, prefix: str) -> None:
         if not prefix or not isinstance(prefix, str):
@@ -29,6 +33,15 @@ class Keys:
         self.prefix: str = prefix
         self.requests: str = f"{prefix}:requests"
         self.cancel_channel: str = f"{prefix}:cancel"
+        self.dead: str = f"{prefix}:dead"
+
+    def node(self, name: str) -> str:
+        """The stream of items waiting for node ``name`` (served by ``--nodes`` workers)."""
+        return f"{self.prefix}:node:{name}"
+
+    def live(self, trace_id: str) -> str:
+        """How many stream entries of the request are not yet done (across all streams)."""
+        return f"{self.prefix}:live:{trace_id}"
 
     def client(self, client_id: str) -> str:
         """One client's reply stream."""

@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from penguiflow.core import PenguiFlow
@@ -28,14 +29,21 @@ async def serve(
     grace_s: float = 30.0,
     name: str | None = None,
     stop: asyncio.Event | None = None,
+    nodes: Sequence[str] | None = None,
+    max_deliveries: int = 5,
+    stream_maxlen: int = 1000,
 ) -> None:
     """Serve ``flow``'s requests from the Redis at ``url`` until ``stop`` is set.
 
     ``python -m penguiflow.redis worker`` calls this. The flow must not be running: the
-    worker runs it (``flow.run(registry=registry)``) and stops it on the way out.
+    worker runs it (``flow.run(registry=registry)``) and stops it on the way out. With
+    ``nodes``, the worker runs only those nodes (in a flow of their own it builds from
+    ``flow``'s topology), takes their items from their Redis streams and sends what they
+    emit to other nodes on to those nodes' streams.
 
     Args:
-        flow: The flow to run; every request runs whole in this process.
+        flow: The flow to run; without ``nodes`` every request runs whole in this
+            process.
         url: ``redis://host:port/db``.
         registry: The models of the flow's nodes, as for ``flow.run``.
         prefix: The flow's key prefix (the same as its clients').
@@ -49,12 +57,28 @@ async def serve(
             default.
         stop: Set it to stop the worker; without it, the worker runs until cancelled
             (and then hands back at once whatever it holds).
+        nodes: The names of the nodes this worker serves (all of them by default). A
+            node on a loop is served with the whole loop, and a node with several
+            incoming edges (a join) with every node upstream of it.
+        max_deliveries: An entry delivered this many times, whose worker stopped each
+            time before finishing it, goes to the dead-letter stream ``{prefix}:dead``
+            and its request fails with ``FlowError`` code ``DELIVERY_LIMIT``.
+        stream_maxlen: With ``nodes``: a node's stream holds at most this many entries;
+            a node sending to a full stream waits for room.
 
     Raises:
         FlowTypeError: A model of the flow cannot cross processes as JSON.
+        FlowBuildError: ``nodes`` names a node the flow does not have, or splits a
+            loop or a join across processes (the message names the node and the fix).
     """
     settings = WorkerSettings(
-        name=name, concurrency=concurrency, claim_idle_s=claim_idle_s, grace_s=grace_s
+        name=name,
+        concurrency=concurrency,
+        claim_idle_s=claim_idle_s,
+        grace_s=grace_s,
+        max_deliveries=max_deliveries,
+        nodes=None if nodes is None else tuple(nodes),
+        stream_maxlen=stream_maxlen,
     )
     await run_worker(
         flow,

@@ -18,6 +18,13 @@ On shutdown the worker stops reading, lets in-flight requests finish for ``grace
 cancels the rest and hands every entry still pending under its name back to the stream
 (re-added, then acknowledged, in one script), then deletes its consumer name: nothing stays
 claimed.
+
+An entry that has been delivered ``max_deliveries`` times, and whose worker stopped each
+time (it is idle again), is not delivered again: it moves to the dead-letter stream and
+the client gets a ``FlowError`` with code ``DELIVERY_LIMIT``.
+
+``_Worker`` holds the stream mechanics for any list of streams; ``_RequestWorker`` serves
+whole requests, and ``penguiflow.redis._nodes`` serves some nodes of a flow (``--nodes``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any, Final
 
 from penguiflow.core import PenguiFlow, Request
 from penguiflow.errors import (
+    FlowBuildError,
     FlowError,
     FlowRuntimeError,
     FlowStoppedError,
@@ -45,7 +53,15 @@ from ._batch import Batcher
 from ._codec import Codec, encode_error, local_error
 from ._keys import GROUP, Keys
 
-__all__ = ["WorkerSettings", "run_worker"]
+__all__ = [
+    "LIVE_TTL_S",
+    "REPLY_TTL_S",
+    "WorkerSettings",
+    "ensure_group",
+    "open_redis",
+    "run_worker",
+    "stop_task",
+]
 
 logger = logging.getLogger("penguiflow.redis")
 
@@ -56,12 +72,19 @@ Connection = Any
 REPLY_TTL_S: Final = 300
 """Lifetime of a reply stream after its last write (refreshed by every write and read)."""
 REPLY_MAXLEN: Final = 100_000
+"""Hard cap on a reply stream's length; clients delete what they read long before."""
+LIVE_TTL_S: Final = 86_400
+"""Lifetime of a request's live-entry count after its last change (a request running
+longer than this across ``--nodes`` workers may end with ``NO_RESULT``)."""
+CANCEL_TTL_S: Final = 600
+"""How long a cancel waits for a worker to pick its request up (then it is forgotten)."""
+DEAD_MAXLEN: Final = 10_000
+"""The dead-letter stream keeps about this many entries (the oldest go first)."""
 # Replies go only to a stream its client created (and deletes when it closes): the outcome
 # of a request whose client is gone is dropped instead of recreating the stream.
 _REPLY: Final[dict[str, Any]] = {"maxlen": REPLY_MAXLEN, "approximate": True, "nomkstream": True}
 _BLOCK_S: Final = 1.0
 """Longest blocking read; well under redis-py's default socket timeout (5 s)."""
-"""Hard cap on a reply stream's length; clients delete what they read long before."""
 
 # Hand an entry back: if it is still pending under this worker, re-add its fields as a new
 # entry and acknowledge and delete the old one, atomically (so it is never both handed
@@ -76,11 +99,54 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
+# Bury an entry delivered too often: if it is still pending and idle (its last worker
+# stopped), copy it to the dead-letter stream, acknowledge and delete it, tell the client
+# (if its reply stream is still there), count it done, and cancel the rest of its request.
+# KEYS: stream, dead, reply, live, running, cancelled. ARGV: group, id, me, min_idle_ms,
+# error, dead_maxlen, trace, deliveries, last worker, reply_maxlen, reply_ttl, cancel_ttl,
+# cancel channel.
+_BURY: Final = """
+local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], ARGV[4], ARGV[2], 'JUSTID')
+if #c == 0 then return 0 end
+local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+if #e > 0 then
+  local f = e[1][2]
+  for _, v in ipairs({'stream', KEYS[1], 'entry', ARGV[2], 'deliveries', ARGV[8],
+                      'worker', ARGV[9]}) do
+    table.insert(f, v)
+  end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', unpack(f))
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*', 't', ARGV[7], 'o', 'error',
+             'p', ARGV[5])
+  redis.call('EXPIRE', KEYS[3], ARGV[11])
+end
+redis.call('DEL', KEYS[5])
+if redis.call('DECR', KEYS[4]) <= 0 then
+  redis.call('DEL', KEYS[4], KEYS[6])
+else
+  redis.call('SET', KEYS[6], '1', 'EX', ARGV[12])
+  redis.call('PUBLISH', ARGV[13], ARGV[7])
+end
+return 1
+"""
+
 
 class WorkerSettings:
     """How one worker serves: its name, concurrency and timings."""
 
-    __slots__ = ("claim_idle_s", "concurrency", "grace_s", "name")
+    __slots__ = (
+        "claim_idle_s",
+        "concurrency",
+        "grace_s",
+        "max_deliveries",
+        "name",
+        "nodes",
+        "stream_maxlen",
+    )
 
     def __init__(
         self,
@@ -89,7 +155,16 @@ class WorkerSettings:
         concurrency: int = 32,
         claim_idle_s: float = 15.0,
         grace_s: float = 30.0,
+        max_deliveries: int = 5,
+        nodes: tuple[str, ...] | None = None,
+        stream_maxlen: int = 1000,
     ) -> None:
+        if max_deliveries < 1:
+            raise FlowBuildError(f"max_deliveries must be at least 1, got {max_deliveries}")
+        if stream_maxlen < 1:
+            raise FlowBuildError(f"stream_maxlen must be at least 1, got {stream_maxlen}")
+        if nodes is not None and not nodes:
+            raise FlowBuildError("--nodes names no node; give at least one (a,b) or omit it")
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         if not claim_idle_s > 0:
@@ -100,19 +175,23 @@ class WorkerSettings:
         self.concurrency = concurrency
         self.claim_idle_s = claim_idle_s
         self.grace_s = grace_s
+        self.max_deliveries = max_deliveries
+        self.nodes = nodes
+        self.stream_maxlen = stream_maxlen
 
 
 class _Held:
     """One entry this worker has taken and not yet acknowledged or handed back."""
 
-    __slots__ = ("cancelled", "entry_id", "fields", "request", "trace_id")
+    __slots__ = ("cancelled", "entry_id", "fields", "request", "stream", "trace_id")
 
-    def __init__(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    def __init__(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        self.stream = stream
         self.entry_id = entry_id
         self.fields = fields
         self.trace_id = fields[b"t"].decode()
         self.cancelled = False
-        self.request: Request | None = None
+        self.request: Request[object] | None = None
 
 
 def _next_id(entry_id: bytes | str) -> str:
@@ -123,6 +202,13 @@ def _next_id(entry_id: bytes | str) -> str:
 
 
 class _Worker:
+    """The stream mechanics of a worker: read, claim, bury, lease, hand back, trim.
+
+    Subclasses say which streams to serve (``streams``), how to serve one entry
+    (``_serve_entry``), how to cancel a trace they hold (``_cancel_trace``), and start and
+    stop the flow that runs the nodes (``_start_flow``, ``_stop_flow``).
+    """
+
     def __init__(
         self,
         flow: PenguiFlow,
@@ -130,6 +216,7 @@ class _Worker:
         redis: Connection,
         keys: Keys,
         settings: WorkerSettings,
+        streams: list[str],
     ) -> None:
         self._flow = flow
         self._registry = registry
@@ -137,6 +224,7 @@ class _Worker:
         self._redis = redis
         self._keys = keys
         self._settings = settings
+        self._streams = streams
         self._name = settings.name
         self._held: dict[bytes, _Held] = {}
         self._by_trace: dict[str, _Held] = {}
@@ -146,17 +234,38 @@ class _Worker:
         self._stopping = False
         self._lease_s = max(1, round(3 * settings.claim_idle_s))
         self._hand_back = redis.register_script(_HAND_BACK)
+        self._bury = redis.register_script(_BURY)
         self._batch = Batcher(redis, transaction=False)
         self._atomic = Batcher(redis, transaction=True)
+
+    # -- what subclasses provide ----------------------------------------------------------
+
+    def _start_flow(self) -> None:
+        raise NotImplementedError
+
+    async def _stop_flow(self) -> None:
+        raise NotImplementedError
+
+    async def _serve_entry(self, held: _Held) -> None:
+        raise NotImplementedError
+
+    async def _cancel_trace(self, trace_id: str) -> None:
+        raise NotImplementedError
+
+    def _node_of(self, stream: str) -> str:
+        """The node a stream's entries go to ("" for the request stream)."""
+        prefix = self._keys.node("")
+        return stream[len(prefix) :] if stream.startswith(prefix) else ""
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         redis, keys = self._redis, self._keys
-        await ensure_group(redis, keys)
+        for stream in self._streams:
+            await ensure_group(redis, stream)
         pubsub = redis.pubsub()
         await pubsub.subscribe(keys.cancel_channel)
-        self._flow.run(registry=self._registry)
+        self._start_flow()
         background = [
             asyncio.create_task(self._listen(pubsub), name="penguiflow.redis:cancels"),
             asyncio.create_task(self._maintain(), name="penguiflow.redis:maintain"),
@@ -182,14 +291,15 @@ class _Worker:
             for task in background:
                 await _cancel_and_wait(task)
             await pubsub.aclose()
-            await self._flow.stop()
-            await self._hand_back_all()
-            await self._forget_me()
+            await self._stop_flow()
+            for stream in self._streams:
+                await self._hand_back_all(stream)
+                await self._forget_me(stream)
         if failed is not None:
             raise failed
 
     async def _drain(self) -> None:
-        """Let in-flight requests finish for ``grace_s``; cancel the rest."""
+        """Let in-flight entries finish for ``grace_s``; cancel the rest."""
         tasks = set(self._tasks)
         if not tasks:
             return
@@ -199,42 +309,42 @@ class _Worker:
         for task in late:
             task.cancel()
         if late:
-            logger.info("worker %s hands back %d request(s)", self._name, len(late))
+            logger.info("worker %s hands back %d entries", self._name, len(late))
             await asyncio.gather(*late, return_exceptions=True)
 
-    async def _hand_back_all(self) -> None:
+    async def _hand_back_all(self, stream: str) -> None:
         """Give every entry still pending under this worker back to the stream."""
         redis, keys = self._redis, self._keys
         while True:
             pending = await redis.xpending_range(
-                keys.requests, GROUP, min="-", max="+", count=100, consumername=self._name
+                stream, GROUP, min="-", max="+", count=100, consumername=self._name
             )
             if not pending:
                 return
             for row in pending:
                 entry_id = row["message_id"]
-                found = await redis.xrange(keys.requests, min=entry_id, max=entry_id)
+                found = await redis.xrange(stream, min=entry_id, max=entry_id)
                 if not found:  # trimmed away: nothing to hand back
-                    await redis.xack(keys.requests, GROUP, entry_id)
+                    await redis.xack(stream, GROUP, entry_id)
                     continue
                 fields = found[0][1]
                 trace = fields.get(b"t", b"").decode()
                 args: list[Any] = [GROUP, entry_id, self._name]
                 for key, value in fields.items():
                     args += [key, value]
-                await self._hand_back(keys=[keys.requests, keys.running(trace)], args=args)
+                await self._hand_back(keys=[stream, keys.running(trace)], args=args)
 
-    async def _forget_me(self) -> None:
+    async def _forget_me(self, stream: str) -> None:
         """Delete this worker's consumer name once nothing is pending under it."""
-        redis, keys = self._redis, self._keys
-        for consumer in await redis.xinfo_consumers(keys.requests, GROUP):
+        redis = self._redis
+        for consumer in await redis.xinfo_consumers(stream, GROUP):
             if _text(consumer["name"]) == self._name and consumer["pending"] == 0:
-                await redis.xgroup_delconsumer(keys.requests, GROUP, self._name)
+                await redis.xgroup_delconsumer(stream, GROUP, self._name)
 
     # -- taking entries -------------------------------------------------------------------
 
     async def _read(self) -> None:
-        redis, keys, name = self._redis, self._keys, self._name
+        redis, name = self._redis, self._name
         loop = asyncio.get_running_loop()
         claim_every = self._settings.claim_idle_s / 2
         min_idle_ms = max(1, int(self._settings.claim_idle_s * 1000))
@@ -246,25 +356,33 @@ class _Worker:
                 return
             if loop.time() >= next_claim:
                 next_claim = loop.time() + claim_every
-                reply = await redis.xautoclaim(
-                    keys.requests,
-                    GROUP,
-                    name,
-                    min_idle_time=min_idle_ms,
-                    start_id="0-0",
-                    count=self._free(),
-                )
-                claimed = [e for e in reply[1] if e[1] and e[0] not in self._held]
-                if claimed:
-                    logger.info("worker %s took over %d idle request(s)", name, len(claimed))
-                self._start(claimed)
+                for stream in self._streams:
+                    if not self._free():
+                        break
+                    await self._bury_idle(stream, min_idle_ms)
+                    reply = await redis.xautoclaim(
+                        stream,
+                        GROUP,
+                        name,
+                        min_idle_time=min_idle_ms,
+                        start_id="0-0",
+                        count=self._free(),
+                    )
+                    claimed = [e for e in reply[1] if e[1] and e[0] not in self._held]
+                    if claimed:
+                        logger.info("worker %s took over %d idle entries", name, len(claimed))
+                    self._start(stream, claimed)
                 if not self._free():
                     continue
-            streams = await redis.xreadgroup(
-                GROUP, name, {keys.requests: ">"}, count=self._free(), block=block_ms
+            found = await redis.xreadgroup(
+                GROUP,
+                name,
+                dict.fromkeys(self._streams, ">"),
+                count=self._free(),
+                block=block_ms,
             )
-            for _stream, entries in streams or ():
-                self._start(entries)
+            for stream, entries in found or ():
+                self._start(_text(stream), entries)
 
     def _stopped(self) -> bool:
         return self._stopping
@@ -272,9 +390,9 @@ class _Worker:
     def _free(self) -> int:
         return self._settings.concurrency - len(self._held)
 
-    def _start(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    def _start(self, stream: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         for entry_id, fields in entries:
-            held = _Held(entry_id, fields)
+            held = _Held(stream, entry_id, fields)
             self._held[entry_id] = held
             self._by_trace.setdefault(held.trace_id, held)
             task = asyncio.create_task(self._serve(held), name=f"penguiflow.redis:{entry_id!r}")
@@ -283,13 +401,9 @@ class _Worker:
         if not self._free():
             self._room.clear()
 
-    # -- serving one request --------------------------------------------------------------
-
     async def _serve(self, held: _Held) -> None:
         try:
-            outcome = await self._outcome(held)
-            if outcome is not None:
-                await self._finish(held, outcome)
+            await self._serve_entry(held)
         except Exception:
             # Redis went away mid-request, for example: the entry stays pending and is
             # handed back at shutdown or taken over by another worker.
@@ -299,6 +413,146 @@ class _Worker:
             if self._by_trace.get(held.trace_id) is held:
                 del self._by_trace[held.trace_id]
             self._room.set()
+
+    # -- entries delivered too often ------------------------------------------------------
+
+    async def _bury_idle(self, stream: str, min_idle_ms: int) -> None:
+        """Move idle entries delivered ``max_deliveries`` times to the dead-letter stream."""
+        limit = self._settings.max_deliveries
+        rows = await self._redis.xpending_range(
+            stream, GROUP, min="-", max="+", count=100, idle=min_idle_ms
+        )
+        for row in rows:
+            if row["times_delivered"] >= limit and row["message_id"] not in self._held:
+                await self._bury_one(stream, row, min_idle_ms)
+
+    async def _bury_one(self, stream: str, row: dict[str, Any], min_idle_ms: int) -> None:
+        redis, keys = self._redis, self._keys
+        entry_id = row["message_id"]
+        found = await redis.xrange(stream, min=entry_id, max=entry_id)
+        if not found:
+            return  # deleted meanwhile; the next claim drops it from the pending list
+        fields = found[0][1]
+        trace = fields.get(b"t", b"").decode()
+        reply = fields.get(b"r", b"").decode() or keys.client("none")
+        deliveries, worker = row["times_delivered"], _text(row["consumer"])
+        node = self._node_of(stream)
+        what = f"the item for node {node!r}" if node else "the request"
+        text = (
+            f"trace {trace}: {what} was delivered {deliveries} times and each time the worker "
+            f"running it stopped before finishing (last: worker {worker}); it was moved to the "
+            f"dead-letter stream {keys.dead}. Fix what brings the worker down (a crash, "
+            "os._exit, running out of memory), or raise --max-deliveries"
+        )
+        error = FlowError(
+            trace_id=trace,
+            node_name=node,
+            node_id="",
+            code="DELIVERY_LIMIT",
+            attempts=deliveries,
+            original=None,
+            message=text,
+        )
+        buried = await self._bury(
+            keys=[
+                stream,
+                keys.dead,
+                reply,
+                keys.live(trace),
+                keys.running(trace),
+                keys.cancelled(trace),
+            ],
+            args=[
+                GROUP, entry_id, self._name, min_idle_ms, encode_error(error), DEAD_MAXLEN,
+                trace, deliveries, worker, REPLY_MAXLEN, REPLY_TTL_S, CANCEL_TTL_S,
+                keys.cancel_channel,
+            ],
+        )  # fmt: skip
+        if buried:
+            logger.warning(
+                "worker %s moved %s of trace %s to %s after %d deliveries",
+                self._name,
+                what,
+                trace,
+                keys.dead,
+                deliveries,
+            )
+
+    # -- cancels, leases, trimming --------------------------------------------------------
+
+    async def _listen(self, pubsub: Any) -> None:
+        async for note in pubsub.listen():
+            if note.get("type") != "message":
+                continue
+            await self._cancel_trace(_text(note["data"]))
+
+    def _lease_keys(self, held: _Held) -> list[tuple[str, int]]:
+        """Per-request keys (and lifetimes) this worker keeps alive while it holds ``held``."""
+        return [(self._keys.running(held.trace_id), self._lease_s)]
+
+    async def _maintain(self) -> None:
+        """Keep this worker's entries and keys alive; trim the streams."""
+        redis = self._redis
+        every = self._settings.claim_idle_s / 3
+        forget_idle_ms = int(max(60.0, 10 * self._settings.claim_idle_s) * 1000)
+        rounds = 0
+        while True:
+            await asyncio.sleep(every)
+            held = list(self._held.values())
+            if held:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for stream in self._streams:
+                        ids = [h.entry_id for h in held if h.stream == stream]
+                        if ids:
+                            pipe.xclaim(
+                                stream,
+                                GROUP,
+                                self._name,
+                                min_idle_time=0,
+                                message_ids=ids,
+                                justid=True,
+                            )
+                    for h in held:
+                        for key, ttl in self._lease_keys(h):
+                            pipe.expire(key, ttl, xx=True)
+                    await pipe.execute()
+            for stream in self._streams:
+                await trim_stream(redis, stream)
+            rounds += 1
+            if rounds % 10 == 0:
+                for stream in self._streams:
+                    await self._forget_dead(stream, forget_idle_ms)
+
+    async def _forget_dead(self, stream: str, idle_ms: int) -> None:
+        """Delete consumer names of workers long gone with nothing pending."""
+        redis = self._redis
+        for consumer in await redis.xinfo_consumers(stream, GROUP):
+            name = _text(consumer["name"])
+            if name != self._name and consumer["pending"] == 0 and consumer["idle"] > idle_ms:
+                await redis.xgroup_delconsumer(stream, GROUP, name)
+
+
+class _RequestWorker(_Worker):
+    """Serves whole requests: every node of a request runs in this process."""
+
+    def _start_flow(self) -> None:
+        self._flow.run(registry=self._registry)
+
+    async def _stop_flow(self) -> None:
+        await self._flow.stop()
+
+    async def _cancel_trace(self, trace_id: str) -> None:
+        held = self._by_trace.get(trace_id)
+        if held is None:
+            return
+        held.cancelled = True
+        if held.request is not None:
+            await held.request.cancel()
+
+    async def _serve_entry(self, held: _Held) -> None:
+        outcome = await self._outcome(held)
+        if outcome is not None:
+            await self._finish(held, outcome)
 
     async def _outcome(self, held: _Held) -> dict[str, Any] | None:
         """Run the request; return the fields of its outcome, or None to hand it back."""
@@ -357,59 +611,11 @@ class _Worker:
         def finish(pipe: Any) -> None:
             pipe.xadd(reply, {"t": trace, **fields}, **_REPLY)
             pipe.expire(reply, REPLY_TTL_S)
-            pipe.xack(keys.requests, GROUP, held.entry_id)
-            pipe.xdel(keys.requests, held.entry_id)
-            pipe.delete(keys.running(trace), keys.cancelled(trace))
+            pipe.xack(held.stream, GROUP, held.entry_id)
+            pipe.xdel(held.stream, held.entry_id)
+            pipe.delete(keys.running(trace), keys.cancelled(trace), keys.live(trace))
 
         await self._atomic.run(finish)
-
-    # -- cancels, leases, trimming --------------------------------------------------------
-
-    async def _listen(self, pubsub: Any) -> None:
-        async for note in pubsub.listen():
-            if note.get("type") != "message":
-                continue
-            held = self._by_trace.get(_text(note["data"]))
-            if held is None:
-                continue
-            held.cancelled = True
-            if held.request is not None:
-                await held.request.cancel()
-
-    async def _maintain(self) -> None:
-        """Keep this worker's entries and keys alive; trim the request stream."""
-        redis, keys = self._redis, self._keys
-        every = self._settings.claim_idle_s / 3
-        forget_idle_ms = int(max(60.0, 10 * self._settings.claim_idle_s) * 1000)
-        rounds = 0
-        while True:
-            await asyncio.sleep(every)
-            held = list(self._held.values())
-            if held:
-                async with redis.pipeline(transaction=False) as pipe:
-                    pipe.xclaim(
-                        keys.requests,
-                        GROUP,
-                        self._name,
-                        min_idle_time=0,
-                        message_ids=[h.entry_id for h in held],
-                        justid=True,
-                    )
-                    for h in held:
-                        pipe.expire(keys.running(h.trace_id), self._lease_s, xx=True)
-                    await pipe.execute()
-            await trim_requests(redis, keys)
-            rounds += 1
-            if rounds % 10 == 0:
-                await self._forget_dead(forget_idle_ms)
-
-    async def _forget_dead(self, idle_ms: int) -> None:
-        """Delete consumer names of workers long gone with nothing pending."""
-        redis, keys = self._redis, self._keys
-        for consumer in await redis.xinfo_consumers(keys.requests, GROUP):
-            name = _text(consumer["name"])
-            if name != self._name and consumer["pending"] == 0 and consumer["idle"] > idle_ms:
-                await redis.xgroup_delconsumer(keys.requests, GROUP, name)
 
 
 def open_redis(url: str, connections: int) -> Connection:
@@ -418,27 +624,27 @@ def open_redis(url: str, connections: int) -> Connection:
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
-async def ensure_group(redis: Connection, keys: Keys) -> None:
-    """Create the request stream and its consumer group, unless they exist."""
+async def ensure_group(redis: Connection, stream: str) -> None:
+    """Create a stream and its consumer group, unless they exist."""
     try:
-        await redis.xgroup_create(keys.requests, GROUP, id="0", mkstream=True)
+        await redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
 
 
-async def trim_requests(redis: Connection, keys: Keys) -> None:
-    """Drop the request entries every worker is done with (older than any pending one)."""
-    summary = await redis.xpending(keys.requests, GROUP)
+async def trim_stream(redis: Connection, stream: str) -> None:
+    """Drop the entries every worker is done with (older than any pending one)."""
+    summary = await redis.xpending(stream, GROUP)
     if summary["pending"]:
         min_id = summary["min"]
     else:
-        groups = await redis.xinfo_groups(keys.requests)
+        groups = await redis.xinfo_groups(stream)
         last = next((g["last-delivered-id"] for g in groups if _text(g["name"]) == GROUP), None)
         if last is None:
             return
         min_id = _next_id(last)
-    await redis.xtrim(keys.requests, minid=min_id, approximate=False)
+    await redis.xtrim(stream, minid=min_id, approximate=False)
 
 
 def _cancelled(held: _Held) -> bool:
@@ -483,9 +689,20 @@ async def run_worker(
 ) -> None:
     """Serve ``flow`` from Redis until ``stop`` is set; see ``penguiflow.redis.serve``."""
     keys = Keys(prefix)
+    worker_type: Any = _RequestWorker
+    streams = [keys.requests]
+    placement = None
+    if settings.nodes is not None:
+        from ._nodes import NodeWorker, Placement
+
+        placement = Placement(flow, settings.nodes, keys)
+        if not placement.everything:
+            worker_type, streams = NodeWorker, placement.streams
     redis: Connection = open_redis(url, settings.concurrency + 8)
     try:
-        worker = _Worker(flow, registry, redis, keys, settings)
+        worker = worker_type(flow, registry, redis, keys, settings, streams)
+        if placement is not None and not placement.everything:
+            worker.place(placement)
         await worker.run(stop)
     finally:
         await redis.aclose()
