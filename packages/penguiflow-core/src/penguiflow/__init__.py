@@ -5,6 +5,11 @@ Core names are imported eagerly. Names of the add-on distributions
 add-on is missing, using the name raises :class:`~penguiflow.errors.MissingExtraError`
 (an ``ImportError``) saying what to install. Feature detection:
 ``importlib.util.find_spec("penguiflow.viz") is not None``.
+
+Type checkers (mypy, pyright) see the same thing: with the add-on installed,
+``from penguiflow import join_k`` has the add-on's own signature; without it, that line is
+an error (``Module "penguiflow" has no attribute "join_k"``, ``"join_k" is unknown import
+symbol``), never a silent ``Any``. So is any other name this module does not define.
 """
 
 from __future__ import annotations
@@ -44,19 +49,13 @@ from .types import (
 )
 
 if TYPE_CHECKING:
-    from .patterns import (
-        join_k as join_k,
-        map_concurrent as map_concurrent,
-        predicate_router as predicate_router,
-        union_router as union_router,
-    )
-    from .streaming import (
-        chunk_to_ws_json as chunk_to_ws_json,
-        emit_stream_events as emit_stream_events,
-        format_sse_event as format_sse_event,
-        stream_flow as stream_flow,
-    )
-    from .viz import flow_to_dot as flow_to_dot, flow_to_mermaid as flow_to_mermaid
+    # What type checkers see: each add-on's ``__all__`` (the names in ``_ADDONS`` below).
+    # A star import from a module the checker cannot find defines nothing, so without the
+    # add-on ``from penguiflow import join_k`` is an error instead of ``Any``; an explicit
+    # ``from .patterns import join_k`` would define ``join_k`` as ``Any`` for mypy.
+    from .patterns import *  # noqa: F403
+    from .streaming import *  # noqa: F403
+    from .viz import *  # noqa: F403
 
 __all__ = [
     "__version__",
@@ -139,7 +138,8 @@ def _read_by_from_import() -> bool:
         return False
 
 
-def __getattr__(name: str) -> Any:
+def _addon_attribute(name: str) -> Any:
+    """The module's ``__getattr__``: resolve an add-on name on first use."""
     try:
         module_name, dist = _ADDONS[name]
     except KeyError:
@@ -156,6 +156,13 @@ def __getattr__(name: str) -> Any:
     value = getattr(module, name)
     globals()[name] = value
     return value
+
+
+if not TYPE_CHECKING:
+    # Hidden from type checkers: a module ``__getattr__`` returning ``Any`` would make every
+    # unknown name (a missing add-on's included) ``Any`` instead of an error.
+    __getattr__ = _addon_attribute
+    del _addon_attribute  # dir(penguiflow) stays as it was
 
 
 def __dir__() -> list[str]:
