@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError
 from typing import Any, Final, TypeAlias
 
 from ._parking import ParkingLot
@@ -39,11 +39,41 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A synthetic boundary of a flow: ``OPEN_SEA`` (ingress) or ``ROOKERY`` (egress)."""
+    """A synthetic boundary of a flow: ``OPEN_SEA`` (ingress) or ``ROOKERY`` (egress).
 
-    name: str
+    A frozen value: endpoints compare and hash by name.
+    """
+
+    # A hand-written value class rather than a dataclass: generating a dataclass costs
+    # about half a millisecond of ``import penguiflow``.
+    __slots__ = ("_name",)
+    _name: str
+
+    def __init__(self, name: str) -> None:
+        object.__setattr__(self, "_name", name)
+
+    @property
+    def name(self) -> str:
+        """``"OpenSea"`` or ``"Rookery"``."""
+        return self._name
+
+    def __setattr__(self, attr: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {attr!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Endpoint:
+            return NotImplemented
+        return self._name == other._name
+
+    def __hash__(self) -> int:
+        return hash(self._name)
+
+    def __repr__(self) -> str:
+        return f"Endpoint(name={self._name!r})"
+
+    def __reduce__(self) -> tuple[type[Endpoint], tuple[str]]:
+        return (Endpoint, (self._name,))
 
 
 OPEN_SEA: Final = Endpoint("OpenSea")
@@ -245,7 +275,7 @@ class Floe:
         """Producers parked until the edge has room."""
         self.inbox: Inbox = Inbox() if inbox is None else inbox
         self.inbox.floes.append(self)
-        self.to_rookery: bool = target is ROOKERY or target == ROOKERY
+        self.to_rookery: bool = target is ROOKERY
         self.loop: bool = source is target and isinstance(source, Node)
         """A node's edge to itself (a controller loop)."""
 

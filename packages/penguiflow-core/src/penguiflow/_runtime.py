@@ -58,7 +58,7 @@ from ._slots import (
 from ._subscription import Subscription, SubscriptionEnd, finish, mark_seen, redirect
 from ._trace import trace_id_of
 from ._validation import AdapterSource, build_validators, with_payload
-from ._wiring import Adjacency, Wiring, WiringMode, check_cycles, check_wiring, collect, run_checks
+from ._wiring import Adjacency, Plan, Wiring, WiringMode, check_wiring, collect, plan, run_checks
 from .clock import wall_time
 from .errors import (
     FlowBuildError,
@@ -113,8 +113,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
         self._traces: dict[str, Trace] = {}
         self._hooks = Hooks(tuple(middlewares or ()), queue_maxsize, self._traces)
         nodes, edges = collect(adjacencies)
-        if not allow_cycles:
-            check_cycles(nodes, edges)
+        shape = plan(nodes, edges, allow_cycles=allow_cycles)
         self._nodes: tuple[Node, ...] = tuple(nodes)
         self._running = False
         self._stopped = False
@@ -124,11 +123,11 @@ class PenguiFlow(FlowGraph, RequestAPI):
         self._client_streams = StreamCounters()  # flow.emit_chunk's: kept while open
         self._tasks: list[asyncio.Task[None]] = []
         self._generation = 0
-        self._build(nodes, edges)
+        self._build(nodes, shape)
         run_checks(self, self._nodes)
 
-    def _build(self, nodes: list[Node], edges: list[tuple[int, int]]) -> None:
-        wiring = Wiring(nodes, edges, self._queue_maxsize)
+    def _build(self, nodes: list[Node], shape: Plan) -> None:
+        wiring = Wiring(nodes, shape, self._queue_maxsize)
         self._port = port = KernelPort(
             flow=self,
             hooks=self._hooks,

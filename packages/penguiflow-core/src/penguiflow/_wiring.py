@@ -10,7 +10,7 @@ import logging
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError
 from typing import Any, Final, Literal, TypeAlias
 
 from pydantic import BaseModel
@@ -22,6 +22,7 @@ from .types import WM, FinalAnswer, Message
 
 __all__ = [
     "CHECK_HOOK",
+    "Plan",
     "SHAPE_HOOK",
     "Adjacency",
     "Shape",
@@ -30,6 +31,7 @@ __all__ = [
     "check_cycles",
     "check_wiring",
     "collect",
+    "plan",
     "declare_shape",
     "run_checks",
 ]
@@ -46,6 +48,52 @@ example a router whose variant has no successor). It must not have side effects.
 """
 
 
+class Plan:
+    """The index-level shape of a flow, computed once per topology and reused.
+
+    ``links`` lists every edge as ``(source, target)`` positions in a flow's ports, in
+    the order of ``Wiring.floes``; position ``-2`` is OpenSea and ``-1`` is Rookery.
+    """
+
+    __slots__ = ("exits", "links")
+
+    def __init__(self, nodes: list[Node], edges: list[tuple[int, int]]) -> None:
+        count = len(nodes)
+        incoming = [0] * count
+        succ: list[list[int]] = [[] for _ in range(count)]
+        for src, dst in edges:
+            succ[src].append(dst)
+            if not (src == dst and nodes[src].allow_cycle):
+                incoming[dst] += 1
+        links = [(-2, i) for i in range(count) if incoming[i] == 0]
+        links += edges
+        # A node whose only successor is itself (a controller) also exits to Rookery.
+        exits = [i for i in range(count) if all(j == i for j in succ[i])]
+        links += [(i, -1) for i in exits]
+        self.links: tuple[tuple[int, int], ...] = tuple(links)
+        self.exits: int = len(exits)
+
+
+# Flows of one shape are often built again and again (a playbook factory builds a fresh
+# subflow per call): their plan, and their passing cycle check, are looked up here.
+_PLANS: dict[tuple[object, ...], Plan] = {}
+_PLANS_MAX = 512
+
+
+def plan(nodes: list[Node], edges: list[tuple[int, int]], *, allow_cycles: bool) -> Plan:
+    """The flow's ``Plan``; raises ``CycleError`` unless ``allow_cycles`` (or acyclic)."""
+    key = (tuple(edges), tuple([node.allow_cycle for node in nodes]), allow_cycles)
+    found = _PLANS.get(key)
+    if found is not None:
+        return found
+    if not allow_cycles:
+        check_cycles(nodes, edges)
+    if len(_PLANS) >= _PLANS_MAX:
+        _PLANS.clear()
+    found = _PLANS[key] = Plan(nodes, edges)
+    return found
+
+
 class Wiring:
     """The edges of a flow and each owner's ports, in a stable order.
 
@@ -54,40 +102,22 @@ class Wiring:
 
     __slots__ = ("floes", "opensea", "ports", "rookery", "rookery_floes")
 
-    def __init__(self, nodes: list[Node], edges: list[tuple[int, int]], maxsize: int) -> None:
-        ports = [Ports(n) for n in nodes]
-        opensea = Ports(OPEN_SEA)
-        rookery = Ports(ROOKERY)
-        count = len(nodes)
-        incoming = [0] * count
-        succ: list[list[int]] = [[] for _ in range(count)]
-        for src, dst in edges:
-            succ[src].append(dst)
-            if not (src == dst and nodes[src].allow_cycle):
-                incoming[dst] += 1
+    def __init__(self, nodes: list[Node], shape: Plan, maxsize: int) -> None:
+        self.ports = ports = [Ports(n) for n in nodes]
+        self.opensea = opensea = Ports(OPEN_SEA)
+        self.rookery = rookery = Ports(ROOKERY)
+        ends = [*ports, opensea, rookery]  # positions -2 and -1, as in ``Plan.links``
         floes: list[Floe] = []
-
-        def link(sp: Ports, dp: Ports) -> Floe:
+        for src, dst in shape.links:
+            sp = ends[src]
+            dp = ends[dst]
             floe = Floe(sp.owner, dp.owner, maxsize=maxsize, inbox=dp.inbox)
             sp.outs.append(floe)
             sp.by_target[dp.owner] = floe
             dp.ins.append(floe)
             floes.append(floe)
-            return floe
-
-        for i in range(count):
-            if incoming[i] == 0:
-                link(opensea, ports[i])
-        for src, dst in edges:
-            link(ports[src], ports[dst])
-        # A node whose only successor is itself (a controller) also exits to Rookery.
-        self.rookery_floes = [
-            link(ports[i], rookery) for i in range(count) if all(j == i for j in succ[i])
-        ]
         self.floes = tuple(floes)
-        self.ports = ports
-        self.opensea = opensea
-        self.rookery = rookery
+        self.rookery_floes = floes[len(floes) - shape.exits :]
 
 
 def collect(adjacencies: Sequence[Adjacency]) -> tuple[list[Node], list[tuple[int, int]]]:
@@ -196,7 +226,6 @@ _warned: dict[tuple[str, str, str, str], None] = {}
 _WARNED_MAX = 4096
 
 
-@dataclass(frozen=True, slots=True)
 class Shape:
     """How a component that does not validate (a join, a router) transforms its input.
 
@@ -210,8 +239,37 @@ class Shape:
             instead of asking every successor to take every member.
     """
 
-    out: Callable[[object, Node], object]
-    routes: bool = False
+    # A hand-written value class rather than a dataclass: generating a dataclass costs
+    # about half a millisecond of ``import penguiflow``.
+    __slots__ = ("_out", "_routes")
+    _out: Callable[[object, Node], object]
+    _routes: bool
+
+    def __init__(self, out: Callable[[object, Node], object], routes: bool = False) -> None:
+        object.__setattr__(self, "_out", out)
+        object.__setattr__(self, "_routes", routes)
+
+    @property
+    def out(self) -> Callable[[object, Node], object]:
+        return self._out
+
+    @property
+    def routes(self) -> bool:
+        return self._routes
+
+    def __setattr__(self, attr: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {attr!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Shape:
+            return NotImplemented
+        return self._out == other._out and self._routes == other._routes
+
+    def __hash__(self) -> int:
+        return hash((self._out, self._routes))
+
+    def __repr__(self) -> str:
+        return f"Shape(out={self._out!r}, routes={self._routes!r})"
 
 
 def declare_shape(
