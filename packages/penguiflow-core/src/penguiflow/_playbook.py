@@ -93,13 +93,11 @@ async def run_playbook(
 
         remove_watch = on_cancel(mirror_cancel)
     try:
-        async with asyncio.timeout(timeout):
-            if trace_id is None:  # an untracked item: the subflow's first output
-                await flow.emit(parent_msg)
-                item = await flow.fetch()
-            else:
-                async with flow.request(parent_msg) as req:
-                    item = await req.result()
+        if timeout is None:
+            item = await _outcome(flow, parent_msg, trace_id)
+        else:
+            async with asyncio.timeout(timeout):
+                item = await _outcome(flow, parent_msg, trace_id)
         return item.payload if isinstance(item, Message) else item
     except (TraceCancelled, asyncio.CancelledError):
         if trace_id is not None and flow.is_running:
@@ -114,3 +112,11 @@ async def run_playbook(
                 await asyncio.gather(*mirror, return_exceptions=True)
         finally:
             await flow.stop()  # waits for every subflow worker, even when cancelled
+
+
+async def _outcome(flow: Subflow, parent_msg: Any, trace_id: str | None) -> Any:
+    if trace_id is None:  # an untracked item: the subflow's first output
+        await flow.emit(parent_msg)
+        return await flow.fetch()
+    async with flow.request(parent_msg) as req:
+        return await req.result()

@@ -142,7 +142,8 @@ class Request(Generic[T]):
         self._sub = None
         flow = self._flow
         try:
-            if flow.is_running:
+            # "drained": the trace has ended, nothing of it is left to wait for.
+            if sub.done != "drained" and flow.is_running:
                 if sub.done is None:
                     # Left before the trace ended (or with branches still running after
                     # the result): cancel it, so nothing it holds outlives the handle.

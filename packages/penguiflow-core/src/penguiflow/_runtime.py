@@ -181,9 +181,10 @@ class PenguiFlow(FlowGraph, RequestAPI):
         )
         check_wiring(self._floes, registry, wiring)
         self._registry = registry
+        port, worker, tasks = self._port, self._worker, self._tasks
         for rt, validator in zip(self._runtimes, validators, strict=True):
             rt.validator = validator
-            self._tasks += start_workers(rt, self._worker, self._port, loop)
+            tasks += start_workers(rt, worker, port, loop)
         self._running = True
         self._stopped = False
 
@@ -210,8 +211,9 @@ class PenguiFlow(FlowGraph, RequestAPI):
         self._running = False
         self._stopped = True
         self._generation += 1  # a worker that swallowed its cancellation exits at once
-        for sub in list(self._subs.values()):
-            finish(sub, "stopped")
+        if self._subs:
+            for sub in list(self._subs.values()):
+                finish(sub, "stopped")
         tasks, self._tasks = self._tasks, []
         me = asyncio.current_task()
         inside = me in tasks
@@ -224,10 +226,11 @@ class PenguiFlow(FlowGraph, RequestAPI):
             task.cancel()
         # A request that gets "the flow stopped" as its outcome leaves nothing behind;
         # other queued items stay on their edges for the next run().
-        for tid in list(self._subs):
-            trace = self._traces.get(tid)
-            if trace is not None and not trace.cancelled:
-                self._abort(trace, running=False)
+        if self._subs:
+            for tid in list(self._subs):
+                trace = self._traces.get(tid)
+                if trace is not None and not trace.cancelled:
+                    self._abort(trace, running=False)
         wake_stopped(self._rookery, self._opensea, self._traces.values())
         interrupted = False
         try:

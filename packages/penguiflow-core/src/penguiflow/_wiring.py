@@ -217,6 +217,7 @@ def run_checks(flow: Any, nodes: Iterable[Node]) -> None:
 
 WiringMode: TypeAlias = Literal["strict", "warn", "off"]
 """What ``run(wiring=...)`` does with an edge whose models do not fit."""
+_WIRING_MODES: Final = ("strict", "warn", "off")
 
 SHAPE_HOOK: Final = "__penguiflow_shape__"
 """Attribute name of a component's declared shape (a :class:`Shape`); see ``declare_shape``."""
@@ -373,7 +374,7 @@ def check_wiring(floes: Sequence[Floe], registry: object, mode: WiringMode) -> l
     Raises:
         FlowBuildError: ``mode="strict"`` and an edge does not fit; every mismatch is named.
     """
-    if mode not in ("strict", "warn", "off"):
+    if mode not in _WIRING_MODES:
         raise FlowBuildError(f"wiring must be 'strict', 'warn' or 'off', got {mode!r}")
     if mode == "off" or registry is None:
         return []
