@@ -162,3 +162,40 @@ async def explode(msg: Message, ctx: Context) -> Message:
 def failing() -> tuple[PenguiFlow, None]:
     node = Node(explode, name="explode", policy=NodePolicy(max_retries=1, backoff_base=0.01))
     return create(node.to()), None
+
+
+async def hop_a(msg: Message, ctx: Context) -> Message:
+    return msg.model_copy(update={"payload": f"{msg.payload}|a"})
+
+
+async def hop_b(msg: Message, ctx: Context) -> Message:
+    """``wait...`` waits until cancelled, ``fail...`` raises; anything else passes."""
+    text = str(msg.payload)
+    if text.startswith("wait"):
+        await wait_forever(msg, ctx)
+    if text.startswith("fail"):
+        raise ValueError(f"no good: {text}")
+    return msg.model_copy(update={"payload": f"{text}|b"})
+
+
+async def hop_c(msg: Message, ctx: Context) -> Message:
+    return msg.model_copy(update={"payload": f"{msg.payload}|c"})
+
+
+def hops() -> tuple[PenguiFlow, None]:
+    """hop_a -> hop_b -> hop_c, on envelopes; hop_b waits or fails on demand."""
+    a = Node(hop_a, name="hop_a")
+    b = Node(hop_b, name="hop_b", policy=NodePolicy(max_concurrency=4))
+    c = Node(hop_c, name="hop_c")
+    return create(a.to(b), b.to(c), c.to()), None
+
+
+async def crash(msg: Message, ctx: Context) -> Message:
+    """Bring the worker process down on ``"die"``, as a segfault or an OOM kill would."""
+    if msg.payload == "die":
+        os._exit(17)
+    return msg
+
+
+def crashing() -> tuple[PenguiFlow, None]:
+    return create(Node(crash, name="crash").to()), None

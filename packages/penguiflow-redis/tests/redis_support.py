@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,13 @@ class Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(
-        self, target: str, *, claim_idle: float = 1.0, grace: float = 5.0, name: str = ""
+        self,
+        target: str,
+        *,
+        claim_idle: float = 1.0,
+        grace: float = 5.0,
+        name: str = "",
+        extra: Sequence[str] = (),
     ) -> subprocess.Popen[bytes]:
         args = [
             sys.executable, "-m", "penguiflow.redis", "worker", f"redis_flows:{target}",
@@ -35,6 +41,7 @@ class Workers:
         ]  # fmt: skip
         if name:
             args += ["--name", name]
+        args += extra
         env = {**os.environ, "PROBE_URL": self.url, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(args, cwd=HERE, env=env, stderr=subprocess.PIPE)
         self.procs.append(proc)
@@ -71,6 +78,6 @@ async def eventually(
 async def request_keys(redis: Redis, prefix: str) -> list[bytes]:
     """Every per-request or per-client key of ``prefix`` still in Redis."""
     found: list[bytes] = []
-    for pattern in ("running", "cancelled", "client"):
+    for pattern in ("running", "cancelled", "live", "client"):
         found += [k async for k in redis.scan_iter(match=f"{prefix}:{pattern}:*")]
     return found

@@ -227,6 +227,10 @@ class _Worker:
         self._streams = streams
         self._name = settings.name
         self._held: dict[bytes, _Held] = {}
+        # Entries held per stream: each stream has its own ``concurrency`` slots, so
+        # entries blocked sending downstream never keep this worker from taking the
+        # downstream entries that would unblock them.
+        self._count: dict[str, int] = dict.fromkeys(streams, 0)
         self._by_trace: dict[str, _Held] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
@@ -356,9 +360,7 @@ class _Worker:
                 return
             if loop.time() >= next_claim:
                 next_claim = loop.time() + claim_every
-                for stream in self._streams:
-                    if not self._free():
-                        break
+                for stream in self._open():
                     await self._bury_idle(stream, min_idle_ms)
                     reply = await redis.xautoclaim(
                         stream,
@@ -366,19 +368,20 @@ class _Worker:
                         name,
                         min_idle_time=min_idle_ms,
                         start_id="0-0",
-                        count=self._free(),
+                        count=self._free(stream),
                     )
                     claimed = [e for e in reply[1] if e[1] and e[0] not in self._held]
                     if claimed:
                         logger.info("worker %s took over %d idle entries", name, len(claimed))
                     self._start(stream, claimed)
-                if not self._free():
-                    continue
+            open_streams = self._open()
+            if not open_streams:
+                continue
             found = await redis.xreadgroup(
                 GROUP,
                 name,
-                dict.fromkeys(self._streams, ">"),
-                count=self._free(),
+                dict.fromkeys(open_streams, ">"),
+                count=min(self._free(s) for s in open_streams),
                 block=block_ms,
             )
             for stream, entries in found or ():
@@ -387,19 +390,26 @@ class _Worker:
     def _stopped(self) -> bool:
         return self._stopping
 
-    def _free(self) -> int:
-        return self._settings.concurrency - len(self._held)
+    def _free(self, stream: str) -> int:
+        return self._settings.concurrency - self._count[stream]
+
+    def _open(self) -> list[str]:
+        """The streams with a free slot; when there is none, the reader waits for room."""
+        found = [s for s in self._streams if self._free(s) > 0]
+        if not found:
+            self._room.clear()
+        return found
 
     def _start(self, stream: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         for entry_id, fields in entries:
             held = _Held(stream, entry_id, fields)
             self._held[entry_id] = held
+            self._count[stream] += 1
             self._by_trace.setdefault(held.trace_id, held)
             task = asyncio.create_task(self._serve(held), name=f"penguiflow.redis:{entry_id!r}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        if not self._free():
-            self._room.clear()
+        self._open()
 
     async def _serve(self, held: _Held) -> None:
         try:
@@ -410,6 +420,7 @@ class _Worker:
             logger.exception("worker %s could not finish trace %s", self._name, held.trace_id)
         finally:
             del self._held[held.entry_id]
+            self._count[held.stream] -= 1
             if self._by_trace.get(held.trace_id) is held:
                 del self._by_trace[held.trace_id]
             self._room.set()
