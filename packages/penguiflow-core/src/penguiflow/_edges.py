@@ -214,7 +214,7 @@ def purge(trace: Trace) -> int:
 class Inbox:
     """The single FIFO a consumer reads: entries of all its incoming edges."""
 
-    __slots__ = ("dead", "floes", "items", "waiters")
+    __slots__ = ("dead", "items", "waiters")
 
     def __init__(self) -> None:
         self.items: deque[Entry] = deque()
@@ -222,7 +222,6 @@ class Inbox:
         """Purged entries still in ``items`` (consumers skip them)."""
         self.waiters: ParkingLot = ParkingLot()
         """Consumers parked until an entry arrives."""
-        self.floes: list[Floe] = []
 
 
 class FloeQueue:
@@ -274,7 +273,6 @@ class Floe:
         self.putters: ParkingLot = ParkingLot()
         """Producers parked until the edge has room."""
         self.inbox: Inbox = Inbox() if inbox is None else inbox
-        self.inbox.floes.append(self)
         self.to_rookery: bool = target is ROOKERY
         self.loop: bool = source is target and isinstance(source, Node)
         """A node's edge to itself (a controller loop)."""

@@ -713,7 +713,11 @@ class PenguiFlow(FlowGraph, RequestAPI):
                     inbox.dead -= 1
                     continue
                 if serial or entry.trace is None:
-                    await self._contained(rt, slot, entry, loop)
+                    try:  # inline, not a helper coroutine: this is every hop
+                        await self._handle(rt, slot, entry, loop)
+                    except BaseException as exc:
+                        if not self._contain(rt, slot, exc):
+                            raise
                     continue
                 # max_concurrency > 1: items of one trace run one after another, in order.
                 trace = entry.trace
@@ -726,7 +730,11 @@ class PenguiFlow(FlowGraph, RequestAPI):
                 rt.owners[trace] = slot
                 try:
                     while True:
-                        await self._contained(rt, slot, entry, loop)
+                        try:
+                            await self._handle(rt, slot, entry, loop)
+                        except BaseException as exc:
+                            if not self._contain(rt, slot, exc):
+                                raise
                         while backlog and backlog[0].dead:
                             backlog.popleft()
                         if not backlog:
@@ -743,18 +751,15 @@ class PenguiFlow(FlowGraph, RequestAPI):
                 await hooks.emit("node_cancelled", ports=rt.ports, level=DEBUG)
             raise
 
-    async def _contained(
-        self, rt: NodeRuntime, slot: Slot, entry: Entry, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        """Handle one item; whatever escapes (a bug, a broken hook) never ends the worker."""
-        try:
-            await self._handle(rt, slot, entry, loop)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError) and slot.stopping:
-                raise  # stop(), or whoever owns the worker task: the worker ends
-            logger.exception("worker_error", extra={"node_name": rt.node.name})
+    def _contain(self, rt: NodeRuntime, slot: Slot, exc: BaseException) -> bool:
+        """Whether what escaped handling one item (a bug, a broken hook) is logged and the
+        worker goes on; ``False`` for what must end it (``stop()``, interpreter exit)."""
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            return False
+        if isinstance(exc, asyncio.CancelledError) and slot.stopping:
+            return False  # stop(), or whoever owns the worker task: the worker ends
+        logger.error("worker_error", exc_info=exc, extra={"node_name": rt.node.name})
+        return True
 
     async def _handle(
         self, rt: NodeRuntime, slot: Slot, entry: Entry, loop: asyncio.AbstractEventLoop
