@@ -94,7 +94,7 @@ class Router:
     ) -> bool:
         """Route a ``Message`` carrying a WM or FinalAnswer; False means route normally."""
         payload = result.payload
-        if isinstance(payload, WM):
+        if type(payload) is WM or isinstance(payload, WM):
             if rt.self_floe is None:
                 return False  # a WM from a node that is not a controller is plain data
             await self.controller_step(rt, item, result, payload, rtrace)
@@ -185,8 +185,9 @@ class Router:
             return
         # The runtime counts hops itself: a controller that returns the WM it received
         # unchanged still advances by one, so a hop budget always ends the loop.
-        incoming = item.payload if isinstance(item, Message) else None
-        inc = incoming.hops if isinstance(incoming, WM) else None
+        # ``type(x) is`` first: pydantic's ``isinstance`` is a Python-level check.
+        incoming = item.payload if type(item) is Message or isinstance(item, Message) else None
+        inc = incoming.hops if type(incoming) is WM or isinstance(incoming, WM) else None
         nxt = inc + 1 if inc is not None and wm.hops <= inc else wm.hops
         if wm.budget_hops is not None and nxt >= wm.budget_hops:
             await self.exhausted(rt, trace, "hops", wm.budget_hops)
@@ -202,4 +203,6 @@ class Router:
                 trace.wm_hops = nxt
         self_floe = rt.self_floe
         assert self_floe is not None  # only nodes with a self-edge reach this step
-        await self.send(self_floe, msg, trace)
+        floes = (self_floe,)  # ``send``, inlined: this is every hop of a loop
+        if not self.offer(floes, msg, trace, 0):
+            await self.send_rest(floes, msg, trace, 0)
