@@ -1,5 +1,7 @@
 """Many requests, two workers, a worker killed, a worker stopped: one outcome per request.
 
+A request that kills every worker that runs it is dead-lettered after ``--max-deliveries``.
+
 Afterwards nothing is left: no pending entry, no per-request key, no request entry beyond
 what is still being worked on (the request stream is trimmed once entries are done).
 """
@@ -8,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import time
 
+import pytest
 from redis.asyncio import Redis
 
 import redis_flows
 from penguiflow import Headers, Message
+from penguiflow.errors import FlowError
 from penguiflow.redis import connect
 from redis_support import Workers, eventually, request_keys
 
@@ -143,3 +149,52 @@ async def _all_exist(redis: Redis, keys: list[str]) -> bool:
 async def _at_least(count: asyncio.Future[int] | object, n: int) -> bool:
     value = await count  # type: ignore[misc]
     return bool(value >= n)
+
+
+async def test_a_request_that_kills_every_worker_is_dead_lettered(
+    redis_url: str, prefix: str, workers: Workers, redis: Redis
+) -> None:
+    limit = 2
+    args = ["--max-deliveries", str(limit)]
+    deaths = 0
+    stopping = False
+
+    async def keep_alive(proc: subprocess.Popen[bytes]) -> None:
+        """Restart a worker that dies, as a process supervisor would."""
+        nonlocal deaths
+        while not stopping:
+            code = await asyncio.to_thread(proc.wait)
+            if stopping:
+                return
+            assert code == 17  # the node's os._exit, nothing else
+            deaths += 1
+            proc = workers.start("crashing", claim_idle=0.3, extra=args)
+
+    supervisors = [
+        asyncio.create_task(keep_alive(workers.start("crashing", claim_idle=0.3, extra=args)))
+        for _ in range(2)
+    ]
+    flow, _ = redis_flows.crashing()
+    msg = message("die")
+    async with connect(flow, redis_url, prefix=prefix) as client:
+        began = time.monotonic()
+        with pytest.raises(FlowError) as caught:
+            await client.invoke(msg, timeout=30)
+        took = time.monotonic() - began
+        assert (await client.invoke(message("fine"), timeout=30)).payload == "fine"
+    stopping = True
+    workers.close()
+    await asyncio.gather(*supervisors)
+    error = caught.value
+    assert error.code == "DELIVERY_LIMIT"
+    assert error.trace_id == msg.trace_id
+    assert f"delivered {limit} times" in str(error) and "--max-deliveries" in str(error)
+    assert deaths == limit
+    assert took < 20
+    dead = await redis.xrange(f"{prefix}:dead")
+    assert len(dead) == 1
+    fields = dead[0][1]
+    assert fields[b"t"].decode() == msg.trace_id
+    assert fields[b"deliveries"] == str(limit).encode()
+    assert (await redis.xpending(f"{prefix}:requests", "workers"))["pending"] == 0
+    assert await request_keys(redis, prefix) == []

@@ -282,9 +282,9 @@ class Client:
             def send(pipe: Any) -> None:
                 # The request stream's entry is the request's first live entry; workers
                 # that split the flow count the ones they add and finish (see _nodes).
-                pipe.xadd(self._keys.requests, entry)
                 pipe.incr(live)
                 pipe.expire(live, LIVE_TTL_S)
+                pipe.xadd(self._keys.requests, entry)
 
             try:
                 await batch.run(send)

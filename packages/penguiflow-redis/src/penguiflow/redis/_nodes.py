@@ -37,7 +37,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
-from penguiflow.core import OPEN_SEA, Context, PenguiFlow, create, trace_id_of
+from penguiflow.core import OPEN_SEA, Context, PenguiFlow, Subscription, create, trace_id_of
 from penguiflow.errors import FlowBuildError, FlowError, FlowRuntimeError, FlowTypeError
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Message, StreamChunk
@@ -183,13 +183,21 @@ class _Session:
 
     __slots__ = ("closed", "entries", "open", "reply", "sub", "trace_id")
 
-    def __init__(self, trace_id: str, reply: bytes, sub: Any) -> None:
+    def __init__(self, trace_id: str, reply: bytes, sub: Subscription) -> None:
         self.trace_id = trace_id
         self.reply = reply
         self.sub = sub
         self.entries: list[_Held] = []
         self.open = True
         self.closed = asyncio.Event()
+
+    def joinable(self) -> bool:
+        """True while an entry may still join: the trace has not ended in the fragment.
+
+        The subscription ends the moment the trace ends, before the session's task wakes
+        up to close it; an entry arriving in between starts a new session.
+        """
+        return self.open and self.sub.done is None
 
 
 class NodeWorker(_Worker):
@@ -304,7 +312,7 @@ class NodeWorker(_Worker):
 
     async def _serve_entry(self, held: _Held) -> None:
         trace = held.trace_id
-        while (old := self._sessions.get(trace)) is not None and not old.open:
+        while (old := self._sessions.get(trace)) is not None and not old.joinable():
             await old.closed.wait()  # the trace's last session is closing
         session = self._sessions.get(trace)
         if session is None:
