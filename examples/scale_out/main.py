@@ -170,13 +170,13 @@ async def main() -> dict[str, Any]:
     ):
         # 1. Many requests at once; the two workers share them.
         outs = await asyncio.gather(
-            *(client.invoke(ask(f"show metric {i}"), timeout=60) for i in range(40))
+            *(client.invoke(ask(f"show metric {i}"), timeout=60, expect=Message) for i in range(40))
         )
         pids = {out.payload.worker_pid for out in outs}
         print(f"40 answers, first: {outs[0].payload.answer!r}")
 
         # 2. Chunks stream back in order while the request runs in a worker.
-        async with client.request(ask("penguins swim in cold water")) as req:
+        async with client.request(ask("penguins swim in cold water"), expect=Message) as req:
             words = [chunk.text async for chunk in req.chunks()]
             streamed = await req.result()
         print(f"streamed: {' '.join(words)} -> {streamed.payload.answer!r}")

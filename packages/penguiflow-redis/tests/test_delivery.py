@@ -12,6 +12,7 @@ import asyncio
 import signal
 import subprocess
 import time
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -62,7 +63,10 @@ async def test_two_workers_serve_5000_requests_one_outcome_each(
     flow, registry = redis_flows.chain()
     async with connect(flow, redis_url, registry=registry, prefix=prefix) as client:
         outs = await asyncio.gather(
-            *(client.invoke(message(redis_flows.Number(n=i)), timeout=60) for i in range(5000))
+            *(
+                client.invoke(message(redis_flows.Number(n=i)), timeout=60, expect=Message)
+                for i in range(5000)
+            )
         )
     assert [o.payload for o in outs] == [expected(i) for i in range(5000)]
     await eventually(lambda: settled(redis, prefix), what="Redis to be clean")
@@ -80,7 +84,7 @@ async def test_a_killed_worker_loses_nothing(
 
     async def one(i: int) -> redis_flows.Answer:
         nonlocal done, held_at_kill
-        out = await client.invoke(message(redis_flows.Number(n=i)), timeout=60)
+        out = await client.invoke(message(redis_flows.Number(n=i)), timeout=60, expect=Message)
         done += 1
         if done == total // 4:
             # Kill it while it holds requests; they are run again by the survivor.
@@ -106,7 +110,9 @@ async def test_sigterm_finishes_in_flight_requests_and_leaves_nothing_claimed(
     proc = workers.start("napping", name="leaving", grace=20)
     flow, _ = redis_flows.napping()
     async with connect(flow, redis_url, prefix=prefix) as client:
-        calls = [asyncio.create_task(client.invoke(message("0.5,0"))) for _ in range(5)]
+        calls = [
+            asyncio.create_task(client.invoke(message("0.5,0"), expect=Message)) for _ in range(5)
+        ]
         await eventually(
             lambda: _at_least(pending_of(redis, prefix, "leaving"), 5), what="5 in flight"
         )
@@ -125,7 +131,7 @@ async def test_sigterm_hands_back_what_does_not_finish_in_time(
     flow, _ = redis_flows.napping()
     async with connect(flow, redis_url, prefix=prefix) as client:
         msgs = [message("60,0") for _ in range(3)]
-        calls = [asyncio.create_task(client.invoke(m)) for m in msgs]
+        calls = [asyncio.create_task(client.invoke(m, expect=Message)) for m in msgs]
         runs = [f"probe:{m.trace_id}:runs" for m in msgs]
         await eventually(lambda: _all_exist(redis, runs), what="3 running")
         proc.send_signal(signal.SIGTERM)
@@ -157,14 +163,14 @@ async def test_a_request_that_kills_every_worker_is_dead_lettered(
     limit = 2
     args = ["--max-deliveries", str(limit)]
     deaths = 0
-    stopping = False
+    stopping = asyncio.Event()
 
     async def keep_alive(proc: subprocess.Popen[bytes]) -> None:
         """Restart a worker that dies, as a process supervisor would."""
         nonlocal deaths
-        while not stopping:
+        while True:
             code = await asyncio.to_thread(proc.wait)
-            if stopping:
+            if stopping.is_set():
                 return
             assert code == 17  # the node's os._exit, nothing else
             deaths += 1
@@ -181,8 +187,8 @@ async def test_a_request_that_kills_every_worker_is_dead_lettered(
         with pytest.raises(FlowError) as caught:
             await client.invoke(msg, timeout=30)
         took = time.monotonic() - began
-        assert (await client.invoke(message("fine"), timeout=30)).payload == "fine"
-    stopping = True
+        assert (await client.invoke(message("fine"), timeout=30, expect=Message)).payload == "fine"
+    stopping.set()
     workers.close()
     await asyncio.gather(*supervisors)
     error = caught.value
@@ -191,7 +197,7 @@ async def test_a_request_that_kills_every_worker_is_dead_lettered(
     assert f"delivered {limit} times" in str(error) and "--max-deliveries" in str(error)
     assert deaths == limit
     assert took < 20
-    dead = await redis.xrange(f"{prefix}:dead")
+    dead: Any = await redis.xrange(f"{prefix}:dead")
     assert len(dead) == 1
     fields = dead[0][1]
     assert fields[b"t"].decode() == msg.trace_id

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 import redis_flows
 from penguiflow import WM, FinalAnswer, Headers, Message
 from penguiflow.core import DEADLINE_EXCEEDED_TEXT, PenguiFlow
-from penguiflow.errors import FlowError, FlowRuntimeError
+from penguiflow.errors import FlowError, FlowRuntimeError, FlowTypeError
 from penguiflow.redis import RemoteError, connect
 from redis_support import Workers, eventually, request_keys
 
@@ -53,6 +53,22 @@ async def test_a_chain_returns_the_same_result_as_in_process(
     assert await request_keys(redis, prefix) == []
 
 
+async def test_expect_types_and_checks_the_result(
+    redis_url: str, prefix: str, workers: Workers
+) -> None:
+    workers.start("chain")
+    flow, registry = redis_flows.chain()
+    async with connect(flow, redis_url, registry=registry, prefix=prefix) as client:
+        out = await client.invoke(message(redis_flows.Number(n=1)), timeout=20, expect=Message)
+        assert out.payload == redis_flows.Answer(n=1, text="1*2=2")
+        async with client.request(message(redis_flows.Number(n=2)), expect=Message) as req:
+            assert (await req.result()).payload.n == 2
+        with pytest.raises(FlowTypeError, match="whose payload is Answer; pass expect=Message"):
+            await client.invoke(
+                message(redis_flows.Number(n=3)), timeout=20, expect=redis_flows.Answer
+            )
+
+
 async def test_chunks_arrive_in_order_then_the_result(
     redis_url: str, prefix: str, workers: Workers
 ) -> None:
@@ -80,7 +96,7 @@ async def test_a_controller_loop_runs_in_the_worker(
     workers.start("controller")
     flow, _ = redis_flows.controller()
     async with connect(flow, redis_url, prefix=prefix) as client:
-        out = await client.invoke(message(WM(query="q")), timeout=20)
+        out = await client.invoke(message(WM(query="q")), timeout=20, expect=Message)
     assert isinstance(out.payload, FinalAnswer)
     assert out.payload.text == "q: fact1, fact2, fact3"
     assert comparable(out) == comparable(
@@ -125,7 +141,7 @@ async def test_a_deadline_is_honoured_in_the_worker(
     flow, _ = redis_flows.slow()
     msg = message("never answers", deadline_s=time.time() + 0.5)
     async with connect(flow, redis_url, prefix=prefix) as client:
-        out = await client.invoke(msg, timeout=20)
+        out = await client.invoke(msg, timeout=20, expect=Message)
     assert isinstance(out.payload, FinalAnswer)
     assert out.payload.text == DEADLINE_EXCEEDED_TEXT
     assert out.deadline_s == msg.deadline_s
