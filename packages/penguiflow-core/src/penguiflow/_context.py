@@ -83,8 +83,17 @@ class Ending(Protocol):
 class KernelPort:
     """The kernel's calls a ``Context`` (or a ``Subscription``) makes; built once per flow.
 
-    Attributes are bound methods of the kernel, so a call through the port costs what a
-    method call on the flow would.
+    The operations are the kernel's own methods, bound to the flow on first use and kept:
+    a call through the port then costs what a method call on the flow would, and a flow
+    built per call (a playbook) binds only the few it uses.
+
+    Args:
+        flow: The kernel.
+        hooks: Its hooks.
+        queue_maxsize: Its edges' capacity.
+        streams: Its stream counters.
+        ops: Operation name -> the kernel's function for it, unbound (one table per
+            kernel class, shared by its flows).
     """
 
     __slots__ = (
@@ -94,6 +103,7 @@ class KernelPort:
         "flow",
         "hold",
         "hooks",
+        "ops",
         "play",
         "queue_maxsize",
         "send",
@@ -102,6 +112,19 @@ class KernelPort:
         "take",
         "wait_trace_capacity",
     )
+    send: Callable[[Sequence[Floe], Any], Awaitable[None]]
+    send_nowait: Callable[[Sequence[Floe], Any], None]
+    fetch: Callable[[Inbox, set[Floe] | None, Ending | None], Awaitable[Any]]
+    take: Callable[[Inbox, set[Floe] | None], Entry | None]
+    consume: Callable[[Entry], Any]
+    """Complete a fetched entry's accounting; events of a finished cancel are scheduled."""
+    wait_trace_capacity: Callable[[str, Owner], Awaitable[None]]
+    play: Callable[[Any, Any, float | None], Awaitable[Any]]
+    """Run a playbook under this flow (cancel mirrored): (factory, message, timeout)."""
+    hold: Callable[[str], Callable[[], None]]
+    """Count a trace as live while a component holds its items; returns the release."""
+    expire: Callable[[Owner, Message], Awaitable[None]]
+    """Answer a trace's deadline from a component (at most once per trace)."""
 
     def __init__(
         self,
@@ -110,34 +133,26 @@ class KernelPort:
         hooks: Hooks,
         queue_maxsize: int,
         streams: StreamCounters,
-        send: Callable[[Sequence[Floe], Any], Awaitable[None]],
-        send_nowait: Callable[[Sequence[Floe], Any], None],
-        fetch: Callable[[Inbox, set[Floe] | None, Ending | None], Awaitable[Any]],
-        take: Callable[[Inbox, set[Floe] | None], Entry | None],
-        consume: Callable[[Entry], Any],
-        wait_trace_capacity: Callable[[str, Owner], Awaitable[None]],
-        play: Callable[[Any, Any, float | None], Awaitable[Any]],
-        hold: Callable[[str], Callable[[], None]],
-        expire: Callable[[Owner, Message], Awaitable[None]],
+        ops: Mapping[str, Callable[..., Any]],
     ) -> None:
         self.flow: Runtime = flow
         self.hooks: Hooks = hooks
         self.queue_maxsize: int = queue_maxsize
         self.streams: StreamCounters = streams
         """The flow's stream counters: sequence numbers run per stream id, flow-wide."""
-        self.send: Callable[[Sequence[Floe], Any], Awaitable[None]] = send
-        self.send_nowait: Callable[[Sequence[Floe], Any], None] = send_nowait
-        self.fetch: Callable[[Inbox, set[Floe] | None, Ending | None], Awaitable[Any]] = fetch
-        self.take: Callable[[Inbox, set[Floe] | None], Entry | None] = take
-        self.consume: Callable[[Entry], Any] = consume
-        """Complete a fetched entry's accounting; events of a finished cancel are scheduled."""
-        self.wait_trace_capacity: Callable[[str, Owner], Awaitable[None]] = wait_trace_capacity
-        self.play: Callable[[Any, Any, float | None], Awaitable[Any]] = play
-        """Run a playbook under this flow (cancel mirrored): (factory, message, timeout)."""
-        self.hold: Callable[[str], Callable[[], None]] = hold
-        """Count a trace as live while a component holds its items; returns the release."""
-        self.expire: Callable[[Owner, Message], Awaitable[None]] = expire
-        """Answer a trace's deadline from a component (at most once per trace)."""
+        self.ops: Mapping[str, Callable[..., Any]] = ops
+
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            # Only reached for an operation not bound yet (its slot is empty).
+            try:
+                func = self.ops[name]
+            except KeyError:
+                raise AttributeError(name) from None
+            bound = func.__get__(self.flow)
+            object.__setattr__(self, name, bound)
+            return bound
 
 
 class Context:

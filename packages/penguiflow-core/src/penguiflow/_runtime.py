@@ -133,15 +133,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
             hooks=self._hooks,
             queue_maxsize=self._queue_maxsize,
             streams=self._streams,
-            send=self._send,
-            send_nowait=self._send_nowait,
-            fetch=self._fetch,
-            take=self._take,
-            consume=self._consume_fetched,
-            wait_trace_capacity=self._wait_trace_capacity,
-            play=self._play,
-            hold=self._hold,
-            expire=self._expire,
+            ops=_KERNEL_OPS,
         )
         self._floes = wiring.floes
         self._opensea = wiring.opensea
@@ -655,9 +647,6 @@ class PenguiFlow(FlowGraph, RequestAPI):
                 self._hooks.schedule_cancel_finished(self._rookery, trace.trace_id)
         return entry.item
 
-    def _consume_fetched(self, entry: Entry) -> Any:
-        return self._consume(entry, schedule_events=True)
-
     async def _fetch(self, inbox: Inbox, allowed: set[Floe] | None, sub: Ending | None) -> Any:
         while True:
             entry = self._take(inbox, allowed)
@@ -752,8 +741,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
             raise
 
     def _contain(self, rt: NodeRuntime, slot: Slot, exc: BaseException) -> bool:
-        """Whether what escaped handling one item (a bug, a broken hook) is logged and the
-        worker goes on; ``False`` for what must end it (``stop()``, interpreter exit)."""
+        """Log what escaped handling an item and go on; False: it must end the worker."""
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             return False
         if isinstance(exc, asyncio.CancelledError) and slot.stopping:
@@ -952,6 +940,19 @@ class PenguiFlow(FlowGraph, RequestAPI):
                 raise TraceCancelled(trace_id)
         return await run_playbook(playbook, parent_msg, timeout, on_cancel=self.on_trace_cancel)
 
+
+# The operations a flow's ``KernelPort`` binds on first use.
+_KERNEL_OPS: Final[Mapping[str, Callable[..., Any]]] = {
+    "send": PenguiFlow._send,
+    "send_nowait": PenguiFlow._send_nowait,
+    "fetch": PenguiFlow._fetch,
+    "take": PenguiFlow._take,
+    "consume": lambda flow, entry: flow._consume(entry, schedule_events=True),
+    "wait_trace_capacity": PenguiFlow._wait_trace_capacity,
+    "play": PenguiFlow._play,
+    "hold": PenguiFlow._hold,
+    "expire": PenguiFlow._expire,
+}
 
 PlaybookFactory: TypeAlias = Callable[[], "tuple[PenguiFlow, AdapterSource | None]"]
 """A zero-argument callable returning ``(flow, registry)``, called once per playbook call."""
