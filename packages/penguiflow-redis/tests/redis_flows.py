@@ -179,6 +179,11 @@ async def hop_b(msg: Message, ctx: Context) -> Message:
 
 
 async def hop_c(msg: Message, ctx: Context) -> Message:
+    """``speak ...`` streams one chunk per word first."""
+    words = str(msg.payload).split()
+    if words[0] == "speak":
+        for i, word in enumerate(words):
+            await ctx.emit_chunk(parent=msg, text=word, done=i == len(words) - 1)
     return msg.model_copy(update={"payload": f"{msg.payload}|c"})
 
 

@@ -141,11 +141,44 @@ async def test_failures_results_and_deadlines_cross_the_hop(
         assert (error.code, error.node_name) == ("NODE_EXCEPTION", "hop_b")
         assert isinstance(error.__cause__, RemoteError)
         assert error.__cause__.text == "no good: fail|a"
+        words = [f"w{i}" for i in range(20)]
+        async with client.request(message(" ".join(["speak", *words]))) as req:
+            chunks = [chunk async for chunk in req.chunks()]
+            assert [c.text for c in chunks] == ["speak", *words[:-1], "w19|a|b"]
+            assert [c.seq for c in chunks] == list(range(21))
+            spoken = await req.result()
+        assert isinstance(spoken, Message) and spoken.payload.endswith("w19|a|b|c")
         msg = message("wait", deadline_s=time.time() + 0.5)
         late = await client.invoke(msg, timeout=20, expect=Message)
     assert isinstance(late.payload, FinalAnswer)
     assert late.payload.text == DEADLINE_EXCEEDED_TEXT
     assert await redis.exists(f"probe:{msg.trace_id}:started")  # it reached hop_b
+    await eventually(lambda: settled(redis, prefix, ["hop_b"]), what="Redis to be clean")
+
+
+async def test_sigterm_hands_items_back_to_the_node_stream(
+    redis_url: str, prefix: str, workers: Workers, redis: Redis
+) -> None:
+    workers.start("hops", extra=nodes("hop_a", "hop_c"))
+    leaving = workers.start("hops", name="leaving", grace=0.2, extra=nodes("hop_b"))
+    flow, _ = redis_flows.hops()
+    stream = f"{prefix}:node:hop_b"
+    async with (
+        connect(flow, redis_url, prefix=prefix) as client,
+        client.request(message("wait")) as req,
+    ):
+        started = f"probe:{req.trace_id}:started"
+        await eventually(lambda: redis.get(started), what="hop_b")
+        await redis.delete(started)
+        leaving.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(leaving.wait, 10) == 0
+        assert await pending_of(redis, stream, "leaving") == 0
+        assert await redis.xlen(stream) == 1  # handed back, waiting for the next worker
+        following = workers.start("hops", extra=nodes("hop_b"))
+        assert int(await eventually(lambda: redis.get(started), what="the next")) == (following.pid)
+        await req.cancel()
+        with pytest.raises(TraceCancelled):
+            await req.result()
     await eventually(lambda: settled(redis, prefix, ["hop_b"]), what="Redis to be clean")
 
 
