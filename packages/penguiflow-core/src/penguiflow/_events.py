@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .clock import wall_time
@@ -74,13 +74,14 @@ class Hooks:
             _check_middleware(mw)
         # A tuple, replaced (never mutated) on add/remove: events iterate it without a copy.
         self.middlewares: tuple[Middleware, ...] = middlewares
-        self.cancel: list[Callable[[str], None]] = []
-        self.done: list[Callable[[str], None]] = []
-        self.stop: list[Callable[[], None]] = []
+        # Lists once someone registers: most flows (every playbook's) never do.
+        self.cancel: Sequence[Callable[[str], None]] = ()
+        self.done: Sequence[Callable[[str], None]] = ()
+        self.stop: Sequence[Callable[[], None]] = ()
         self.probes: dict[str, Probe] = {}
         self.queue_maxsize: int = queue_maxsize
         self.traces: Mapping[str, Trace] = traces
-        self.background: set[asyncio.Task[None]] = set()
+        self.background: set[asyncio.Task[None]] | None = None
         """Event deliveries started where nothing could await them."""
 
     # -- registration -------------------------------------------------------------------
@@ -99,12 +100,18 @@ class Hooks:
         return True
 
     def on_cancel(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        if not isinstance(self.cancel, list):
+            self.cancel = []
         return _add(self.cancel, callback)
 
     def on_done(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        if not isinstance(self.done, list):
+            self.done = []
         return _add(self.done, callback)
 
     def on_stop(self, callback: Callable[[], None]) -> Callable[[], None]:
+        if not isinstance(self.stop, list):
+            self.stop = []
         return _add(self.stop, callback)
 
     def add_probe(self, name: str, probe: Probe) -> Callable[[], None]:
@@ -118,7 +125,7 @@ class Hooks:
 
     # -- calling ------------------------------------------------------------------------
 
-    def call(self, hooks: list[Callable[..., None]], *args: Any) -> None:
+    def call(self, hooks: Sequence[Callable[..., None]], *args: Any) -> None:
         """Call every hook of a list; a failing hook is logged and never stops the others."""
         for hook in tuple(hooks):
             try:
@@ -203,6 +210,8 @@ class Hooks:
         """``cancel_finished`` from code that cannot await (a task keeps it alive)."""
         if self.observed(INFO):
             task = asyncio.get_running_loop().create_task(self.cancel_finished(ports, trace_id))
+            if self.background is None:
+                self.background = set()
             self.background.add(task)
             task.add_done_callback(self.background.discard)
 

@@ -235,7 +235,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
                 )
         finally:
             for rt in self._runtimes:
-                rt.slots = []
+                rt.slots = ()
                 rt.backlogs.clear()
                 rt.owners.clear()
             for trace in list(self._traces.values()):

@@ -87,7 +87,7 @@ class NodeRuntime:
         self.self_floe = ports.by_target.get(node)
         self.rookery_floe = ports.by_target.get(ROOKERY)
         self.validator: Validator | None = None
-        self.slots: list[Slot] = []
+        self.slots: Sequence[Slot] = ()
         self.backlogs: dict[Trace, deque[Entry]] = {}
         """max_concurrency > 1: items of a trace waiting behind the one running."""
         self.owners: dict[Trace, Slot] = {}
@@ -198,7 +198,8 @@ def start_workers(
     loop: asyncio.AbstractEventLoop,
 ) -> list[asyncio.Task[None]]:
     """Start a node's ``max_concurrency`` worker tasks, each with its own slot."""
-    rt.slots = []
+    slots: list[Slot] = []
+    rt.slots = slots
     tasks = []
     for i in range(rt.concurrency):
         # Each slot has its own context, so ``ctx.message`` is per invocation.
@@ -207,6 +208,6 @@ def start_workers(
         if rt.concurrency > 1:
             name = f"{name}#{i}"
         slot.task = loop.create_task(worker(rt, slot), name=name)
-        rt.slots.append(slot)
+        slots.append(slot)
         tasks.append(slot.task)
     return tasks
