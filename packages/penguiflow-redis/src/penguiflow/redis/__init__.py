@@ -6,9 +6,11 @@
 - :func:`serve`: run a worker in the current event loop; ``python -m penguiflow.redis
   worker MODULE:ATTR --url ...`` runs one as a process.
 
-Every request runs whole in one worker process. Delivery is at-least-once: a request whose
-worker dies is run again by another worker, and the client still delivers exactly one
-outcome.
+By default every request runs whole in one worker process; workers started with
+``--nodes`` (``serve(..., nodes=...)``) run only some nodes, and items cross to the others
+through one Redis stream per node. Delivery is at-least-once: work whose worker dies is run
+again by another worker, and the client still delivers exactly one outcome. Work that
+brings down every worker that runs it is dead-lettered after ``max_deliveries``.
 """
 
 from __future__ import annotations

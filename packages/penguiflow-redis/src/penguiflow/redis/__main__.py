@@ -23,9 +23,10 @@ def _parser() -> argparse.ArgumentParser:
         help="run a worker until SIGTERM or SIGINT",
         description=(
             "Run a worker: it takes requests from the flow's Redis stream, runs each through "
-            "the flow in this process and writes the outcome back. SIGTERM or SIGINT stop "
-            "it: it takes no new request, lets in-flight ones finish for --grace seconds "
-            "and hands the rest back to the stream."
+            "the flow in this process and writes the outcome back. With --nodes it runs "
+            "only those nodes and sends items for the others to their Redis streams. "
+            "SIGTERM or SIGINT stop it: it takes no new work, lets in-flight work finish "
+            "for --grace seconds and hands the rest back to the streams."
         ),
     )
     worker.add_argument(
