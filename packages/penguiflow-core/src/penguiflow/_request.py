@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, Generic, Literal, Protocol, Self, TypeAlias, TypeVar, overload
 
-from ._subscription import Subscription
+from ._subscription import Subscription, close, next_item
 from ._trace import trace_id_of
 from .errors import FlowError, FlowRuntimeError, FlowStoppedError, FlowTypeError, TraceCancelled
 from .node import Node
@@ -127,7 +127,7 @@ class Request(Generic[T]):
         try:
             await flow.emit(self._message, to=self._to)
         except BaseException:
-            await sub.aclose()
+            close(sub)
             raise
         if not sub.started:
             # Nothing was enqueued (``to=[]``, or a repeated controller message): the
@@ -152,7 +152,7 @@ class Request(Generic[T]):
                 # swallows cancellation is not waited for beyond the grace period.
                 await flow.wait_ended(self.trace_id, timeout=UNWIND_GRACE_S)
         finally:
-            await sub.aclose()
+            close(sub)
             if self.state == "pending":
                 self._settle(TraceCancelled(self.trace_id), "cancelled")
 
@@ -169,7 +169,7 @@ class Request(Generic[T]):
                 "this request handle is closed; read it inside `async with flow.request(...)`"
             )
         try:
-            item = await sub.get()
+            item = await next_item(sub)
         except StopAsyncIteration:
             reason = sub.done
             if reason == "drained":

@@ -8,6 +8,7 @@ subscription's private edge instead, so a caller that waits for one request neve
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any, Literal, TypeAlias
 
 from ._context import KernelPort
@@ -76,22 +77,36 @@ class Subscription:
 
     async def aclose(self) -> None:
         """Unsubscribe; items not read yet are dropped and their accounting completed."""
-        if self._subs.get(self.trace_id) is self:
-            del self._subs[self.trace_id]
-        finish(self, "closed")
-        inbox = self._floe.inbox
-        consume = self._kernel.consume
-        while inbox.items:
-            entry = inbox.items.popleft()
-            if not entry.dead:
-                consume(entry)
-        self._floe.putters.unpark_all()
+        close(self)
 
     async def __aenter__(self) -> Subscription:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+# The request handle's interface: the same as ``get()`` and ``aclose()``, without a
+# coroutine frame of their own (a request reads its result through them).
+
+
+def next_item(sub: Subscription) -> Awaitable[Any]:
+    """``sub.get()``: the next item, or ``StopAsyncIteration`` once the trace is done."""
+    return sub._kernel.fetch(sub._floe.inbox, None, sub)
+
+
+def close(sub: Subscription) -> None:
+    """``sub.aclose()``."""
+    if sub._subs.get(sub.trace_id) is sub:
+        del sub._subs[sub.trace_id]
+    finish(sub, "closed")
+    inbox = sub._floe.inbox
+    consume = sub._kernel.consume
+    while inbox.items:
+        entry = inbox.items.popleft()
+        if not entry.dead:
+            consume(entry)
+    sub._floe.putters.unpark_all()
 
 
 # The kernel's interface to subscriptions.
