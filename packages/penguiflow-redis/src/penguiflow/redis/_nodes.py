@@ -354,7 +354,7 @@ class NodeWorker(_Worker):
     async def _drive(self, session: _Session) -> None:
         """Send the trace's chunks and first outcome to the client; finish at its end."""
         trace, sub = session.trace_id, session.sub
-        answered = False
+        answered = lost = False
         try:
             while True:
                 try:
@@ -367,6 +367,13 @@ class NodeWorker(_Worker):
                 elif not answered:
                     answered = True
                     await self._send(session, self._outcome_fields(trace, item))
+        except Exception:
+            # The client could not be told (Redis went away): acknowledge nothing, so the
+            # entries run again, here or in another worker.
+            logger.exception("worker %s lost trace %s", self._name, trace)
+            lost = True
+            if self._fragment.is_running:
+                await self._fragment.cancel(trace)
         finally:
             session.open = False
             await sub.aclose()
@@ -374,9 +381,13 @@ class NodeWorker(_Worker):
                 del self._sessions[trace]
             end = sub.done
             try:
-                if end in ("drained", "cancelled"):
+                if not lost and end in ("drained", "cancelled"):
                     note = "cancelled" if end == "cancelled" else ""
                     await self._finish(session, note, sub.last_node)
+            except Exception:
+                # Redis went away, for example: the entries stay pending and are handed
+                # back at shutdown or taken over by another worker.
+                logger.exception("worker %s could not finish trace %s", self._name, trace)
             finally:
                 session.closed.set()
 
