@@ -15,13 +15,30 @@ symbol``), never a silent ``Any``. So is any other name this module does not def
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-# Add-ons install penguiflow/<sub>/ in their own directories. This exact spelling is the
-# one documentation tools (griffe, for the API reference) recognise as a namespace package.
-__path__ = __import__("pkgutil").extend_path(__path__, __name__)
+
+def _extend_path(path: list[str], name: str) -> list[str]:
+    """``pkgutil.extend_path`` for directories on ``sys.path``, without importing pkgutil
+    (and, through it, ``importlib.util``): a millisecond of ``import penguiflow``."""
+    path = list(path)
+    for entry in sys.path:
+        if isinstance(entry, str):
+            portion = os.path.join(entry, name)
+            if portion not in path and os.path.isdir(portion):
+                path.append(portion)
+    return path
+
+
+# Add-ons install penguiflow/<sub>/ in their own directories.
+if TYPE_CHECKING:
+    # The standard spelling, which tools reading the source (griffe, for the API
+    # reference) recognise as a namespace package; the run-time line does the same.
+    __path__ = __import__("pkgutil").extend_path(__path__, __name__)
+else:
+    __path__ = _extend_path(__path__, __name__)
 
 from ._version import __version__ as __version__
 from .core import (
@@ -109,6 +126,13 @@ class MissingAddOnError(PenguiFlowError, AttributeError):
 
 
 def _installed(module_name: str) -> bool:
+    # Add-ons normally sit in a directory of ``__path__``: looking there is cheap. Other
+    # ways of installing them (an import hook) are asked through ``find_spec``.
+    sub = module_name.rpartition(".")[2]
+    if any(os.path.isdir(os.path.join(entry, sub)) for entry in __path__):
+        return True
+    import importlib.util
+
     try:
         return importlib.util.find_spec(module_name) is not None
     except (ImportError, ValueError):
