@@ -204,3 +204,15 @@ async def crash(msg: Message, ctx: Context) -> Message:
 
 def crashing() -> tuple[PenguiFlow, None]:
     return create(Node(crash, name="crash").to()), None
+
+
+def _side(side: str) -> Node:
+    async def answer(msg: Message, ctx: Context) -> Message:
+        return msg.model_copy(update={"payload": f"{msg.payload}|{side}"})
+
+    return Node(answer, name=side)
+
+
+def two_entries() -> tuple[PenguiFlow, None]:
+    """Two entry nodes, each an exit: every request goes to both."""
+    return create(_side("left").to(), _side("right").to()), None

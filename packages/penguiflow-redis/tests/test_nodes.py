@@ -212,6 +212,20 @@ async def test_a_join_is_placed_with_everything_upstream_of_it(
     await eventually(lambda: settled(redis, prefix, ["summarize"]), what="Redis to be clean")
 
 
+async def test_entry_nodes_in_different_processes_share_each_request(
+    redis_url: str, prefix: str, workers: Workers, redis: Redis
+) -> None:
+    workers.start("two_entries", extra=nodes("left"))
+    workers.start("two_entries", extra=nodes("right"))
+    flow, _ = redis_flows.two_entries()
+    async with connect(flow, redis_url, prefix=prefix) as client:
+        outs = await asyncio.gather(
+            *(client.invoke(message(f"q{i}"), timeout=20, expect=Message) for i in range(40))
+        )
+    assert all(o.payload in (f"q{i}|left", f"q{i}|right") for i, o in enumerate(outs))
+    await eventually(lambda: settled(redis, prefix, ["left", "right"]), what="Redis to be clean")
+
+
 def test_placements_that_split_a_join_or_a_loop_are_refused() -> None:
     keys = Keys("p")
     flow, _ = redis_flows.fan_in()
@@ -228,6 +242,8 @@ def test_placements_that_split_a_join_or_a_loop_are_refused() -> None:
     placed = Placement(chain, ["parse", "render"], keys)
     assert placed.streams == ["p:requests", "p:node:render"]
     assert Placement(chain, ["parse", "double", "render"], keys).everything
+    two_entries = create(ping.to(), pong.to())
+    assert Placement(two_entries, ["ping"], keys).streams == ["p:requests", "p:node:ping"]
 
 
 def test_the_command_line_refuses_an_unknown_node() -> None:

@@ -119,12 +119,17 @@ class Placement:
         self.everything = len(served) == len(flow.nodes)
         _check(flow, set(served))
         here = set(served)
-        # Served nodes that take the flow's requests, and those fed from other processes.
-        self.ingress = [n for n in served if OPEN_SEA in flow.predecessors(n)]
+        # Served nodes that take the flow's requests, and those fed from other processes:
+        # by a predecessor served elsewhere, or (an entry node) by a worker that took a
+        # request and serves only the flow's other entry nodes.
+        entries = [n for n in flow.nodes if OPEN_SEA in flow.predecessors(n)]
+        self.ingress = [n for n in entries if n in here]
+        split_entry = len(self.ingress) < len(entries)
         self.remote_fed = [
             n
             for n in served
-            if any(p is not OPEN_SEA and p is not n and p not in here for p in flow.predecessors(n))
+            if (split_entry and n in self.ingress)
+            or any(p is not OPEN_SEA and p is not n and p not in here for p in flow.predecessors(n))
         ]
         streams = [keys.requests] if self.ingress else []
         streams += [keys.node(n.name) for n in self.remote_fed]
