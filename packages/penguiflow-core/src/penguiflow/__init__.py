@@ -52,9 +52,7 @@ from .core import (
 )
 from .errors import MissingExtraError, PenguiFlowError as PenguiFlowError
 from .metrics import FlowEvent as FlowEvent
-from .middlewares import Middleware as Middleware
 from .node import Node as Node, NodePolicy as NodePolicy
-from .registry import ModelRegistry as ModelRegistry
 from .types import (
     WM as WM,
     FinalAnswer as FinalAnswer,
@@ -64,6 +62,10 @@ from .types import (
     StreamChunk as StreamChunk,
     Thought as Thought,
 )
+
+if TYPE_CHECKING:  # core names loaded on first use (``_DEFERRED`` below)
+    from .middlewares import Middleware as Middleware
+    from .registry import ModelRegistry as ModelRegistry
 
 if TYPE_CHECKING:
     # What type checkers see: each add-on's ``__all__`` (the names in ``_ADDONS`` below).
@@ -162,8 +164,20 @@ def _read_by_from_import() -> bool:
         return False
 
 
+# Core names whose modules ``import penguiflow`` does not need: loaded on first use.
+_DEFERRED: dict[str, str] = {
+    "Middleware": "penguiflow.middlewares",
+    "ModelRegistry": "penguiflow.registry",
+}
+
+
 def _addon_attribute(name: str) -> Any:
-    """The module's ``__getattr__``: resolve an add-on name on first use."""
+    """The module's ``__getattr__``: resolve a deferred core name or an add-on name on
+    first use."""
+    deferred = _DEFERRED.get(name)
+    if deferred is not None:
+        value = globals()[name] = getattr(importlib.import_module(deferred), name)
+        return value
     try:
         module_name, dist = _ADDONS[name]
     except KeyError:
@@ -190,4 +204,4 @@ if not TYPE_CHECKING:
 
 
 def __dir__() -> list[str]:
-    return sorted((set(globals()) - set(_ADDONS)) | set(_INSTALLED_ADDONS))
+    return sorted((set(globals()) - set(_ADDONS)) | set(_INSTALLED_ADDONS) | set(_DEFERRED))

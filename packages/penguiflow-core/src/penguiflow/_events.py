@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .clock import wall_time
 from .errors import FlowTypeError
 from .metrics import NO_EXTRA, FlowEvent
-from .middlewares import Middleware
 
 if TYPE_CHECKING:
     from ._edges import Ports, Trace
+    from .middlewares import Middleware
 
 __all__ = ["DEBUG", "ERROR", "INFO", "WARNING", "Hooks", "enabled", "logger"]
 

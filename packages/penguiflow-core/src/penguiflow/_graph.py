@@ -20,11 +20,11 @@ from ._slots import NodeRuntime
 from ._subscription import Subscription
 from ._validation import AdapterSource
 from .errors import UnknownNodeError
-from .middlewares import Middleware
 from .node import Node
 
 if TYPE_CHECKING:
     from .inspect import FlowSnapshot
+    from .middlewares import Middleware
 
 __all__ = ["FlowGraph"]
 

@@ -12,10 +12,9 @@ Design notes (the why behind the hot path):
   in-flight invocation cancels the worker task and then ``uncancel()``s it, so the
   worker survives and picks up the next item.
 * Every queued entry of a tracked item is also indexed by its trace, so ``cancel(t)``
-  costs O(items of t), never O(total queue length): purged entries are marked dead in
-  place and skipped by consumers.
-* Every wait parks a plain future in a ``ParkingLot`` and awaits it inline.
-* ``FlowEvent``s are built only when ``Hooks.observed(level)`` says someone listens.
+  costs O(items of t), not O(queue length): purged entries are skipped in place.
+* Every wait parks a plain future in a ``ParkingLot`` and awaits it inline, and
+  ``FlowEvent``s are built only when ``Hooks.observed(level)`` says someone listens.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from ._chunks import StreamCounters
 from ._context import Ending, KernelPort, wired_context
@@ -67,9 +66,11 @@ from .errors import (
     FlowStoppedError,
     TraceCancelled,
 )
-from .middlewares import Middleware
 from .node import Node
 from .types import Message, StreamChunk
+
+if TYPE_CHECKING:
+    from .middlewares import Middleware
 
 __all__ = ["DEFAULT_QUEUE_MAXSIZE", "PenguiFlow", "PlaybookFactory", "call_playbook", "create"]
 
