@@ -58,14 +58,13 @@ from .types import (
     FinalAnswer as FinalAnswer,
     Headers as Headers,
     Message as Message,
-    PlanStep as PlanStep,
     StreamChunk as StreamChunk,
-    Thought as Thought,
 )
 
 if TYPE_CHECKING:  # core names loaded on first use (``_DEFERRED`` below)
     from .middlewares import Middleware as Middleware
     from .registry import ModelRegistry as ModelRegistry
+    from .types import PlanStep as PlanStep, Thought as Thought
 
 if TYPE_CHECKING:
     # What type checkers see: each add-on's ``__all__`` (the names in ``_ADDONS`` below).
@@ -168,6 +167,8 @@ def _read_by_from_import() -> bool:
 _DEFERRED: dict[str, str] = {
     "Middleware": "penguiflow.middlewares",
     "ModelRegistry": "penguiflow.registry",
+    "PlanStep": "penguiflow.types",
+    "Thought": "penguiflow.types",
 }
 
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import os
 import random
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .clock import wall_time
+
+if TYPE_CHECKING:
+    from ._planning import PlanStep, Thought
 
 __all__ = ["FinalAnswer", "Headers", "Message", "PlanStep", "StreamChunk", "Thought", "WM"]
 
@@ -133,32 +136,6 @@ class StreamChunk(BaseModel):
     """The node that emitted the chunk (``None`` for chunks emitted from outside a flow)."""
 
 
-class PlanStep(BaseModel):
-    """One step a controller plans to take (plain data)."""
-
-    model_config = _DEFERRED
-
-    kind: Literal["retrieve", "web", "sql", "summarize", "route", "stop"]
-    """What kind of step."""
-    args: dict[str, Any] = Field(default_factory=dict)
-    """Arguments of the step."""
-    max_concurrency: int = 1
-    """How many of these may run at once."""
-
-
-class Thought(BaseModel):
-    """A controller's intermediate reasoning (plain data)."""
-
-    model_config = _DEFERRED
-
-    steps: list[PlanStep]
-    """Planned steps."""
-    rationale: str
-    """Why."""
-    done: bool = False
-    """True when the controller is ready to answer."""
-
-
 class WM(BaseModel):
     """Working memory of a controller loop; the runtime counts hops and enforces budgets."""
 
@@ -189,3 +166,15 @@ class FinalAnswer(BaseModel):
     """The answer."""
     citations: list[str] = Field(default_factory=list)
     """Sources."""
+
+
+if not TYPE_CHECKING:
+    # ``PlanStep`` and ``Thought`` are plain data the runtime never uses: their classes
+    # are built on first use, which keeps them out of ``import penguiflow``.
+    def __getattr__(name: str) -> Any:
+        if name in ("PlanStep", "Thought"):
+            from ._planning import PlanStep, Thought
+
+            globals().update(PlanStep=PlanStep, Thought=Thought)
+            return globals()[name]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
