@@ -169,8 +169,10 @@ async def hop_a(msg: Message, ctx: Context) -> Message:
 
 
 async def hop_b(msg: Message, ctx: Context) -> Message:
-    """``wait...`` waits until cancelled, ``fail...`` raises; anything else passes."""
+    """``wait...`` waits until cancelled, ``fail...`` raises, ``die...`` ends the process."""
     text = str(msg.payload)
+    if text.startswith("die"):
+        os._exit(17)
     if text.startswith("wait"):
         await wait_forever(msg, ctx)
     if text.startswith("fail"):

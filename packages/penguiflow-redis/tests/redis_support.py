@@ -43,7 +43,9 @@ class Workers:
             args += ["--name", name]
         args += extra
         env = {**os.environ, "PROBE_URL": self.url, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen(args, cwd=HERE, env=env, stderr=subprocess.PIPE)
+        # SHOW_WORKERS=1 pytest -s ... shows the workers' logs (hidden by default).
+        stderr = None if os.environ.get("SHOW_WORKERS") else subprocess.PIPE
+        proc = subprocess.Popen(args, cwd=HERE, env=env, stderr=stderr)
         self.procs.append(proc)
         return proc
 

@@ -182,6 +182,24 @@ async def test_sigterm_hands_items_back_to_the_node_stream(
     await eventually(lambda: settled(redis, prefix, ["hop_b"]), what="Redis to be clean")
 
 
+async def test_an_item_that_kills_its_node_worker_is_dead_lettered_naming_the_node(
+    redis_url: str, prefix: str, workers: Workers, redis: Redis
+) -> None:
+    limit = ["--max-deliveries", "1"]
+    workers.start("hops", extra=nodes("hop_a", "hop_c"))
+    first = workers.start("hops", claim_idle=0.3, extra=[*nodes("hop_b"), *limit])
+    second = workers.start("hops", claim_idle=0.3, extra=[*nodes("hop_b"), *limit])
+    flow, _ = redis_flows.hops()
+    async with connect(flow, redis_url, prefix=prefix) as client:
+        with pytest.raises(FlowError) as caught:
+            await client.invoke(message("die"), timeout=20)
+    assert (caught.value.code, caught.value.node_name) == ("DELIVERY_LIMIT", "hop_b")
+    assert "the item for node 'hop_b' was delivered 1 times" in str(caught.value)
+    assert sorted(p.poll() is None for p in (first, second)) == [False, True]
+    assert await redis.xlen(f"{prefix}:dead") == 1
+    await eventually(lambda: settled(redis, prefix, ["hop_b"]), what="Redis to be clean")
+
+
 async def test_a_request_whose_next_node_has_no_worker_ends_by_its_timeout_or_deadline(
     redis_url: str, prefix: str, workers: Workers
 ) -> None:

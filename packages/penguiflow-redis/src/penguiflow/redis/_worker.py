@@ -236,6 +236,7 @@ class _Worker:
         self._room = asyncio.Event()
         self._room.set()
         self._stopping = False
+        self._halt = asyncio.Event()  # ends the maintenance loop (after the drain)
         self._lease_s = max(1, round(3 * settings.claim_idle_s))
         self._hand_back = redis.register_script(_HAND_BACK)
         self._bury = redis.register_script(_BURY)
@@ -270,10 +271,9 @@ class _Worker:
         pubsub = redis.pubsub()
         await pubsub.subscribe(keys.cancel_channel)
         self._start_flow()
-        background = [
-            asyncio.create_task(self._listen(pubsub), name="penguiflow.redis:cancels"),
-            asyncio.create_task(self._maintain(), name="penguiflow.redis:maintain"),
-        ]
+        listener = asyncio.create_task(self._listen(pubsub), name="penguiflow.redis:cancels")
+        maintainer = asyncio.create_task(self._maintain(), name="penguiflow.redis:maintain")
+        background = [listener, maintainer]
         reader = asyncio.create_task(self._read(), name="penguiflow.redis:read")
         stopping = asyncio.create_task(stop.wait())
         failed: BaseException | None = None
@@ -292,8 +292,13 @@ class _Worker:
             self._room.set()
             await stop_task(reader, _BLOCK_S + 2)
             await self._drain()
+            # Leases are renewed until here. A cancel that lands in a Redis read can be
+            # lost, so the maintenance loop ends on a flag, and the listener's connection
+            # is closed under it if the cancel does not end it.
+            self._halt.set()
+            listener.cancel()
             for task in background:
-                await _cancel_and_wait(task)
+                await stop_task(task, _BLOCK_S + 2)
             await pubsub.aclose()
             await self._stop_flow()
             for stream in self._streams:
@@ -507,8 +512,12 @@ class _Worker:
         every = self._settings.claim_idle_s / 3
         forget_idle_ms = int(max(60.0, 10 * self._settings.claim_idle_s) * 1000)
         rounds = 0
-        while True:
-            await asyncio.sleep(every)
+        while not self._halt.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(every):
+                    await self._halt.wait()
+            if self._halt.is_set():
+                return
             held = list(self._held.values())
             if held:
                 async with redis.pipeline(transaction=False) as pipe:
@@ -670,21 +679,20 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-async def _cancel_and_wait(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 async def stop_task(task: asyncio.Task[Any], timeout: float) -> None:
     """Wait for a task told to end; cancel it if it has not ended after ``timeout``.
 
-    Its own failure is logged, not raised: it is stopping anyway.
+    A cancel that lands in a Redis read can be lost; a task still running ``timeout``
+    after its cancel is left behind (closing its connection ends it). Its own failure is
+    logged, not raised: it is stopping anyway.
     """
     await asyncio.wait([task], timeout=timeout)
     if not task.done():
         task.cancel()
-        await asyncio.wait([task])
+        await asyncio.wait([task], timeout=timeout)
+        if not task.done():
+            logger.warning("%s did not stop; closing its connection", task.get_name())
+            return
     if not task.cancelled() and task.exception() is not None:
         logger.warning("%s ended with %r", task.get_name(), task.exception())
 
