@@ -84,6 +84,37 @@ async def test_results_are_object_unless_expected() -> None:
         await flow.stop()
 
 
+async def test_stream_results_are_object_unless_expected() -> None:
+    """penguiflow-streaming: a stream's result (a payload) is typed like core's results."""
+    from penguiflow.streaming import FlowStream, StreamResult, open_stream
+    from penguiflow.types import StreamChunk
+
+    flow = create(Node(passthrough).to())
+    flow.run()
+    try:
+        message = Message(payload=Question(text="q"), headers=Headers(tenant="t"))
+        async with open_stream(flow, message) as stream:
+            assert_type(stream, FlowStream[object])
+            assert_type(stream.results, list[object])
+            assert_type(await stream.result(), object | None)
+        bare: FlowStream = stream  # a bare FlowStream is FlowStream[object]
+        assert bare is stream
+        again = Message(payload=Question(text="q"), headers=Headers(tenant="t"))
+        async with open_stream(flow, again, expect=Question) as typed:
+            assert_type(typed, FlowStream[Question])
+            async for event in typed.events():
+                assert_type(event, StreamChunk | StreamResult[Question])
+                if isinstance(event, StreamResult):
+                    assert_type(event.value, Question)
+                    assert_type(event.item, object)
+                    widened: StreamResult = event  # StreamResult[object]: covariant
+                    assert widened.value == Question(text="q")
+            assert_type(typed.results, list[Question])
+            assert_type(await typed.result(), Question | None)
+    finally:
+        await flow.stop()
+
+
 def test_shapes() -> None:
     node = Node(answer)
     declare_shape(node, lambda incoming, successor: incoming, routes=True)

@@ -14,6 +14,7 @@ from penguiflow.errors import (
     FlowNotRunningError,
     FlowRuntimeError,
     FlowStoppedError,
+    FlowTypeError,
     TraceCancelled,
 )
 from penguiflow.node import Node, NodePolicy
@@ -53,7 +54,7 @@ def llm_node(tokens: list[str], name: str = "llm") -> Node:
 async def test_chunks_in_order_then_the_result(kit: type[Kit], running: Start) -> None:
     flow = running(create(llm_node(["a", "b", "c"]).to()))
     msg = kit.message()
-    async with open_stream(flow, msg) as stream:
+    async with open_stream(flow, msg, expect=FinalAnswer) as stream:
         chunks = [c async for c in stream]
         result = await stream.result()
     assert [c.text for c in chunks] == ["a", "b", "c", ""]
@@ -124,8 +125,8 @@ async def test_only_this_trace_while_others_run(kit: type[Kit], running: Start) 
     node = Node(llm, name="llm", policy=NodePolicy(max_concurrency=2))
     flow = running(create(node.to()))
 
-    async def consume(name: str) -> tuple[list[str], Any]:
-        async with open_stream(flow, kit.message(name)) as stream:
+    async def consume(name: str) -> tuple[list[str], FinalAnswer | None]:
+        async with open_stream(flow, kit.message(name), expect=FinalAnswer) as stream:
             texts = [c.text async for c in stream]
             return texts, await stream.result()
 
@@ -519,3 +520,50 @@ async def test_an_idle_timeout_loses_nothing(kit: type[Kit], running: Start) -> 
     late, result = rest
     assert isinstance(late, StreamChunk) and (late.text, late.seq) == ("late", 1)
     assert isinstance(result, StreamResult) and result.value == FinalAnswer(text="done")
+
+
+async def test_expect_types_the_result_and_checks_it(kit: type[Kit], running: Start) -> None:
+    flow = running(create(llm_node(["a"]).to()))
+    async with open_stream(flow, kit.message(), expect=FinalAnswer) as stream:
+        events = [e async for e in stream.events()]
+    result = events[-1]
+    assert isinstance(result, StreamResult)
+    assert result.value == FinalAnswer(text="a")  # the payload, checked on arrival
+    assert isinstance(result.item, Message)
+    assert stream.results == [FinalAnswer(text="a")]
+    assert stream.ended == "drained"
+
+
+@pytest.mark.parametrize(
+    ("expect", "hint"),
+    [
+        (
+            Message,
+            "a stream's result is the payload of the Message that reached Rookery: "
+            "pass expect=FinalAnswer",
+        ),
+        (
+            StreamChunk,
+            "the flow's exit node returned a Message whose payload is FinalAnswer: "
+            "pass expect=FinalAnswer or fix the node",
+        ),
+    ],
+)
+async def test_a_result_that_is_not_expected_raises_flow_type_error(
+    kit: type[Kit], running: Start, expect: type[object], hint: str
+) -> None:
+    flow = running(create(llm_node(["a"]).to()))
+    msg = kit.message()
+    async with open_stream(flow, msg, expect=expect) as stream:
+        assert (await anext(stream)).text == "a"
+        with pytest.raises(FlowTypeError) as info:
+            await stream.result()
+        assert stream.ended == "failed"
+        with pytest.raises(StopAsyncIteration):  # the stream has ended
+            await anext(stream)
+    assert str(info.value) == (
+        f"trace {msg.trace_id}: expected a result of type {expect.__qualname__}, "
+        f"got FinalAnswer; {hint}"
+    )
+    assert stream.results == []
+    assert flow.inspect().is_quiescent

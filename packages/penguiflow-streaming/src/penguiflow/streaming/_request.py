@@ -7,42 +7,45 @@ by the flow's ``queue_maxsize``, so a consumer that reads slowly back-pressures 
 producing node instead of letting output pile up. Leaving the ``async with`` early (a client that
 went away) cancels the trace, and that cleanup runs even if the leaving task is itself
 being cancelled.
+
+The result is typed ``object`` (as core's ``flow.request`` types it), or, with
+``open_stream(flow, message, expect=Model)``, ``Model``: checked when it arrives.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Any, final
+from typing import Generic, final
 
 from penguiflow.core import PenguiFlow
 from penguiflow.node import Node
 from penguiflow.types import Message, StreamChunk
 
 from ._paths import require_message
-from ._source import StreamEnd, StreamResult, TraceSource
+from ._source import ResultT, StreamEnd, StreamResult, TraceSource
 
 __all__ = ["FlowStream", "StreamEnd", "StreamResult", "open_stream"]
 
 
 @final
-class _Events:
+class _Events(Generic[ResultT]):
     """``stream.events()``: chunks and results, in arrival order."""
 
     __slots__ = ("_stream",)
 
-    def __init__(self, stream: FlowStream) -> None:
+    def __init__(self, stream: FlowStream[ResultT]) -> None:
         self._stream = stream
 
-    def __aiter__(self) -> _Events:
+    def __aiter__(self) -> _Events[ResultT]:
         return self
 
-    async def __anext__(self) -> StreamChunk | StreamResult:
+    async def __anext__(self) -> StreamChunk | StreamResult[ResultT]:
         return await self._stream._next_event()
 
 
 @final
-class FlowStream:
+class FlowStream(Generic[ResultT]):
     """The output of one request (one trace) of a running flow.
 
     Create it with :func:`open_stream` and use it as an async context manager:
@@ -53,6 +56,12 @@ class FlowStream:
             print(chunk.text, end="")
         answer = await stream.result()      # the final non-chunk payload, or None
     ```
+
+    The result is typed ``object``: a ``FlowStream`` is a ``FlowStream[object]``. Open it
+    with ``expect=Model`` to get a ``FlowStream[Model]``: its result (``result()``,
+    :attr:`results`, ``StreamResult.value``) is typed ``Model`` and checked when it
+    arrives; a payload that is not a ``Model`` raises ``FlowTypeError`` (naming both
+    types and the trace id) and ends the stream as ``"failed"``.
 
     Iterating the stream yields the trace's ``StreamChunk`` objects; the trace's result
     (the first non-chunk item that reaches Rookery) is kept in :attr:`results` and ends
@@ -84,11 +93,12 @@ class FlowStream:
         to: Node | Sequence[Node] | None = None,
         idle_timeout: float | None = None,
         cancel_on_exit: bool = True,
+        expect: type[ResultT] | None = None,
     ) -> None:
-        self._source = TraceSource(flow, message, to=to)
+        self._source: TraceSource[ResultT] = TraceSource(flow, message, to=to, expect=expect)
         self._idle_timeout = idle_timeout
         self._cancel_on_exit = cancel_on_exit
-        self.results: list[Any] = []
+        self.results: list[ResultT] = []
         """The result's payload once it arrived (a one-item list), else empty."""
 
     @property
@@ -124,7 +134,7 @@ class FlowStream:
         """
         await self._source.start("open_stream")
 
-    def __aiter__(self) -> FlowStream:
+    def __aiter__(self) -> FlowStream[ResultT]:
         return self
 
     async def __anext__(self) -> StreamChunk:
@@ -133,19 +143,24 @@ class FlowStream:
             if isinstance(event, StreamChunk):
                 return event
 
-    def events(self) -> AsyncIterator[StreamChunk | StreamResult]:
+    def events(self) -> AsyncIterator[StreamChunk | StreamResult[ResultT]]:
         """Iterate chunks and results of the trace in arrival order."""
         return _Events(self)
 
-    async def result(self) -> Any:
+    async def result(self) -> ResultT | None:
         """Consume what is left of the trace and return its result's payload.
 
         Chunks not read yet are discarded. Returns ``None`` if the trace produced no
         non-chunk item.
 
+        Returns:
+            The payload, typed ``object`` or the stream's ``expect=`` class (or ``None``).
+
         Raises:
             FlowError: A node gave up on the request, or it ended with no output at
                 all (``code="NO_RESULT"``).
+            FlowTypeError: The stream was opened with ``expect=`` and the payload is not
+                an instance of it.
             TraceCancelled: The trace was cancelled by someone else.
             FlowStoppedError: The flow stopped before the trace finished.
             TimeoutError: Nothing arrived within ``idle_timeout``.
@@ -162,7 +177,7 @@ class FlowStream:
         """
         return await self._source.cancel()
 
-    async def _next_event(self) -> StreamChunk | StreamResult:
+    async def _next_event(self) -> StreamChunk | StreamResult[ResultT]:
         event = await self._source.next(self._idle_timeout)
         if isinstance(event, StreamResult):
             self.results.append(event.value)
@@ -176,7 +191,7 @@ class FlowStream:
         """
         await self._source.aclose(cancel=self._cancel_on_exit)
 
-    async def __aenter__(self) -> FlowStream:
+    async def __aenter__(self) -> FlowStream[ResultT]:
         await self.start()
         return self
 
@@ -196,7 +211,8 @@ def open_stream(
     to: Node | Sequence[Node] | None = None,
     idle_timeout: float | None = None,
     cancel_on_exit: bool = True,
-) -> FlowStream:
+    expect: type[ResultT] | None = None,
+) -> FlowStream[ResultT]:
     """Return the stream of one request; ``async with`` it to emit and follow the trace.
 
     Args:
@@ -206,9 +222,12 @@ def open_stream(
         to: Ingress node(s) to emit to (default: every ingress node).
         idle_timeout: Longest wait for the next item, in seconds (``None``: no limit).
         cancel_on_exit: Cancel the trace when the stream is left before it finished.
+        expect: The class of the result's payload, if known: the stream is then a
+            ``FlowStream[expect]`` and a payload of another type raises
+            ``FlowTypeError``. Without it the result is typed ``object``, unchecked.
 
     Returns:
-        The unstarted :class:`FlowStream`.
+        The unstarted :class:`FlowStream` (``FlowStream[object]`` without ``expect``).
 
     Raises:
         TypeError: ``message`` is not a ``Message``.
@@ -219,4 +238,5 @@ def open_stream(
         to=to,
         idle_timeout=idle_timeout,
         cancel_on_exit=cancel_on_exit,
+        expect=expect,
     )

@@ -10,6 +10,11 @@ from the moment it enters the flow to its single outcome, so a node that gives u
 as a typed ``penguiflow.errors.FlowError`` whatever ``emit_errors_to_rookery`` says, and
 the reason a stream ended is the handle's ``state``. Its ``next_chunk()`` is safe to
 cancel, which is what idle timeouts and keep-alive pings rely on.
+
+A result is typed ``object``, like core's: what reaches Rookery depends on the graph.
+``expect=Model`` types it as ``Model`` and checks it when it arrives; a stream's result
+is the payload (not the ``Message`` around it), so that is what ``expect`` is checked
+against, and a mismatch raises core's ``FlowTypeError``.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Literal, final
+from typing import TYPE_CHECKING, Generic, Literal, cast, final
 
 from penguiflow.core import PenguiFlow, Request, RequestState
-from penguiflow.errors import FlowError, FlowStoppedError, TraceCancelled
+from penguiflow.errors import FlowError, FlowStoppedError, FlowTypeError, TraceCancelled
 from penguiflow.node import Node
 from penguiflow.types import Message, StreamChunk
 
@@ -29,12 +34,29 @@ from ._errors import StreamingUsageError
 from ._paths import check_running, check_streaming_path
 from ._shield import finish
 
-__all__ = ["StreamEnd", "StreamResult", "TraceSource"]
+if TYPE_CHECKING:
+    # Type checkers read the PEP 696 defaults below (as core's ``Node`` does); at run time
+    # they change nothing, so the package needs no dependency beyond core and pydantic.
+    from typing_extensions import TypeVar
+else:
+    from typing import TypeVar as _TypeVar
+
+    def TypeVar(name: str, *, covariant: bool = False, default: object = None) -> object:
+        return _TypeVar(name, covariant=covariant)
+
+
+__all__ = ["ResultT", "ResultT_co", "StreamEnd", "StreamResult", "TraceSource"]
+
+# Defaults keep a bare ``FlowStream`` / ``StreamResult`` meaning ``...[object]``.
+ResultT = TypeVar("ResultT", default=object)
+"""A stream's result type: ``object``, or the class given as ``expect=``."""
+ResultT_co = TypeVar("ResultT_co", covariant=True, default=object)
 
 StreamEnd = Literal["drained", "cancelled", "failed", "stopped", "closed"]
 """Why a stream ended: the trace finished (``drained``), was cancelled, a node gave up
-or the trace ended with no output at all (``failed``), the flow stopped, or the stream
-was closed before the trace finished (``closed``)."""
+or the trace ended with no output at all or its result was not an ``expect=`` instance
+(``failed``), the flow stopped, or the stream was closed before the trace finished
+(``closed``)."""
 
 _ENDS: dict[RequestState, StreamEnd] = {
     "pending": "closed",
@@ -51,17 +73,44 @@ _released: set[asyncio.Task[None]] = set()
 
 @final
 @dataclasses.dataclass(frozen=True, slots=True)
-class StreamResult:
-    """The item of the trace that reached Rookery as its outcome (normally the answer)."""
+class StreamResult(Generic[ResultT_co]):
+    """The item of the trace that reached Rookery as its outcome (normally the answer).
 
-    value: Any
-    """The payload (``item.payload`` for a ``Message``, else the item itself)."""
-    item: Any
+    ``StreamResult[object]`` (a bare ``StreamResult``), or ``StreamResult[Model]`` from a
+    stream opened with ``expect=Model``.
+    """
+
+    value: ResultT_co
+    """The payload (``item.payload`` for a ``Message``, else the item itself); typed
+    ``object``, or the stream's ``expect=`` class (checked)."""
+    item: object
     """The item exactly as it reached Rookery."""
 
 
+def check_payload(value: object, item: object, expect: type[ResultT], trace_id: str) -> ResultT:
+    """Return ``value`` if it is an ``expect``; raise ``FlowTypeError`` saying why not."""
+    if isinstance(value, expect):
+        return value
+    expected, actual = expect.__qualname__, type(value).__qualname__
+    if value is item:
+        fix = f"the flow's exit node returned {actual}: pass expect={actual} or fix the node"
+    elif isinstance(item, expect):
+        fix = (
+            f"a stream's result is the payload of the {type(item).__qualname__} that reached "
+            f"Rookery: pass expect={actual}"
+        )
+    else:
+        fix = (
+            f"the flow's exit node returned a {type(item).__qualname__} whose payload is "
+            f"{actual}: pass expect={actual} or fix the node"
+        )
+    raise FlowTypeError(
+        f"trace {trace_id}: expected a result of type {expected}, got {actual}; {fix}"
+    )
+
+
 @final
-class TraceSource:
+class TraceSource(Generic[ResultT]):
     """One request's output: emit it, then read its chunks and result until it ends.
 
     ``next()`` returns a ``StreamChunk`` or the :class:`StreamResult`, and ends with:
@@ -70,6 +119,8 @@ class TraceSource:
       when it had no result), or this source cancelled it;
     - ``FlowError``: a node gave up on the request, or the trace ended with no output at
       all (``code="NO_RESULT"``, naming the node that dropped it); ``ended == "failed"``;
+    - ``FlowTypeError``: the result's payload is not an instance of ``expect``;
+      ``ended == "failed"``;
     - ``TraceCancelled``: someone else cancelled the trace;
     - ``FlowStoppedError``: the flow stopped;
     - ``TimeoutError``: nothing arrived within the ``timeout`` given to that call (the
@@ -79,6 +130,7 @@ class TraceSource:
     __slots__ = (
         "_cancelling",
         "_closed",
+        "_expect",
         "_flow",
         "_message",
         "_outputs",
@@ -89,11 +141,17 @@ class TraceSource:
     )
 
     def __init__(
-        self, flow: PenguiFlow, message: Message, *, to: Node | Sequence[Node] | None = None
+        self,
+        flow: PenguiFlow,
+        message: Message,
+        *,
+        to: Node | Sequence[Node] | None = None,
+        expect: type[ResultT] | None = None,
     ) -> None:
         self._flow = flow
         self._message = message
         self._to = to
+        self._expect = expect
         self._req: Request[object] | None = None
         self._closed = False
         self._cancelling = False
@@ -143,7 +201,7 @@ class TraceSource:
             raise
         self._req = req
 
-    async def next(self, timeout: float | None = None) -> StreamChunk | StreamResult:
+    async def next(self, timeout: float | None = None) -> StreamChunk | StreamResult[ResultT]:
         """Return the trace's next chunk or its result (see the class docstring for the ends).
 
         Raises:
@@ -166,7 +224,7 @@ class TraceSource:
             return chunk
         return await self._outcome(req)
 
-    async def _outcome(self, req: Request[object]) -> StreamResult:
+    async def _outcome(self, req: Request[object]) -> StreamResult[ResultT]:
         """The request has its outcome: hand out the result once, or end the stream."""
         try:
             item = await req.result()  # known already: returns or raises at once
@@ -191,8 +249,14 @@ class TraceSource:
             self.ended = "drained"
             raise StopAsyncIteration
         self._result_sent = True
-        payload = item.payload if isinstance(item, Message) else item
-        return StreamResult(payload, item)
+        payload: object = item.payload if isinstance(item, Message) else item
+        if self._expect is None:
+            return StreamResult(cast(ResultT, payload), item)  # ResultT is object here
+        try:
+            return StreamResult(check_payload(payload, item, self._expect, self.trace_id), item)
+        except FlowTypeError:
+            self.ended = "failed"
+            raise
 
     async def cancel(self) -> bool:
         """Cancel the trace now; ``next()`` then ends quietly.
