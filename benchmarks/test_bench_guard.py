@@ -1,19 +1,29 @@
-"""CI guard: fail on a large hot-path regression, never on noise.
+"""CI guard: fail on a 30% regression of any scenario's ratio, never on noise.
 
-Runs a few small scenarios in this process, ours and the pydantic-envelope asyncio
-baseline (``raw-pyd``) interleaved in the same run, and compares the best throughput of
-each side. The floor is far below the README targets (0.5, 0.3 with a middleware),
-so only a real regression (an extra task per message, events built when nobody listens,
-validation on ``validate="none"``...) can turn CI red. Every measured run also checks its
-own results: a wrong, missing or duplicated result fails the test outright.
+Every scenario of the benchmark runs in this process, ours and the pydantic-envelope
+asyncio baseline (``raw-pyd``) interleaved in the same run, and the best throughput of
+each side gives the ratio ours / raw-pyd. Each scenario has its own floor: 70% of the
+ratio it reaches on the reference machine (``REFERENCE`` below), so a change that makes
+any scenario 30% slower turns CI red, wherever the README target stands.
 
-Takes a few seconds; no sleeps. The full benchmark is ``python benchmarks/run.py``.
+Noise never does: the ratio is taken within one run (both sides see the same machine
+load), as the best of ``ROUNDS`` interleaved rounds per side, and a scenario under its
+floor is measured again, up to ``ATTEMPTS`` times; only a ratio that stays under the
+floor fails. Every measured run also checks its own results: a wrong, missing or
+duplicated result fails the test outright.
+
+Takes about half a minute; no sleeps. The full benchmark is ``python benchmarks/run.py``;
+``python benchmarks/test_bench_guard.py`` prints this guard's ratios, to recalibrate
+``REFERENCE`` after a deliberate change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,11 +32,47 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 
-# Ratio ours / raw-pyd below which the guard fails; the README targets are >= 0.5.
-FLOOR = 0.15
-ROUNDS = 2  # interleaved rounds per side; the best of each side is compared
+# ours / raw-pyd as this guard measures it (sizes below, best of ROUNDS) on the reference
+# machine (2 cores, Python 3.11, asyncio loop), median of three guard runs.
+REFERENCE: dict[str, float] = {
+    "chain_seq": 0.96,
+    "chain_pipe": 0.87,
+    "chain_pipe_mw": 0.4,
+    "chain_validated_pipe": 0.83,
+    "quickstart_pipe": 1.11,
+    "fanout_join_pipe": 0.51,
+    "controller_seq": 1.01,
+    "controller_w16": 1.05,
+    "controller_emit_w16": 1.02,
+    "streaming": 0.79,
+    "playbook": 0.53,
+    "concurrency_1k": 0.91,
+    "concurrency_10k": 0.89,
+    "retry0": 0.99,
+    "invoke_1k": 0.59,
+}
+REGRESSION = 0.30  # a scenario this much slower than its reference fails
+ROUNDS = 3  # interleaved rounds per side; the best of each side is compared
+ATTEMPTS = 3  # a scenario under its floor is measured again this many times in all
 MIN_TIME = 0.1  # measured seconds per run (one batch is usually enough)
-SIZES = {"chain_pipe": 2000, "controller_w16": 4000, "streaming": 4000}
+# Smaller batches than the full benchmark: the guard must stay quick.
+SIZES: dict[str, int] = {
+    "chain_seq": 2000,
+    "chain_pipe": 4000,
+    "chain_pipe_mw": 4000,
+    "chain_validated_pipe": 4000,
+    "quickstart_pipe": 4000,
+    "fanout_join_pipe": 2000,
+    "controller_seq": 4000,
+    "controller_w16": 8000,
+    "controller_emit_w16": 8000,
+    "streaming": 8000,
+    "playbook": 1000,
+    "concurrency_1k": 1000,
+    "concurrency_10k": 10000,
+    "retry0": 2000,
+    "invoke_1k": 1000,
+}
 
 
 def _load(name: str, filename: str) -> ModuleType:
@@ -43,8 +89,9 @@ def _load(name: str, filename: str) -> ModuleType:
     return module
 
 
-@pytest.fixture(scope="module")
-def sides() -> Any:
+@contextlib.contextmanager
+def loaded() -> Iterator[Any]:
+    """(harness, ours, raw-pyd baseline), with the guard's measuring time and quiet logs."""
     ours = _load("_pf_bench_scenarios", "scenarios.py")
     base = _load("_pf_bench_baseline", "baseline.py")
     harness = sys.modules["_harness"]
@@ -56,9 +103,13 @@ def sides() -> Any:
         yield harness, ours, base
     finally:
         harness.MIN_TIME = old_min_time
-        import logging
-
         logging.getLogger("penguiflow").setLevel(old_level)
+
+
+@pytest.fixture(scope="module")
+def sides() -> Iterator[Any]:
+    with loaded() as state:
+        yield state
 
 
 def test_same_scenarios_on_both_sides(sides: Any) -> None:
@@ -67,17 +118,40 @@ def test_same_scenarios_on_both_sides(sides: Any) -> None:
     assert sorted(base.REG.scenarios) == sorted(harness.ORDER)
 
 
-@pytest.mark.parametrize("scenario", list(SIZES))
-def test_no_large_regression(sides: Any, scenario: str) -> None:
+def measure(sides: Any, scenario: str) -> tuple[float, dict[str, float]]:
+    """The ratio ours / raw-pyd of one scenario: best of ``ROUNDS`` interleaved runs."""
     harness, ours, base = sides
     n = SIZES[scenario]
     best = {"ours": 0.0, "raw-pyd": 0.0}
     for _ in range(ROUNDS):
         for label, module in (("ours", ours), ("raw-pyd", base)):
-            res = harness.run_scenario(module.REG.scenarios[scenario], n, timeout=30.0)
+            res = harness.run_scenario(module.REG.scenarios[scenario], n, timeout=60.0)
             best[label] = max(best[label], res["per_sec"])
-    ratio = best["ours"] / best["raw-pyd"]
-    assert ratio >= FLOOR, (
-        f"{scenario}: ours {best['ours']:,.0f}/s vs raw-pyd {best['raw-pyd']:,.0f}/s "
-        f"= {ratio:.2f} < {FLOOR} (target 0.5): a hot-path regression?"
+    return best["ours"] / best["raw-pyd"], best
+
+
+def test_every_scenario_has_a_reference() -> None:
+    assert sorted(REFERENCE) == sorted(SIZES)
+
+
+@pytest.mark.parametrize("scenario", list(SIZES))
+def test_no_regression_beyond_30_percent(sides: Any, scenario: str) -> None:
+    floor = REFERENCE[scenario] * (1.0 - REGRESSION)
+    seen = []
+    for _ in range(ATTEMPTS):
+        ratio, best = measure(sides, scenario)
+        seen.append(ratio)
+        if ratio >= floor:
+            return
+    pytest.fail(
+        f"{scenario}: ours / raw-pyd = {', '.join(f'{r:.2f}' for r in seen)} over "
+        f"{ATTEMPTS} measurements, under its floor {floor:.2f} (reference "
+        f"{REFERENCE[scenario]:.2f}, less {REGRESSION:.0%}); last: ours "
+        f"{best['ours']:,.0f}/s, raw-pyd {best['raw-pyd']:,.0f}/s. A hot-path regression?"
     )
+
+
+if __name__ == "__main__":  # recalibrate: print this guard's ratios, one line each
+    with loaded() as state:
+        for name in SIZES:
+            print(f"{name:22s} {measure(state, name)[0]:.3f}", flush=True)
