@@ -357,6 +357,10 @@ class Ports:
         return f"Unknown target {target} for {me.name}: node {target!r} {hint}"
 
 
+def _stopped() -> FlowStoppedError:
+    return FlowStoppedError("the flow was stopped; call run() before using it again")
+
+
 def wake_stopped(rookery: Ports, opensea: Ports, traces: Iterable[Trace]) -> None:
     """The flow stopped: wake everyone blocked on it from outside with ``FlowStoppedError``.
 
@@ -364,15 +368,14 @@ def wake_stopped(rookery: Ports, opensea: Ports, traces: Iterable[Trace]) -> Non
     ``emit_chunk`` (a trace's chunk capacity); callers of ``wait_ended`` just return.
     """
 
-    def stopped() -> FlowStoppedError:
-        return FlowStoppedError("the flow was stopped; call run() before using it again")
-
-    rookery.inbox.waiters.unpark_all(stopped)
+    if rookery.inbox.waiters:
+        rookery.inbox.waiters.unpark_all(_stopped)
     for floe in opensea.outs:
-        floe.putters.unpark_all(stopped)
+        if floe.putters:
+            floe.putters.unpark_all(_stopped)
     for trace in traces:
         if trace.waiters is not None:
-            trace.waiters.unpark_all(stopped)
+            trace.waiters.unpark_all(_stopped)
             trace.waiters = None
         if trace.ended is not None:
             trace.ended.unpark_all()
