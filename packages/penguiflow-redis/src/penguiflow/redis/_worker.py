@@ -286,10 +286,13 @@ class _Worker:
                     failed = task.exception()
         finally:
             stopping.cancel()
-            # The reader ends after its current blocking read (at most _BLOCK_S): a cancel
-            # that meets redis-py's read timeout can be lost, so it is only the fallback.
+            # The reader is cancelled at once; entries a cut-short read gave this worker
+            # are pending under its name and handed back below. A cancel that meets
+            # redis-py's read timeout can be lost: then the reader ends after its current
+            # blocking read (at most _BLOCK_S), seeing the flag.
             self._stopping = True
             self._room.set()
+            reader.cancel()
             await stop_task(reader, _BLOCK_S + 2)
             await self._drain()
             # Leases are renewed until here. A cancel that lands in a Redis read can be
