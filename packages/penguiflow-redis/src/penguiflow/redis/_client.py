@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 from collections.abc import AsyncIterator
 from typing import Any, Final, Generic, TypeVar, final, overload
 
+from penguiflow.clock import wall_time
 from penguiflow.core import DEADLINE_EXCEEDED_TEXT, PenguiFlow, RequestState, trace_id_of
 from penguiflow.errors import FlowRuntimeError, FlowStoppedError, FlowTypeError, TraceCancelled
 from penguiflow.registry import ModelRegistry
@@ -400,7 +400,7 @@ class RemoteRequest(Generic[T]):
         if deadline is None:
             kind, fields = await self._inbox.get()
         else:
-            left = deadline + DEADLINE_GRACE_S - time.time()
+            left = deadline + DEADLINE_GRACE_S - wall_time()
             try:
                 async with asyncio.timeout(max(left, 0.0)):
                     kind, fields = await self._inbox.get()
