@@ -25,14 +25,19 @@ from redis.exceptions import RedisError
 from ._batch import Batcher
 from ._codec import Codec, decode_error, local_error
 from ._keys import DEFAULT_PREFIX, Keys
-from ._worker import LIVE_TTL_S, REPLY_TTL_S, ensure_group, open_redis, stop_task
+from ._worker import (
+    CANCEL_TTL_S,
+    LIVE_TTL_S,
+    REPLY_TTL_S,
+    ensure_group,
+    open_redis,
+    stop_task,
+)
 
 __all__ = ["Client", "RemoteRequest", "connect"]
 
 T = TypeVar("T")
 
-CANCEL_TTL_S: Final = 600
-"""How long a cancel waits for a worker to pick its request up (then it is forgotten)."""
 DEADLINE_GRACE_S: Final = 2.0
 """How long after a message's ``deadline_s`` the client answers for a silent worker."""
 _READ_BLOCK_MS: Final = 2_000  # well under redis-py's default socket timeout (5 s)

@@ -54,6 +54,7 @@ from ._codec import Codec, encode_error, local_error
 from ._keys import GROUP, Keys
 
 __all__ = [
+    "CANCEL_TTL_S",
     "LIVE_TTL_S",
     "REPLY_TTL_S",
     "WorkerSettings",
