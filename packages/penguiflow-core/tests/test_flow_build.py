@@ -25,6 +25,7 @@ from penguiflow.core import (
     TraceCancelled,
     create,
 )
+from penguiflow.metrics import FlowEvent
 from penguiflow.node import Node, NodePolicy
 
 CYCLE_MSG = "Flow contains a cycle; enable allow_cycles to bypass"
@@ -104,6 +105,27 @@ def test_create_is_penguiflow_and_needs_no_event_loop() -> None:
     assert flow.registry is None
     same = PenguiFlow(a.to(b), queue_maxsize=5)
     assert edges(same) == edges(flow)
+
+
+def test_a_flow_reports_the_settings_it_was_built_with() -> None:
+    async def mw(event: FlowEvent) -> None:
+        pass
+
+    a = node("a")
+    plain = create(a.to())
+    assert (plain.middlewares, plain.retry_budget, plain.emit_errors_to_rookery) == (
+        (),
+        None,
+        False,
+    )
+    flow = create(a.to(), middlewares=[mw], retry_budget=3, emit_errors_to_rookery=True)
+    assert (flow.middlewares, flow.retry_budget, flow.emit_errors_to_rookery) == (
+        (mw,),
+        3,
+        True,
+    )
+    flow.remove_middleware(mw)
+    assert flow.middlewares == ()
 
 
 def test_create_rejects_unknown_keyword() -> None:

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from penguiflow import WM, Context, FinalAnswer, Message, ModelRegistry, Node, NodePolicy, create
 from penguiflow.core import PenguiFlow
+from penguiflow.metrics import FlowEvent
 from penguiflow.patterns import join_k
 
 
@@ -195,6 +196,28 @@ def hops() -> tuple[PenguiFlow, None]:
     b = Node(hop_b, name="hop_b", policy=NodePolicy(max_concurrency=4))
     c = Node(hop_c, name="hop_c")
     return create(a.to(b), b.to(c), c.to()), None
+
+
+async def record_success(event: FlowEvent) -> None:
+    """A middleware: each node_success, as ``node@pid``, under ``probe:events:<trace>``."""
+    if event.event_type == "node_success":
+        await probe().rpush(f"probe:events:{event.trace_id}", f"{event.node_name}@{os.getpid()}")
+
+
+def watched_hops() -> tuple[PenguiFlow, None]:
+    """``hops`` with a middleware, a retry budget and errors delivered to Rookery."""
+    a = Node(hop_a, name="hop_a")
+    b = Node(hop_b, name="hop_b")
+    c = Node(hop_c, name="hop_c")
+    flow = create(
+        a.to(b),
+        b.to(c),
+        c.to(),
+        middlewares=[record_success],
+        retry_budget=2,
+        emit_errors_to_rookery=True,
+    )
+    return flow, None
 
 
 async def crash(msg: Message, ctx: Context) -> Message:

@@ -126,6 +126,26 @@ async def test_a_cancel_reaches_the_node_in_the_other_process(
     await eventually(lambda: settled(redis, prefix, ["hop_b"]), what="Redis to be clean")
 
 
+async def test_middlewares_see_the_events_of_the_nodes_each_worker_runs(
+    redis_url: str, prefix: str, workers: Workers, redis: Redis
+) -> None:
+    ends = workers.start("watched_hops", extra=nodes("hop_a", "hop_c"))
+    middle = workers.start("watched_hops", extra=nodes("hop_b"))
+    flow, _ = redis_flows.watched_hops()
+    msg = message("x")
+    async with connect(flow, redis_url, prefix=prefix) as client:
+        out = await client.invoke(msg, timeout=20, expect=Message)
+    assert out.payload == "x|a|b|c"
+    key = f"probe:events:{msg.trace_id}"
+    await eventually(lambda: redis.llen(key), what="the events")  # written before the ack
+    items = await redis.lrange(key, 0, -1)
+    seen = sorted(i.decode() if isinstance(i, bytes) else i for i in items)
+    # One success per node, from the process that ran it: none from the stand-ins that
+    # forward an item to the node's stream.
+    assert seen == sorted([f"hop_a@{ends.pid}", f"hop_b@{middle.pid}", f"hop_c@{ends.pid}"])
+    await eventually(lambda: settled(redis, prefix, ["hop_b"]), what="Redis to be clean")
+
+
 async def test_failures_results_and_deadlines_cross_the_hop(
     redis_url: str, prefix: str, workers: Workers, redis: Redis
 ) -> None:

@@ -48,6 +48,8 @@ class FlowGraph:
     _stopped: bool
     _queue_maxsize: int
     _registry: AdapterSource | None
+    _retry_budget: int | None
+    _errors_to_rookery: bool
 
     # -- public topology --------------------------------------------------------------
 
@@ -103,6 +105,21 @@ class FlowGraph:
     def registry(self) -> AdapterSource | None:
         """The registry given to the last ``run()``."""
         return self._registry
+
+    @property
+    def middlewares(self) -> tuple[Middleware, ...]:
+        """The middlewares now attached, in the order they receive events."""
+        return self._hooks.middlewares
+
+    @property
+    def retry_budget(self) -> int | None:
+        """Retries one request may spend across all nodes (``create(retry_budget=...)``)."""
+        return self._retry_budget
+
+    @property
+    def emit_errors_to_rookery(self) -> bool:
+        """Whether a node giving up delivers a ``FlowError`` to Rookery for every trace."""
+        return self._errors_to_rookery
 
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"

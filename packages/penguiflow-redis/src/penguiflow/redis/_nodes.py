@@ -39,6 +39,8 @@ from typing import Any, Final
 
 from penguiflow.core import OPEN_SEA, Context, PenguiFlow, Subscription, create, trace_id_of
 from penguiflow.errors import FlowBuildError, FlowError, FlowRuntimeError, FlowTypeError
+from penguiflow.metrics import FlowEvent
+from penguiflow.middlewares import Middleware
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import Message, StreamChunk
 
@@ -251,7 +253,26 @@ class NodeWorker(_Worker):
             else:
                 entry_of[node] = node
         adjacencies += [p.to() for p in proxies.values()]
-        self._fragment = create(*adjacencies, queue_maxsize=flow.queue_maxsize, allow_cycles=True)
+        # The flow's middlewares see the events of the nodes this worker runs, not those of
+        # the forwarding and relay nodes, which stand in for nodes that run elsewhere.
+        stand_ins = {p.node_id for p in proxies.values()}
+        stand_ins |= {n.node_id for n in entry_of.values() if n not in here}
+
+        def only_served(mw: Middleware) -> Middleware:
+            async def middleware(event: FlowEvent) -> None:
+                if event.node_id not in stand_ins:
+                    await mw(event)
+
+            return middleware
+
+        self._fragment = create(
+            *adjacencies,
+            queue_maxsize=flow.queue_maxsize,
+            allow_cycles=True,
+            middlewares=[only_served(mw) for mw in flow.middlewares],
+            retry_budget=flow.retry_budget,
+            emit_errors_to_rookery=flow.emit_errors_to_rookery,
+        )
         self._targets = {keys.requests: [entry_of[n] for n in placement.ingress]}
         for node in placement.remote_fed:
             self._targets[keys.node(node.name)] = [entry_of[node]]
