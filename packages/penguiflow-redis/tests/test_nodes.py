@@ -236,7 +236,7 @@ async def test_a_request_whose_next_node_has_no_worker_ends_by_its_timeout_or_de
     assert time.monotonic() - began < 5
 
 
-async def test_a_join_is_placed_with_everything_upstream_of_it(
+async def test_a_join_is_placed_with_everything_that_leads_to_it(
     redis_url: str, prefix: str, workers: Workers, redis: Redis
 ) -> None:
     workers.start("fan_in", extra=nodes("fan", "docs", "web", "sql", "join"))

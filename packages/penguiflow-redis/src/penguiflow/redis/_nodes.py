@@ -27,7 +27,7 @@ Placement rules, checked when the worker starts (``Placement``):
 - a node on a loop (a cycle of several nodes) is served with every node of the loop; a
   controller's self-loop stays in its process;
 - a node with more than one incoming edge (a join, such as ``join_k``) is served with
-  every node upstream of it, so the items of one request meet in one process.
+  every node that leads to it, so the items of one request meet in one process.
 """
 
 from __future__ import annotations
@@ -157,9 +157,9 @@ def _check(flow: PenguiFlow, served: set[Node]) -> None:
     for node in flow.nodes:
         if node not in served:
             continue
-        downstream = _reach(flow, node, forward=True)
-        upstream = _reach(flow, node, forward=False)
-        loop = [m for m in flow.nodes if m is not node and m in downstream and m in upstream]
+        after = _reach(flow, node, forward=True)
+        before = _reach(flow, node, forward=False)
+        loop = [m for m in flow.nodes if m is not node and m in after and m in before]
         missing = [m.name for m in loop if m not in served]
         if missing:
             raise FlowBuildError(
@@ -170,12 +170,12 @@ def _check(flow: PenguiFlow, served: set[Node]) -> None:
             )
         feeders = {p for p in flow.predecessors(node) if p is not node}
         if len(feeders) > 1:
-            missing = [m.name for m in flow.nodes if m in upstream and m not in served]
+            missing = [m.name for m in flow.nodes if m in before and m not in served]
             if missing:
                 raise FlowBuildError(
                     f"--nodes: node {node.name!r} gathers items from {len(feeders)} incoming "
                     "edges (a join); the items of one request must meet in one process, so "
-                    "serve it together with every node upstream of it: --nodes "
+                    "serve it together with every node that leads to it: --nodes "
                     f"{_names(flow, served, missing)}"
                 )
 

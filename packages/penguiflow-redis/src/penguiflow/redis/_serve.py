@@ -59,7 +59,7 @@ async def serve(
             (and then hands back at once whatever it holds).
         nodes: The names of the nodes this worker serves (all of them by default). A
             node on a loop is served with the whole loop, and a node with several
-            incoming edges (a join) with every node upstream of it.
+            incoming edges (a join) with every node that leads to it.
         max_deliveries: An entry delivered this many times, whose worker stopped each
             time before finishing it, goes to the dead-letter stream ``{prefix}:dead``
             and its request fails with ``FlowError`` code ``DELIVERY_LIMIT``.
