@@ -20,7 +20,7 @@ from .node import Node
 from .types import Message, StreamChunk
 
 if TYPE_CHECKING:
-    from ._edges import Entry
+    from ._edges import Entry, Trace
     from ._events import Hooks
     from ._playbook import SubflowFactory
     from .inspect import FlowSnapshot
@@ -110,6 +110,7 @@ class KernelPort:
         "send_nowait",
         "streams",
         "take",
+        "unhold",
         "wait_trace_capacity",
     )
     send: Callable[[Sequence[Floe], Any], Awaitable[None]]
@@ -123,6 +124,8 @@ class KernelPort:
     """Run a playbook under this flow (cancel mirrored): (factory, message, timeout)."""
     hold: Callable[[str], Callable[[], None]]
     """Count a trace as live while a component holds its items; returns the release."""
+    unhold: Callable[[Trace], None]
+    """What a hold's release calls: the held trace's count goes down."""
     expire: Callable[[Owner, Message], Awaitable[None]]
     """Answer a trace's deadline from a component (at most once per trace)."""
 

@@ -32,6 +32,7 @@ from ._edges import (
     ROOKERY,
     Entry,
     Floe,
+    Hold,
     Inbox,
     Owner,
     Trace,
@@ -471,16 +472,11 @@ class PenguiFlow(FlowGraph, RequestAPI):
     def _hold(self, trace_id: str) -> Callable[[], None]:
         trace = self._trace(trace_id)
         trace.pending += 1
-        held = True
+        return Hold(self._port.unhold, trace)
 
-        def release() -> None:
-            nonlocal held
-            if held:
-                held = False
-                if self._release(trace):
-                    self._hooks.schedule_cancel_finished(self._rookery, trace_id)
-
-        return release
+    def _unhold(self, trace: Trace) -> None:
+        if self._release(trace):
+            self._hooks.schedule_cancel_finished(self._rookery, trace.trace_id)
 
     async def _expire(self, owner: Owner, message: Message) -> None:
         rt = self._runtime_of.get(owner)
@@ -952,6 +948,7 @@ _KERNEL_OPS: Final[Mapping[str, Callable[..., Any]]] = {
     "wait_trace_capacity": PenguiFlow._wait_trace_capacity,
     "play": PenguiFlow._play,
     "hold": PenguiFlow._hold,
+    "unhold": PenguiFlow._unhold,
     "expire": PenguiFlow._expire,
 }
 
