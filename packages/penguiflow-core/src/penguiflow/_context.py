@@ -333,7 +333,8 @@ class Context:
         function once the items are released, emitted or dropped; calling it again does
         nothing. Release on ``flow.on_trace_cancel`` and ``flow.on_stop`` too.
         """
-        return self._attached().hold(trace_id)
+        kernel = self._kernel  # ``_attached()``, inline: a join holds every trace
+        return (self._attached() if kernel is None else kernel).hold(trace_id)
 
     async def deadline_exceeded(self, message: Message) -> None:
         """Answer ``message``'s trace with ``FinalAnswer("Deadline exceeded")`` at Rookery.

@@ -470,7 +470,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
         return trace.cancelled
 
     def _hold(self, trace_id: str) -> Callable[[], None]:
-        trace = self._trace(trace_id)
+        trace = self._traces.get(trace_id) or self._trace(trace_id)
         trace.pending += 1
         return Hold(self._port.unhold, trace)
 
