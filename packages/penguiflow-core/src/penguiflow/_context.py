@@ -113,7 +113,8 @@ class KernelPort:
         "unhold",
         "wait_trace_capacity",
     )
-    send: Callable[[Sequence[Floe], Any], Awaitable[None]]
+    send: Callable[[Sequence[Floe], Any], Awaitable[None] | None]
+    """Enqueue on the edges; returns what to await only when one is full."""
     send_nowait: Callable[[Sequence[Floe], Any], None]
     fetch: Callable[[Inbox, set[Floe] | None, Ending | None], Awaitable[Any]]
     take: Callable[[Inbox, set[Floe] | None], Entry | None]
@@ -260,7 +261,9 @@ class Context:
             FlowNotRunningError: The context is detached.
         """
         kernel = self._attached()
-        await kernel.send(self._outs if to is None else self._ports.targets(to), msg)
+        blocked = kernel.send(self._outs if to is None else self._ports.targets(to), msg)
+        if blocked is not None:
+            await blocked
 
     def emit_nowait(self, msg: Any, to: Owner | Sequence[Owner] | None = None) -> None:
         """Like ``emit``, but raise ``asyncio.QueueFull`` instead of waiting.
@@ -297,9 +300,15 @@ class Context:
         streams = self._streams or kernel.streams
         seq, first = streams.advance(trace_id, sid, seq)
         chunk, envelope = chunk_envelope(parent, sid, seq, text, done, meta, self._node_name)
-        if not first and kernel.queue_maxsize > 0:
-            await kernel.wait_trace_capacity(trace_id, self._ports.owner)
-        await kernel.send(self._outs if to is None else self._ports.targets(to), envelope)
+        maxsize = kernel.queue_maxsize
+        if not first and maxsize > 0:
+            # Room for the trace (the common case) is seen here, without a coroutine.
+            trace = kernel.hooks.traces.get(trace_id)
+            if (trace is not None and trace.pending - 1 >= maxsize) or not kernel.flow.is_running:
+                await kernel.wait_trace_capacity(trace_id, self._ports.owner)
+        blocked = kernel.send(self._outs if to is None else self._ports.targets(to), envelope)
+        if blocked is not None:
+            await blocked
         if done:
             streams.close(trace_id, sid)
         return chunk

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from ._chunks import StreamCounters
@@ -585,14 +585,14 @@ class PenguiFlow(FlowGraph, RequestAPI):
         if trace is not None and self._release(trace):
             self._hooks.schedule_cancel_finished(self._rookery, trace.trace_id)
 
-    async def _send(self, floes: Sequence[Floe], item: Any) -> None:
+    def _send(self, floes: Sequence[Floe], item: Any) -> Awaitable[None] | None:
+        # Sync, returning what to await only when an edge is full: no coroutine per emit.
         if not floes:
-            return  # ``to=[]``: nothing is sent, and no trace is started for nothing
-        tid = trace_id_of(item)
+            return None  # ``to=[]``: nothing is sent, and no trace is started for nothing
+        tid = item.trace_id if type(item) is Message else trace_id_of(item)
         trace = self._trace(tid) if tid is not None else None
         i = self._offer(floes, item, trace, 0)
-        if i < len(floes):
-            await self._send_rest(floes, item, trace, i)
+        return self._send_rest(floes, item, trace, i) if i < len(floes) else None
 
     def _send_nowait(self, floes: Sequence[Floe], item: Any) -> None:
         if not floes:
