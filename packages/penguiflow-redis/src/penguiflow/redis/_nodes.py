@@ -46,7 +46,7 @@ from penguiflow.types import Message, StreamChunk
 
 from ._codec import encode_error, local_error
 from ._keys import GROUP, Keys
-from ._worker import _REPLY, LIVE_TTL_S, REPLY_MAXLEN, REPLY_TTL_S, _Held, _Worker
+from ._worker import LIVE_TTL_S, REPLY_MAXLEN, REPLY_TTL_S, REPLY_XADD, Held, Worker
 
 __all__ = ["NodeWorker", "Placement"]
 
@@ -194,7 +194,7 @@ class _Session:
         self.trace_id = trace_id
         self.reply = reply
         self.sub = sub
-        self.entries: list[_Held] = []
+        self.entries: list[Held] = []
         self.open = True
         self.closed = asyncio.Event()
 
@@ -207,7 +207,7 @@ class _Session:
         return self.open and self.sub.done is None
 
 
-class NodeWorker(_Worker):
+class NodeWorker(Worker):
     """Serves the nodes of a ``Placement``: runs its fragment, forwards the rest."""
 
     _placement: Placement
@@ -295,7 +295,7 @@ class NodeWorker(_Worker):
         if trace_id in self._sessions and self._fragment.is_running:
             await self._fragment.cancel(trace_id)
 
-    def _lease_keys(self, held: _Held) -> list[tuple[str, int]]:
+    def _lease_keys(self, held: Held) -> list[tuple[str, int]]:
         return [(self._keys.live(held.trace_id), LIVE_TTL_S)]
 
     def _forwarder(self, target: str) -> Any:
@@ -336,7 +336,7 @@ class NodeWorker(_Worker):
 
     # -- sessions -------------------------------------------------------------------------
 
-    async def _serve_entry(self, held: _Held) -> None:
+    async def _serve_entry(self, held: Held) -> None:
         trace = held.trace_id
         while (old := self._sessions.get(trace)) is not None and not old.joinable():
             await old.closed.wait()  # the trace's last session is closing
@@ -356,7 +356,7 @@ class NodeWorker(_Worker):
             release()
         await session.closed.wait()
 
-    async def _feed(self, session: _Session, held: _Held) -> None:
+    async def _feed(self, session: _Session, held: Held) -> None:
         """Emit one entry's item into the fragment (and forward a request's other parts)."""
         trace = held.trace_id
         if await self._batch.run(lambda pipe: pipe.exists(self._keys.cancelled(trace))) != [0]:
@@ -430,7 +430,7 @@ class NodeWorker(_Worker):
         reply = session.reply
 
         def send(pipe: Any) -> None:
-            pipe.xadd(reply, {"t": session.trace_id, **fields}, **_REPLY)
+            pipe.xadd(reply, {"t": session.trace_id, **fields}, **REPLY_XADD)
             pipe.expire(reply, REPLY_TTL_S)
 
         await self._batch.run(send)
@@ -458,10 +458,17 @@ class NodeWorker(_Worker):
         await self._finish_script(
             keys=[keys.live(trace), keys.cancelled(trace), session.reply]
             + [h.stream for h in entries],
-            args=[GROUP, len(entries), note, encode_error(no_result), trace, REPLY_MAXLEN,
-                  REPLY_TTL_S]
+            args=[
+                GROUP,
+                len(entries),
+                note,
+                encode_error(no_result),
+                trace,
+                REPLY_MAXLEN,
+                REPLY_TTL_S,
+            ]
             + [h.entry_id for h in entries],
-        )  # fmt: skip
+        )
 
 
 async def _relay(item: Any, ctx: Context) -> Any:

@@ -23,7 +23,7 @@ An entry that has been delivered ``max_deliveries`` times, and whose worker stop
 time (it is idle again), is not delivered again: it moves to the dead-letter stream and
 the client gets a ``FlowError`` with code ``DELIVERY_LIMIT``.
 
-``_Worker`` holds the stream mechanics for any list of streams; ``_RequestWorker`` serves
+``Worker`` holds the stream mechanics for any list of streams; ``_RequestWorker`` serves
 whole requests, and ``penguiflow.redis._nodes`` serves some nodes of a flow (``--nodes``).
 """
 
@@ -56,7 +56,11 @@ from ._keys import GROUP, Keys
 __all__ = [
     "CANCEL_TTL_S",
     "LIVE_TTL_S",
+    "REPLY_MAXLEN",
     "REPLY_TTL_S",
+    "REPLY_XADD",
+    "Held",
+    "Worker",
     "WorkerSettings",
     "ensure_group",
     "open_redis",
@@ -83,7 +87,11 @@ DEAD_MAXLEN: Final = 10_000
 """The dead-letter stream keeps about this many entries (the oldest go first)."""
 # Replies go only to a stream its client created (and deletes when it closes): the outcome
 # of a request whose client is gone is dropped instead of recreating the stream.
-_REPLY: Final[dict[str, Any]] = {"maxlen": REPLY_MAXLEN, "approximate": True, "nomkstream": True}
+REPLY_XADD: Final[dict[str, Any]] = {
+    "maxlen": REPLY_MAXLEN,
+    "approximate": True,
+    "nomkstream": True,
+}
 _BLOCK_S: Final = 1.0
 """Longest blocking read; well under redis-py's default socket timeout (5 s)."""
 
@@ -181,7 +189,7 @@ class WorkerSettings:
         self.stream_maxlen = stream_maxlen
 
 
-class _Held:
+class Held:
     """One entry this worker has taken and not yet acknowledged or handed back."""
 
     __slots__ = ("cancelled", "entry_id", "fields", "request", "stream", "trace_id")
@@ -202,7 +210,7 @@ def _next_id(entry_id: bytes | str) -> str:
     return f"{ms}-{int(seq) + 1}"
 
 
-class _Worker:
+class Worker:
     """The stream mechanics of a worker: read, claim, bury, lease, hand back, trim.
 
     Subclasses say which streams to serve (``streams``), how to serve one entry
@@ -227,12 +235,12 @@ class _Worker:
         self._settings = settings
         self._streams = streams
         self._name = settings.name
-        self._held: dict[bytes, _Held] = {}
+        self._held: dict[bytes, Held] = {}
         # Entries held per stream: each stream has its own ``concurrency`` slots, so
         # entries blocked sending downstream never keep this worker from taking the
         # downstream entries that would unblock them.
         self._count: dict[str, int] = dict.fromkeys(streams, 0)
-        self._by_trace: dict[str, _Held] = {}
+        self._by_trace: dict[str, Held] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._room.set()
@@ -252,7 +260,7 @@ class _Worker:
     async def _stop_flow(self) -> None:
         raise NotImplementedError
 
-    async def _serve_entry(self, held: _Held) -> None:
+    async def _serve_entry(self, held: Held) -> None:
         raise NotImplementedError
 
     async def _cancel_trace(self, trace_id: str) -> None:
@@ -411,7 +419,7 @@ class _Worker:
 
     def _start(self, stream: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         for entry_id, fields in entries:
-            held = _Held(stream, entry_id, fields)
+            held = Held(stream, entry_id, fields)
             self._held[entry_id] = held
             self._count[stream] += 1
             self._by_trace.setdefault(held.trace_id, held)
@@ -420,7 +428,7 @@ class _Worker:
             task.add_done_callback(self._tasks.discard)
         self._open()
 
-    async def _serve(self, held: _Held) -> None:
+    async def _serve(self, held: Held) -> None:
         try:
             await self._serve_entry(held)
         except Exception:
@@ -483,11 +491,21 @@ class _Worker:
                 keys.cancelled(trace),
             ],
             args=[
-                GROUP, entry_id, self._name, min_idle_ms, encode_error(error), DEAD_MAXLEN,
-                trace, deliveries, worker, REPLY_MAXLEN, REPLY_TTL_S, CANCEL_TTL_S,
+                GROUP,
+                entry_id,
+                self._name,
+                min_idle_ms,
+                encode_error(error),
+                DEAD_MAXLEN,
+                trace,
+                deliveries,
+                worker,
+                REPLY_MAXLEN,
+                REPLY_TTL_S,
+                CANCEL_TTL_S,
                 keys.cancel_channel,
             ],
-        )  # fmt: skip
+        )
         if buried:
             logger.warning(
                 "worker %s moved %s of trace %s to %s after %d deliveries",
@@ -506,7 +524,7 @@ class _Worker:
                 continue
             await self._cancel_trace(_text(note["data"]))
 
-    def _lease_keys(self, held: _Held) -> list[tuple[str, int]]:
+    def _lease_keys(self, held: Held) -> list[tuple[str, int]]:
         """Per-request keys (and lifetimes) this worker keeps alive while it holds ``held``."""
         return [(self._keys.running(held.trace_id), self._lease_s)]
 
@@ -556,7 +574,7 @@ class _Worker:
                 await redis.xgroup_delconsumer(stream, GROUP, name)
 
 
-class _RequestWorker(_Worker):
+class _RequestWorker(Worker):
     """Serves whole requests: every node of a request runs in this process."""
 
     def _start_flow(self) -> None:
@@ -573,12 +591,12 @@ class _RequestWorker(_Worker):
         if held.request is not None:
             await held.request.cancel()
 
-    async def _serve_entry(self, held: _Held) -> None:
+    async def _serve_entry(self, held: Held) -> None:
         outcome = await self._outcome(held)
         if outcome is not None:
             await self._finish(held, outcome)
 
-    async def _outcome(self, held: _Held) -> dict[str, Any] | None:
+    async def _outcome(self, held: Held) -> dict[str, Any] | None:
         """Run the request; return the fields of its outcome, or None to hand it back."""
         keys, trace = self._keys, held.trace_id
 
@@ -618,22 +636,22 @@ class _RequestWorker(_Worker):
         except FlowTypeError as exc:
             return _error(local_error(trace, "UNSERIALIZABLE", f"the result {exc}"))
 
-    async def _send(self, held: _Held, fields: dict[str, Any]) -> None:
+    async def _send(self, held: Held, fields: dict[str, Any]) -> None:
         reply = held.fields[b"r"]
 
         def send(pipe: Any) -> None:
-            pipe.xadd(reply, {"t": held.trace_id, **fields}, **_REPLY)
+            pipe.xadd(reply, {"t": held.trace_id, **fields}, **REPLY_XADD)
             pipe.expire(reply, REPLY_TTL_S)
 
         await self._batch.run(send)
 
-    async def _finish(self, held: _Held, fields: dict[str, Any]) -> None:
+    async def _finish(self, held: Held, fields: dict[str, Any]) -> None:
         """Write the outcome, acknowledge the entry and drop the request's keys, at once."""
         keys, trace = self._keys, held.trace_id
         reply = held.fields[b"r"]
 
         def finish(pipe: Any) -> None:
-            pipe.xadd(reply, {"t": trace, **fields}, **_REPLY)
+            pipe.xadd(reply, {"t": trace, **fields}, **REPLY_XADD)
             pipe.expire(reply, REPLY_TTL_S)
             pipe.xack(held.stream, GROUP, held.entry_id)
             pipe.xdel(held.stream, held.entry_id)
@@ -671,7 +689,7 @@ async def trim_stream(redis: Connection, stream: str) -> None:
     await redis.xtrim(stream, minid=min_id, approximate=False)
 
 
-def _cancelled(held: _Held) -> bool:
+def _cancelled(held: Held) -> bool:
     return held.cancelled
 
 
