@@ -1,6 +1,8 @@
 """PenguiFlow: typed, async-first orchestration for agent and data pipelines.
 
-Core names are imported eagerly. Names of the add-on distributions
+Core names are imported eagerly, except ``ModelRegistry``, ``Middleware``, ``PlanStep`` and
+``Thought``, whose modules load on first use (``import penguiflow`` does not need them).
+Names of the add-on distributions
 (``penguiflow-patterns``, ``-streaming``, ``-viz``) resolve lazily on first use; when the
 add-on is missing, using the name raises :class:`~penguiflow.errors.MissingExtraError`
 (an ``ImportError``) saying what to install. Feature detection:
