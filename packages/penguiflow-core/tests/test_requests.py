@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pydantic import BaseModel
 
-from penguiflow.core import Context
+from penguiflow.core import ROOKERY, Context
 from penguiflow.errors import FlowError, FlowRuntimeError, FlowStoppedError, TraceCancelled
 from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
@@ -57,6 +57,39 @@ async def test_concurrent_invokes_each_get_their_own_result(make_flow: MakeFlow)
     )
     assert [r.payload for r in results] == list(range(200))
     assert [r.trace_id for r in results] == [m.trace_id for m in messages]
+
+
+async def test_invoke_skips_chunks_keeps_the_first_result_and_leaves_nothing_behind(
+    make_flow: MakeFlow,
+) -> None:
+    """``invoke`` reads no chunks: they, and results after the first, are dropped as
+    they arrive, so nothing of the trace waits at Rookery or in the flow afterwards."""
+
+    async def chatty(m: Message, ctx: Context) -> None:
+        for i in range(3 * 64):  # more chunks than an edge holds: none may block
+            await ctx.emit_chunk(parent=m, text=f"t{i}", done=i == 3 * 64 - 1)
+        await ctx.emit(m.model_copy(update={"payload": "first"}))
+        await ctx.emit(m.model_copy(update={"payload": "second"}))
+
+    flow = make_flow(node(chatty, "chatty").to())
+    flow.run()
+    for _ in range(3):
+        out = await flow.invoke(msg(), timeout=2.0, expect=Message)
+        assert out.payload == "first"
+    snap = flow.inspect()
+    assert snap.traces == {} and snap.subscriptions == 0
+    assert all(f.queue.qsize() == 0 for f in flow.floes)
+    with pytest.raises(asyncio.QueueEmpty):  # Rookery holds nothing for a plain fetch
+        flow.context(ROOKERY).fetch_nowait()
+
+
+async def test_invoke_and_subscribe_cannot_share_a_trace(make_flow: MakeFlow) -> None:
+    flow = make_flow(node(echo, "a").to())
+    flow.run()
+    m = msg()
+    async with flow.subscribe(m.trace_id):
+        with pytest.raises(FlowRuntimeError, match="already has a subscription"):
+            await flow.invoke(m, timeout=1.0)
 
 
 async def test_request_streams_chunks_then_the_result(make_flow: MakeFlow) -> None:

@@ -12,14 +12,14 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from ._chunks import StreamCounters
-from ._context import Context
+from ._context import Context, KernelPort
 from ._edges import Endpoint, Floe, Owner, Ports, Trace, name_of
 from ._events import Hooks
 from ._parking import ParkingLot
 from ._slots import NodeRuntime
-from ._subscription import Subscription
+from ._subscription import Outcome, Subscription, View
 from ._validation import AdapterSource
-from .errors import UnknownNodeError
+from .errors import FlowRuntimeError, UnknownNodeError
 from .node import Node
 
 if TYPE_CHECKING:
@@ -40,7 +40,8 @@ class FlowGraph:
     _runtime_of: dict[Owner, NodeRuntime]
     _hooks: Hooks
     _traces: dict[str, Trace]
-    _subs: dict[str, Subscription]
+    _subs: dict[str, View]
+    _port: KernelPort
     _streams: StreamCounters
     _client_streams: StreamCounters
     _tasks: list[asyncio.Task[None]]
@@ -124,6 +125,40 @@ class FlowGraph:
     def __repr__(self) -> str:
         state = "running" if self._running else "stopped"
         return f"<PenguiFlow {len(self._nodes)} nodes, {len(self._floes)} floes, {state}>"
+
+    # -- per-trace views ----------------------------------------------------------------
+
+    def subscribe(self, trace_id: str, *, errors: bool = False) -> Subscription:
+        """Divert the Rookery output of one trace into a bounded, per-trace iterator.
+
+        Use it as ``async with flow.subscribe(msg.trace_id) as results:``; iteration ends
+        when the trace is done, cancelled, or the flow stops (``results.done``). With
+        ``errors=True`` a node giving up on the trace delivers a ``FlowError`` to it (as
+        ``create(..., emit_errors_to_rookery=True)`` does for every trace).
+
+        Raises:
+            FlowRuntimeError: The trace already has a subscription.
+        """
+        self._unviewed(trace_id)
+        sub = Subscription(
+            self._port, self._subs, trace_id, seen=trace_id in self._traces, errors=errors
+        )
+        self._subs[trace_id] = sub
+        return sub
+
+    def _watch(self, trace_id: str) -> Outcome:
+        """The ``Outcome`` view ``invoke`` waits on (same rules as ``subscribe``)."""
+        self._unviewed(trace_id)
+        loop = asyncio.get_running_loop()
+        view = Outcome(self._subs, trace_id, seen=trace_id in self._traces, loop=loop)
+        self._subs[trace_id] = view
+        return view
+
+    def _unviewed(self, trace_id: str) -> None:
+        if trace_id in self._subs:
+            raise FlowRuntimeError(
+                f"trace {trace_id} already has a subscription; close it (aclose()) first"
+            )
 
     # -- hooks and probes ---------------------------------------------------------------
 

@@ -20,16 +20,6 @@ from .types import Message
 __all__ = ["Subflow", "SubflowFactory", "run_playbook"]
 
 
-class Outcome(Protocol):
-    """A request handle as a playbook uses it (``PenguiFlow.request`` returns one)."""
-
-    async def __aenter__(self) -> Outcome: ...
-
-    async def __aexit__(self, *exc_info: object) -> None: ...
-
-    async def result(self) -> Any: ...
-
-
 class Subflow(Protocol):
     """What a playbook factory returns: a flow that can run one message (a PenguiFlow)."""
 
@@ -42,7 +32,7 @@ class Subflow(Protocol):
 
     async def fetch(self) -> Any: ...
 
-    def request(self, message: Any) -> Outcome: ...
+    async def invoke(self, message: Any) -> object: ...
 
     async def cancel(self, trace_id: str) -> bool: ...
 
@@ -118,5 +108,4 @@ async def _outcome(flow: Subflow, parent_msg: Any, trace_id: str | None) -> Any:
     if trace_id is None:  # an untracked item: the subflow's first output
         await flow.emit(parent_msg)
         return await flow.fetch()
-    async with flow.request(parent_msg) as req:
-        return await req.result()
+    return await flow.invoke(parent_msg)

@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, Generic, Literal, Protocol, Self, TypeAlias, TypeVar, overload
 
-from ._subscription import Subscription, close, next_item
+from ._subscription import Outcome, Subscription, close, next_item
 from ._trace import trace_id_of
 from .errors import FlowError, FlowRuntimeError, FlowStoppedError, FlowTypeError, TraceCancelled
 from .node import Node
@@ -40,6 +40,8 @@ class _Flow(Protocol):
     def is_running(self) -> bool: ...
 
     def subscribe(self, trace_id: str, *, errors: bool = False) -> Subscription: ...
+
+    def _watch(self, trace_id: str) -> Outcome: ...
 
     async def emit(self, msg: Any, to: Node | Sequence[Node] | None = None) -> None: ...
 
@@ -104,12 +106,7 @@ class Request(Generic[T]):
         to: Node | Sequence[Node] | None,
         expect: type[T] | None = None,
     ) -> None:
-        trace_id = trace_id_of(message)
-        if trace_id is None:
-            raise FlowRuntimeError(
-                f"a request needs a message with a trace id; got {type(message).__name__}. "
-                "Wrap the payload: Message(payload=..., headers=Headers(tenant=...))"
-            )
+        trace_id = _trace_id_of_request(message)
         self._flow = flow
         self._message = message
         self._to = to
@@ -259,17 +256,66 @@ async def invoke(
     to: Node | Sequence[Node] | None,
     expect: type[T] | None = None,
 ) -> T:
-    """Run one request to its outcome; see ``PenguiFlow.invoke``."""
+    """Run one request to its outcome; see ``PenguiFlow.invoke``.
+
+    The same outcome as ``Request.result()``, through an ``Outcome`` view: it keeps the
+    trace's first result as it reaches Rookery and queues nothing (no chunks to read).
+    """
+    trace_id = _trace_id_of_request(message)
     if timeout is None:
-        async with Request(flow, message, to, expect) as req:
-            return await req.result()
-    async with asyncio.timeout(timeout), Request(flow, message, to, expect) as req:
-        return await req.result()
+        outcome = await _outcome(flow, message, to, trace_id)
+    else:
+        async with asyncio.timeout(timeout):
+            outcome = await _outcome(flow, message, to, trace_id)
+    if expect is None:
+        result: T = outcome
+        return result
+    return check_result(outcome, expect, trace_id)
+
+
+async def _outcome(
+    flow: _Flow, message: Any, to: Node | Sequence[Node] | None, trace_id: str
+) -> Any:
+    view = flow._watch(trace_id)
+    try:
+        await flow.emit(message, to=to)
+        if view.started:
+            await view.future
+        elif not view.has_result:  # nothing was enqueued (see ``Request.__aenter__``)
+            raise no_result(trace_id, None)
+        if view.has_result:
+            result = view.result
+            if isinstance(result, FlowError):
+                raise result
+            return result
+        if view.done == "drained":
+            raise no_result(trace_id, view.last_node)
+        if view.done == "stopped":
+            raise FlowStoppedError(f"the flow stopped before trace {trace_id} ended")
+        raise TraceCancelled(trace_id)
+    finally:
+        # As when leaving a request handle: nothing the trace holds outlives the call.
+        if view.done != "drained" and flow.is_running:
+            if view.done is None:
+                await flow.cancel(trace_id)
+            await flow.wait_ended(trace_id, timeout=UNWIND_GRACE_S)
+        close(view)
+
+
+def _trace_id_of_request(message: Any) -> str:
+    trace_id = trace_id_of(message)
+    if trace_id is None:
+        raise FlowRuntimeError(
+            f"a request needs a message with a trace id; got {type(message).__name__}. "
+            "Wrap the payload: Message(payload=..., headers=Headers(tenant=...))"
+        )
+    return trace_id
 
 
 class RequestAPI:
     """``flow.invoke`` and ``flow.request``: the request API, on top of the flow's
-    public per-trace view (``subscribe``), ``emit`` and ``cancel``."""
+    per-trace views (``subscribe`` for a handle, an outcome view for ``invoke``), ``emit``
+    and ``cancel``."""
 
     @overload
     async def invoke(

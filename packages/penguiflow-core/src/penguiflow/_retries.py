@@ -11,7 +11,7 @@ from ._controller import Router
 from ._edges import Trace
 from ._events import ERROR, INFO, WARNING, Hooks
 from ._slots import NodeRuntime, Slot, absorb_cancel
-from ._subscription import Subscription
+from ._subscription import View
 from .clock import wall_time
 from .errors import FlowBuildError, FlowError, TraceCancelled
 
@@ -36,7 +36,7 @@ class Retries:
         hooks: Hooks,
         router: Router,
         errors_to_rookery: bool,
-        views: Mapping[str, Subscription],
+        views: Mapping[str, View],
         budget: int | None,
     ) -> None:
         self.hooks = hooks

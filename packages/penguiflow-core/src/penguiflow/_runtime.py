@@ -55,7 +55,7 @@ from ._slots import (
     join_workers,
     start_workers,
 )
-from ._subscription import Subscription, SubscriptionEnd, finish, mark_seen, redirect
+from ._subscription import Outcome, SubscriptionEnd, View, finish, mark_seen, route
 from ._trace import trace_id_of
 from ._validation import AdapterSource, build_validators, with_payload
 from ._wiring import Adjacency, Plan, Wiring, WiringMode, check_wiring, collect, plan, run_checks
@@ -120,7 +120,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
         self._running = False
         self._stopped = False
         self._registry: AdapterSource | None = None
-        self._subs: dict[str, Subscription] = {}
+        self._subs: dict[str, View] = {}
         self._streams = StreamCounters()  # nodes' streams: forgotten when the trace ends
         self._client_streams = StreamCounters()  # flow.emit_chunk's: kept while open
         self._tasks: list[asyncio.Task[None]] = []
@@ -281,7 +281,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
         i = self._offer(floes, msg, trace, 0)
         n = len(floes)
         while i < n:  # backpressure: the same loop as _send_rest, one frame less
-            floe = self._claim(floes[i], trace)
+            floe = self._claim(floes[i], trace, msg)
             while 0 < floe.maxsize <= floe.live:
                 fut = floe.putters.park()
                 try:
@@ -345,27 +345,6 @@ class PenguiFlow(FlowGraph, RequestAPI):
     async def fetch_any(self, from_: Node | Sequence[Node] | None = None) -> Any:
         """Same as ``fetch``: whichever Rookery edge has an item first."""
         return await self.fetch(from_)
-
-    def subscribe(self, trace_id: str, *, errors: bool = False) -> Subscription:
-        """Divert the Rookery output of one trace into a bounded, per-trace iterator.
-
-        Use it as ``async with flow.subscribe(msg.trace_id) as results:``; iteration ends
-        when the trace is done, cancelled, or the flow stops (``results.done``). With
-        ``errors=True`` a node giving up on the trace delivers a ``FlowError`` to it (as
-        ``create(..., emit_errors_to_rookery=True)`` does for every trace).
-
-        Raises:
-            FlowRuntimeError: The trace already has a subscription.
-        """
-        if trace_id in self._subs:
-            raise FlowRuntimeError(
-                f"trace {trace_id} already has a subscription; close it (aclose()) first"
-            )
-        sub = Subscription(
-            self._port, self._subs, trace_id, seen=trace_id in self._traces, errors=errors
-        )
-        self._subs[trace_id] = sub
-        return sub
 
     async def cancel(self, trace_id: str) -> bool:
         """Cancel one trace: drop its queued items, abort its in-flight invocations.
@@ -513,12 +492,12 @@ class PenguiFlow(FlowGraph, RequestAPI):
         if inbox.waiters:
             inbox.waiters.unpark()
 
-    def _redirect(self, floe: Floe, trace: Trace | None) -> Floe:
-        """A Rookery edge of a subscribed trace is replaced by the subscription's edge."""
+    def _redirect(self, floe: Floe, trace: Trace | None) -> Floe | Outcome:
+        """A Rookery edge of a trace with a view: the view's edge, or the ``Outcome``."""
         if trace is not None:
-            sub = self._subs.get(trace.trace_id)
-            if sub is not None:
-                return redirect(sub) or floe
+            view = self._subs.get(trace.trace_id)
+            if view is not None:
+                return route(view, floe)
         return floe
 
     def _offer(self, floes: Sequence[Floe], item: Any, trace: Trace | None, i: int) -> int:
@@ -532,7 +511,12 @@ class PenguiFlow(FlowGraph, RequestAPI):
         while i < n:
             floe = floes[i]
             if subs and floe.to_rookery:
-                floe = self._redirect(floe, trace)
+                target = self._redirect(floe, trace)
+                if isinstance(target, Outcome):  # taken as it arrives: nothing to queue
+                    target.take(item)
+                    i += 1
+                    continue
+                floe = target
             if floe.maxsize > 0 and floe.live >= floe.maxsize:
                 return i
             entry = Entry(item, trace, floe)
@@ -558,7 +542,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
         """
         n = len(floes)
         while i < n:
-            floe = self._claim(floes[i], trace)
+            floe = self._claim(floes[i], trace, item)
             # A node never waits for room on its own loop edge: the item it hands on there
             # replaces the one it is handling, so a controller loop cannot block itself.
             while 0 < floe.maxsize <= floe.live and not floe.loop:
@@ -571,10 +555,14 @@ class PenguiFlow(FlowGraph, RequestAPI):
             self._enqueue(floe, item, trace)
             i = self._offer(floes, item, trace, i + 1)
 
-    def _claim(self, floe: Floe, trace: Trace | None) -> Floe:
-        """Count a put that may block, and resolve a subscription's Rookery edge."""
+    def _claim(self, floe: Floe, trace: Trace | None, item: Any) -> Floe:
+        """Count a put that may block, and resolve a subscription's Rookery edge.
+
+        ``_offer`` stopped at this edge, so it is full: an ``Outcome`` never is.
+        """
         if self._subs and floe.to_rookery:
-            floe = self._redirect(floe, trace)
+            target = self._redirect(floe, trace)
+            floe = floe if isinstance(target, Outcome) else target
         if trace is not None:
             trace.pending += 1
         return floe
@@ -599,8 +587,16 @@ class PenguiFlow(FlowGraph, RequestAPI):
             return
         tid = trace_id_of(item)
         trace = self._trace(tid) if tid is not None else None
+        taken: list[Outcome] = []  # they take the item once nothing can fail any more
         if self._subs:
-            floes = [self._redirect(f, trace) if f.to_rookery else f for f in floes]
+            kept: list[Floe] = []
+            for floe in floes:
+                target = self._redirect(floe, trace) if floe.to_rookery else floe
+                if isinstance(target, Outcome):
+                    taken.append(target)
+                else:
+                    kept.append(target)
+            floes = kept
         need: dict[Floe, int] = {}
         for floe in floes:
             need[floe] = need.get(floe, 0) + 1
@@ -609,6 +605,8 @@ class PenguiFlow(FlowGraph, RequestAPI):
                 if trace is not None and trace.pending == 0:
                     self._traces.pop(trace.trace_id, None)
                 raise asyncio.QueueFull
+        for outcome in taken:
+            outcome.take(item)
         for floe in floes:
             if trace is not None:
                 trace.pending += 1

@@ -1,8 +1,10 @@
-"""``Subscription``: one trace's Rookery output, diverted into its own bounded iterator.
+"""Per-trace views of Rookery: ``Subscription`` and ``Outcome``.
 
-While a trace has a subscription, whatever of that trace reaches Rookery goes to the
-subscription's private edge instead, so a caller that waits for one request never sees
-(or steals) another request's results.
+While a trace has a view, whatever of that trace reaches Rookery goes to the view instead,
+so a caller that waits for one request never sees (or steals) another request's results.
+A ``Subscription`` diverts the items into its own bounded edge, to be read one by one
+(chunks included). An ``Outcome`` (what ``flow.invoke`` waits on) queues nothing: it keeps
+the trace's first result as it arrives and drops the rest, chunks included.
 """
 
 from __future__ import annotations
@@ -13,8 +15,19 @@ from typing import Any, Literal, TypeAlias
 
 from ._context import KernelPort
 from ._edges import ROOKERY, Floe
+from .types import Message, StreamChunk
 
-__all__ = ["Subscription", "SubscriptionEnd", "finish", "mark_seen", "redirect"]
+__all__ = [
+    "Outcome",
+    "Subscription",
+    "SubscriptionEnd",
+    "View",
+    "close",
+    "finish",
+    "mark_seen",
+    "next_item",
+    "route",
+]
 
 SubscriptionEnd: TypeAlias = Literal["drained", "cancelled", "stopped", "closed"]
 """Why a subscription stopped producing items: its trace finished (``"drained"``), was
@@ -33,7 +46,7 @@ class Subscription:
     def __init__(
         self,
         kernel: KernelPort,
-        subs: dict[str, Subscription],
+        subs: dict[str, View],
         trace_id: str,
         *,
         seen: bool,
@@ -95,11 +108,13 @@ def next_item(sub: Subscription) -> Awaitable[Any]:
     return sub._kernel.fetch(sub._floe.inbox, None, sub)
 
 
-def close(sub: Subscription) -> None:
-    """``sub.aclose()``."""
+def close(sub: View) -> None:
+    """``sub.aclose()``; for an ``Outcome``, its end."""
     if sub._subs.get(sub.trace_id) is sub:
         del sub._subs[sub.trace_id]
     finish(sub, "closed")
+    if isinstance(sub, Outcome):
+        return
     inbox = sub._floe.inbox
     consume = sub._kernel.consume
     while inbox.items:
@@ -109,30 +124,89 @@ def close(sub: Subscription) -> None:
     sub._floe.putters.unpark_all()
 
 
+_NOTHING: Any = object()
+
+
+class Outcome:
+    """What ``flow.invoke`` waits on: its trace's first result, or why there is none.
+
+    ``future`` completes when the result arrives (``result``) or the trace ends without one
+    (``done`` says how, ``last_node`` where it was dropped). Nothing is queued for it:
+    the kernel hands it each item of the trace bound for Rookery, and it keeps the first
+    that is not a stream chunk.
+    """
+
+    __slots__ = ("_seen", "_subs", "done", "errors", "future", "last_node", "result", "trace_id")
+
+    def __init__(
+        self, subs: dict[str, View], trace_id: str, *, seen: bool, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._subs = subs
+        self._seen = seen
+        self.trace_id: str = trace_id
+        self.errors: bool = True
+        self.done: SubscriptionEnd | None = None
+        self.last_node: str | None = None
+        self.result: Any = _NOTHING
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    @property
+    def started(self) -> bool:
+        """True once the trace has had work in the flow (and so can end)."""
+        return self._seen
+
+    @property
+    def has_result(self) -> bool:
+        return self.result is not _NOTHING
+
+    def take(self, item: Any) -> None:
+        """An item of the trace reached Rookery: keep it if it is the first result."""
+        if self.result is not _NOTHING:
+            return
+        if type(item) is Message or isinstance(item, Message):
+            payload = item.payload
+            if type(payload) is StreamChunk or isinstance(payload, StreamChunk):
+                return
+        self.result = item
+        if not self.future.done():
+            self.future.set_result(None)
+
+
+View: TypeAlias = "Subscription | Outcome"
+"""A per-trace view of Rookery."""
+
+
 # The kernel's interface to subscriptions.
 
 
-def redirect(sub: Subscription) -> Floe | None:
-    """The edge that replaces Rookery for the subscribed trace, while the view is open."""
-    return sub._floe if sub.done is None else None
+def route(view: View, floe: Floe) -> Floe | Outcome:
+    """Where an item of the viewed trace bound for ``floe`` (a Rookery edge) goes: the
+    subscription's edge, the outcome (which ``take``s it), or Rookery once the view ended."""
+    if view.done is not None:
+        return floe
+    return view if isinstance(view, Outcome) else view._floe
 
 
-def mark_seen(sub: Subscription) -> None:
+def mark_seen(sub: View) -> None:
     """The subscribed trace has started; its end will now end the subscription."""
     sub._seen = True
 
 
 def finish(
-    sub: Subscription,
+    sub: View,
     reason: SubscriptionEnd,
     *,
     if_seen: bool = False,
     last_node: str | None = None,
 ) -> None:
-    """End the subscription (the first reason sticks) and wake its reader."""
+    """End the view (the first reason sticks) and wake its reader."""
     if if_seen and not sub._seen:
         return
     if sub.done is None:
         sub.done = reason
         sub.last_node = last_node
-    sub._floe.inbox.waiters.unpark_all()
+    if isinstance(sub, Outcome):
+        if not sub.future.done():
+            sub.future.set_result(None)
+    else:
+        sub._floe.inbox.waiters.unpark_all()
