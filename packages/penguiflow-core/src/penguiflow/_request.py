@@ -261,21 +261,10 @@ async def invoke(
     The same outcome as ``Request.result()``, through an ``Outcome`` view: it keeps the
     trace's first result as it reaches Rookery and queues nothing (no chunks to read).
     """
-    trace_id = _trace_id_of_request(message)
-    if timeout is None:
-        outcome = await _outcome(flow, message, to, trace_id)
-    else:
+    if timeout is not None:
         async with asyncio.timeout(timeout):
-            outcome = await _outcome(flow, message, to, trace_id)
-    if expect is None:
-        result: T = outcome
-        return result
-    return check_result(outcome, expect, trace_id)
-
-
-async def _outcome(
-    flow: _Flow, message: Any, to: Node | Sequence[Node] | None, trace_id: str
-) -> Any:
+            return await invoke(flow, message, None, to, expect)
+    trace_id = _trace_id_of_request(message)
     view = flow._watch(trace_id)
     try:
         await flow.emit(message, to=to)
@@ -284,15 +273,15 @@ async def _outcome(
         elif not view.has_result:  # nothing was enqueued (see ``Request.__aenter__``)
             raise no_result(trace_id, None)
         if view.has_result:
-            result = view.result
-            if isinstance(result, FlowError):
-                raise result
-            return result
-        if view.done == "drained":
+            outcome = view.result
+            if isinstance(outcome, FlowError):
+                raise outcome
+        elif view.done == "drained":
             raise no_result(trace_id, view.last_node)
-        if view.done == "stopped":
+        elif view.done == "stopped":
             raise FlowStoppedError(f"the flow stopped before trace {trace_id} ended")
-        raise TraceCancelled(trace_id)
+        else:
+            raise TraceCancelled(trace_id)
     finally:
         # As when leaving a request handle: nothing the trace holds outlives the call.
         if view.done != "drained" and flow.is_running:
@@ -300,6 +289,10 @@ async def _outcome(
                 await flow.cancel(trace_id)
             await flow.wait_ended(trace_id, timeout=UNWIND_GRACE_S)
         close(view)
+    if expect is None:
+        result: T = outcome
+        return result
+    return check_result(outcome, expect, trace_id)
 
 
 def _trace_id_of_request(message: Any) -> str:

@@ -57,7 +57,7 @@ from ._slots import (
 )
 from ._subscription import Outcome, SubscriptionEnd, View, finish, mark_seen, route
 from ._trace import trace_id_of
-from ._validation import AdapterSource, build_validators, with_payload
+from ._validation import AdapterSource, Validator, build_validators, with_payload
 from ._wiring import Adjacency, Plan, Wiring, WiringMode, check_wiring, collect, plan, run_checks
 from .clock import wall_time
 from .errors import (
@@ -170,10 +170,12 @@ class PenguiFlow(FlowGraph, RequestAPI):
         if self._running:
             raise FlowRuntimeError("PenguiFlow already running")
         loop = asyncio.get_running_loop()
-        validators = build_validators(
-            [(rt.node.name, rt.policy.validate) for rt in self._runtimes], registry
-        )
-        check_wiring(self._floes, registry, wiring)
+        if registry is None and wiring in ("strict", "warn", "off"):  # nothing to check
+            validators: Sequence[Validator | None] = [None] * len(self._runtimes)
+        else:
+            specs = [(rt.node.name, rt.policy.validate) for rt in self._runtimes]
+            validators = build_validators(specs, registry)
+            check_wiring(self._floes, registry, wiring)
         self._registry = registry
         port, worker, tasks = self._port, self._worker, self._tasks
         for rt, validator in zip(self._runtimes, validators, strict=True):

@@ -158,7 +158,7 @@ async def join_workers(
             pending = {task for task in pending if not task.done()}
         for task in pending:
             task.cancel()
-    return interrupted, sorted(pending, key=lambda t: t.get_name())
+    return interrupted, sorted(pending, key=lambda t: t.get_name()) if pending else []
 
 
 def absorb_cancel(slot: Slot) -> None:

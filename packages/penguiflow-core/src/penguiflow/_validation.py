@@ -8,7 +8,7 @@ Bare items, and in-models that are ``Message`` types, are validated as they are.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -129,7 +129,7 @@ class Validator:
 
 
 def build_validators(
-    nodes: list[tuple[str, str]], registry: AdapterSource | None
+    nodes: Sequence[tuple[str, str]], registry: AdapterSource | None
 ) -> list[Validator | None]:
     """One validator per ``(node name, validate mode)`` (``None`` where nothing is
     validated), all checked against ``registry`` up front.
