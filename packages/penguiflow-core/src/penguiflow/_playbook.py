@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeAlias
 
 from ._trace import trace_id_of
@@ -83,11 +83,17 @@ async def run_playbook(
 
         remove_watch = on_cancel(mirror_cancel)
     try:
+        # ``invoke`` for a tracked message (its outcome, errors included), else the
+        # subflow's first output; awaited directly, with no frame of our own in between.
+        if trace_id is not None:
+            outcome: Awaitable[Any] = flow.invoke(parent_msg)
+        else:
+            outcome = _first_output(flow, parent_msg)
         if timeout is None:
-            item = await _outcome(flow, parent_msg, trace_id)
+            item = await outcome
         else:
             async with asyncio.timeout(timeout):
-                item = await _outcome(flow, parent_msg, trace_id)
+                item = await outcome
         return item.payload if isinstance(item, Message) else item
     except (TraceCancelled, asyncio.CancelledError):
         if trace_id is not None and flow.is_running:
@@ -104,8 +110,6 @@ async def run_playbook(
             await flow.stop()  # waits for every subflow worker, even when cancelled
 
 
-async def _outcome(flow: Subflow, parent_msg: Any, trace_id: str | None) -> Any:
-    if trace_id is None:  # an untracked item: the subflow's first output
-        await flow.emit(parent_msg)
-        return await flow.fetch()
-    return await flow.invoke(parent_msg)
+async def _first_output(flow: Subflow, parent_msg: Any) -> Any:
+    await flow.emit(parent_msg)
+    return await flow.fetch()
