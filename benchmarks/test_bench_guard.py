@@ -35,21 +35,21 @@ HERE = Path(__file__).resolve().parent
 # ours / raw-pyd as this guard measures it (sizes below, best of ROUNDS) on the reference
 # machine (2 cores, Python 3.11, asyncio loop), median of three guard runs.
 REFERENCE: dict[str, float] = {
-    "chain_seq": 0.93,
-    "chain_pipe": 0.86,
-    "chain_pipe_mw": 0.39,
+    "chain_seq": 0.94,
+    "chain_pipe": 0.85,
+    "chain_pipe_mw": 0.4,
     "chain_validated_pipe": 0.84,
-    "quickstart_pipe": 1.13,
-    "fanout_join_pipe": 0.8,
-    "controller_seq": 1.05,
-    "controller_w16": 1.06,
-    "controller_emit_w16": 1.04,
+    "quickstart_pipe": 1.12,
+    "fanout_join_pipe": 0.81,
+    "controller_seq": 1.04,
+    "controller_w16": 1.04,
+    "controller_emit_w16": 1.01,
     "streaming": 0.83,
-    "playbook": 0.52,
-    "concurrency_1k": 0.87,
-    "concurrency_10k": 0.9,
+    "playbook": 0.57,
+    "concurrency_1k": 0.89,
+    "concurrency_10k": 0.89,
     "retry0": 0.99,
-    "invoke_1k": 0.61,
+    "invoke_1k": 0.79,
 }
 REGRESSION = 0.30  # a scenario this much slower than its reference fails
 ROUNDS = 3  # interleaved rounds per side; the best of each side is compared
