@@ -148,7 +148,8 @@ class FlowGraph:
 
     def _watch(self, trace_id: str) -> Outcome:
         """The ``Outcome`` view ``invoke`` waits on (same rules as ``subscribe``)."""
-        self._unviewed(trace_id)
+        if trace_id in self._subs:
+            self._unviewed(trace_id)  # raises
         loop = asyncio.get_running_loop()
         view = Outcome(self._subs, trace_id, seen=trace_id in self._traces, loop=loop)
         self._subs[trace_id] = view

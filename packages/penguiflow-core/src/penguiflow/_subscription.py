@@ -109,12 +109,15 @@ def next_item(sub: Subscription) -> Awaitable[Any]:
 
 
 def close(sub: View) -> None:
-    """``sub.aclose()``; for an ``Outcome``, its end."""
-    if sub._subs.get(sub.trace_id) is sub:
-        del sub._subs[sub.trace_id]
-    finish(sub, "closed")
+    """``sub.aclose()``; for an ``Outcome``, its end (its reader has what it needs)."""
+    subs = sub._subs
+    if subs.get(sub.trace_id) is sub:
+        del subs[sub.trace_id]
     if isinstance(sub, Outcome):
+        if sub.done is None:
+            sub.done = "closed"
         return
+    finish(sub, "closed")
     inbox = sub._floe.inbox
     consume = sub._kernel.consume
     while inbox.items:
@@ -122,9 +125,6 @@ def close(sub: View) -> None:
         if not entry.dead:
             consume(entry)
     sub._floe.putters.unpark_all()
-
-
-_NOTHING: Any = object()
 
 
 class Outcome:
@@ -136,7 +136,17 @@ class Outcome:
     that is not a stream chunk.
     """
 
-    __slots__ = ("_seen", "_subs", "done", "errors", "future", "last_node", "result", "trace_id")
+    __slots__ = (
+        "_seen",
+        "_subs",
+        "done",
+        "errors",
+        "future",
+        "has_result",
+        "last_node",
+        "result",
+        "trace_id",
+    )
 
     def __init__(
         self, subs: dict[str, View], trace_id: str, *, seen: bool, loop: asyncio.AbstractEventLoop
@@ -147,7 +157,9 @@ class Outcome:
         self.errors: bool = True
         self.done: SubscriptionEnd | None = None
         self.last_node: str | None = None
-        self.result: Any = _NOTHING
+        self.result: Any = None
+        """The first result (valid once ``has_result``)."""
+        self.has_result = False
         self.future: asyncio.Future[None] = loop.create_future()
 
     @property
@@ -155,19 +167,16 @@ class Outcome:
         """True once the trace has had work in the flow (and so can end)."""
         return self._seen
 
-    @property
-    def has_result(self) -> bool:
-        return self.result is not _NOTHING
-
     def take(self, item: Any) -> None:
         """An item of the trace reached Rookery: keep it if it is the first result."""
-        if self.result is not _NOTHING:
+        if self.has_result:
             return
         if type(item) is Message or isinstance(item, Message):
             payload = item.payload
             if type(payload) is StreamChunk or isinstance(payload, StreamChunk):
                 return
         self.result = item
+        self.has_result = True
         if not self.future.done():
             self.future.set_result(None)
 
