@@ -187,7 +187,10 @@ class Context:
         to stream (``parent=ctx.message``), call a playbook under the same trace, or read
         headers and meta. ``None`` outside an invocation."""
         self.attempt: int = 0
-        """The current attempt of the current invocation, starting at 1 (0 outside one)."""
+        """The attempt of the invocation in progress, starting at 1 (retries count up).
+
+        Read it inside the node function; between invocations it keeps the last value
+        (0 before the first), which costs nothing to leave in place."""
 
     def __repr__(self) -> str:
         return f"Context({name_of(self._ports.owner)})"
