@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final, Generic, Literal, Protocol, Self, TypeAlias, TypeVar, overload
 
-from ._subscription import Outcome, Subscription, close, next_item
+from ._subscription import Outcome, Subscription, View, close, next_item
 from ._trace import trace_id_of
 from .errors import FlowError, FlowRuntimeError, FlowStoppedError, FlowTypeError, TraceCancelled
 from .node import Node
@@ -69,6 +69,32 @@ def no_result(trace_id: str | None, node: str | None) -> FlowError:
         original=None,
         message=text,
     )
+
+
+def ended_without_result(view: View) -> tuple[BaseException, RequestState]:
+    """Why a trace's view ended with no result, as the request's outcome and state."""
+    trace_id = view.trace_id
+    if view.done == "drained":
+        return no_result(trace_id, view.last_node), "failed"
+    if view.done == "stopped":
+        return FlowStoppedError(f"the flow stopped before trace {trace_id} ended"), "stopped"
+    return TraceCancelled(trace_id), "cancelled"
+
+
+async def leave(flow: _Flow, view: View) -> None:
+    """A request's caller is done with its trace: nothing the trace holds outlives it."""
+    try:
+        # "drained": the trace has ended, nothing of it is left to wait for.
+        if view.done != "drained" and flow.is_running:
+            if view.done is None:
+                # Left before the trace ended (or with branches still running after the
+                # result): cancel it.
+                await flow.cancel(view.trace_id)
+            # Interrupted work unwinds within a loop step or two; a node that swallows
+            # cancellation is not waited for beyond the grace period.
+            await flow.wait_ended(view.trace_id, timeout=UNWIND_GRACE_S)
+    finally:
+        close(view)
 
 
 def check_result(outcome: Any, expect: type[T], trace_id: str | None) -> T:
@@ -137,19 +163,9 @@ class Request(Generic[T]):
         if sub is None:
             return
         self._sub = None
-        flow = self._flow
         try:
-            # "drained": the trace has ended, nothing of it is left to wait for.
-            if sub.done != "drained" and flow.is_running:
-                if sub.done is None:
-                    # Left before the trace ended (or with branches still running after
-                    # the result): cancel it, so nothing it holds outlives the handle.
-                    await flow.cancel(self.trace_id)
-                # Interrupted work unwinds within a loop step or two; a node that
-                # swallows cancellation is not waited for beyond the grace period.
-                await flow.wait_ended(self.trace_id, timeout=UNWIND_GRACE_S)
+            await leave(self._flow, sub)
         finally:
-            close(sub)
             if self.state == "pending":
                 self._settle(TraceCancelled(self.trace_id), "cancelled")
 
@@ -168,16 +184,7 @@ class Request(Generic[T]):
         try:
             item = await next_item(sub)
         except StopAsyncIteration:
-            reason = sub.done
-            if reason == "drained":
-                self._settle(no_result(self.trace_id, sub.last_node), "failed")
-            elif reason == "stopped":
-                self._settle(
-                    FlowStoppedError(f"the flow stopped before trace {self.trace_id} ended"),
-                    "stopped",
-                )
-            else:
-                self._settle(TraceCancelled(self.trace_id), "cancelled")
+            self._settle(*ended_without_result(sub))
             return None
         if type(item) is Message or isinstance(item, Message):
             payload = item.payload
@@ -276,19 +283,10 @@ async def invoke(
             outcome = view.result
             if isinstance(outcome, FlowError):
                 raise outcome
-        elif view.done == "drained":
-            raise no_result(trace_id, view.last_node)
-        elif view.done == "stopped":
-            raise FlowStoppedError(f"the flow stopped before trace {trace_id} ended")
         else:
-            raise TraceCancelled(trace_id)
+            raise ended_without_result(view)[0]
     finally:
-        # As when leaving a request handle: nothing the trace holds outlives the call.
-        if view.done != "drained" and flow.is_running:
-            if view.done is None:
-                await flow.cancel(trace_id)
-            await flow.wait_ended(trace_id, timeout=UNWIND_GRACE_S)
-        close(view)
+        await leave(flow, view)
     if expect is None:
         result: T = outcome
         return result
