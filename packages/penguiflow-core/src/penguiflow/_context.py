@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ._playbook import SubflowFactory
     from .inspect import FlowSnapshot
 
-__all__ = ["Context", "Ending", "KernelPort", "Runtime", "wired_context"]
+__all__ = ["Context", "Ending", "Hold", "KernelPort", "Runtime", "wired_context"]
 
 
 class Runtime(Protocol):
@@ -92,25 +92,28 @@ class KernelPort:
         hooks: Its hooks.
         queue_maxsize: Its edges' capacity.
         streams: Its stream counters.
+        traces: Its live traces.
         ops: Operation name -> the kernel's function for it, unbound (one table per
             kernel class, shared by its flows).
     """
 
     __slots__ = (
+        "cancel_ended",
         "consume",
         "expire",
         "fetch",
         "flow",
-        "hold",
         "hooks",
         "ops",
         "play",
         "queue_maxsize",
+        "release",
         "send",
         "send_nowait",
         "streams",
         "take",
-        "unhold",
+        "trace",
+        "traces",
         "wait_trace_capacity",
     )
     send: Callable[[Sequence[Floe], Any], Awaitable[None] | None]
@@ -123,10 +126,12 @@ class KernelPort:
     wait_trace_capacity: Callable[[str, Owner], Awaitable[None]]
     play: Callable[[Any, Any, float | None], Awaitable[Any]]
     """Run a playbook under this flow (cancel mirrored): (factory, message, timeout)."""
-    hold: Callable[[str], Callable[[], None]]
-    """Count a trace as live while a component holds its items; returns the release."""
-    unhold: Callable[[Trace], None]
-    """What a hold's release calls: the held trace's count goes down."""
+    trace: Callable[[str], Trace]
+    """The live trace of an id, started if there is none."""
+    release: Callable[[Trace], bool]
+    """Finish one counted item of a trace; True when a cancelled trace just ended."""
+    cancel_ended: Callable[[str], None]
+    """Report that a cancelled trace has ended (after ``release`` returned True)."""
     expire: Callable[[Owner, Message], Awaitable[None]]
     """Answer a trace's deadline from a component (at most once per trace)."""
 
@@ -137,6 +142,7 @@ class KernelPort:
         hooks: Hooks,
         queue_maxsize: int,
         streams: StreamCounters,
+        traces: Mapping[str, Trace],
         ops: Mapping[str, Callable[..., Any]],
     ) -> None:
         self.flow: Runtime = flow
@@ -144,6 +150,8 @@ class KernelPort:
         self.queue_maxsize: int = queue_maxsize
         self.streams: StreamCounters = streams
         """The flow's stream counters: sequence numbers run per stream id, flow-wide."""
+        self.traces: Mapping[str, Trace] = traces
+        """The flow's live traces by id (read-only here; the kernel owns them)."""
         self.ops: Mapping[str, Callable[..., Any]] = ops
 
     if not TYPE_CHECKING:
@@ -157,6 +165,31 @@ class KernelPort:
             bound = func.__get__(self.flow)
             object.__setattr__(self, name, bound)
             return bound
+
+
+class Hold:
+    """A component's hold on a trace (``ctx.hold``): calling it releases the hold, once.
+
+    The hold counts as one item of the trace from its creation to its release, so the
+    trace does not end in between. One small object per hold, not a closure: a join
+    holds every trace that passes through it, and short-lived garbage there costs
+    collections.
+    """
+
+    __slots__ = ("_kernel", "_trace")
+
+    def __init__(self, kernel: KernelPort, trace: Trace) -> None:
+        self._kernel: KernelPort | None = kernel
+        self._trace = trace
+        trace.pending += 1
+
+    def __call__(self) -> None:
+        kernel = self._kernel
+        if kernel is not None:
+            self._kernel = None
+            trace = self._trace
+            if kernel.release(trace):
+                kernel.cancel_ended(trace.trace_id)
 
 
 class Context:
@@ -186,11 +219,11 @@ class Context:
         arrived, even when the node function receives only its validated payload; use it
         to stream (``parent=ctx.message``), call a playbook under the same trace, or read
         headers and meta. ``None`` outside an invocation."""
-        self.attempt: int = 0
+        self.attempt: int = 1
         """The attempt of the invocation in progress, starting at 1 (retries count up).
 
-        Read it inside the node function; between invocations it keeps the last value
-        (0 before the first), which costs nothing to leave in place."""
+        Read it inside the node function; outside an invocation it reads 1. Only a retry
+        writes it, so a first attempt costs nothing to number."""
 
     def __repr__(self) -> str:
         return f"Context({name_of(self._ports.owner)})"
@@ -346,7 +379,9 @@ class Context:
         nothing. Release on ``flow.on_trace_cancel`` and ``flow.on_stop`` too.
         """
         kernel = self._kernel  # ``_attached()``, inline: a join holds every trace
-        return (self._attached() if kernel is None else kernel).hold(trace_id)
+        if kernel is None:
+            kernel = self._attached()
+        return Hold(kernel, kernel.traces.get(trace_id) or kernel.trace(trace_id))
 
     async def deadline_exceeded(self, message: Message) -> None:
         """Answer ``message``'s trace with ``FinalAnswer("Deadline exceeded")`` at Rookery.
@@ -407,5 +442,5 @@ def wired_context(
     owner = ports.owner
     ctx._node_name = owner.name if isinstance(owner, Node) else None
     ctx.message = None
-    ctx.attempt = 0
+    ctx.attempt = 1
     return ctx

@@ -25,6 +25,7 @@ __all__ = [
     "DEADLINE_EXCEEDED_TEXT",
     "TOKEN_BUDGET_EXCEEDED_TEXT",
     "Router",
+    "PLAIN",
     "is_special",
 ]
 
@@ -33,18 +34,21 @@ BUDGET_EXCEEDED_TEXT: Final = "Hop budget exhausted"
 TOKEN_BUDGET_EXCEEDED_TEXT: Final = "Token budget exhausted"
 
 _SPECIAL: Final = (WM, FinalAnswer)
-# type -> is it a WM or FinalAnswer (sub)class. ``isinstance`` against pydantic models
-# goes through a Python-level ``__instancecheck__``; this cache keeps it off the hot path.
-_special_types: dict[type, bool] = {}
+# Payload types known to be neither WM nor FinalAnswer. ``isinstance`` against pydantic
+# models goes through a Python-level ``__instancecheck__``; the kernel tests
+# ``type(payload) not in PLAIN`` inline, so an ordinary payload costs no call per hop.
+PLAIN: set[type] = set()
 
 
 def is_special(payload: object) -> bool:
     """Does this payload change routing (a ``WM`` or a ``FinalAnswer``)?"""
     cls = type(payload)
-    special = _special_types.get(cls)
-    if special is None:
-        special = _special_types[cls] = issubclass(cls, _SPECIAL)
-    return special
+    if cls in PLAIN:
+        return False
+    if issubclass(cls, _SPECIAL):
+        return True
+    PLAIN.add(cls)
+    return False
 
 
 Offer = Callable[[Sequence[Floe], Any, "Trace | None", int], int]

@@ -12,7 +12,7 @@ trace costs O(items of the trace), never O(total queue length).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import FrozenInstanceError
 from typing import Any, Final, TypeAlias
 
@@ -26,7 +26,6 @@ __all__ = [
     "Endpoint",
     "Entry",
     "Floe",
-    "Hold",
     "FloeQueue",
     "Inbox",
     "Owner",
@@ -128,27 +127,6 @@ class Trace:
         """Callers of ``flow.wait_ended`` (made on demand)."""
         self.waiters: ParkingLot | None = None
         """Streaming producers waiting for the trace's chunk capacity (made on demand)."""
-
-
-class Hold:
-    """A component's hold on a trace (``ctx.hold``): calling it releases the hold, once.
-
-    One small object per hold, not a closure (a function, a cell and a tuple): a join
-    holds every trace that passes through it, and short-lived garbage there costs
-    collections.
-    """
-
-    __slots__ = ("_release", "_trace")
-
-    def __init__(self, release: Callable[[Trace], None], trace: Trace) -> None:
-        self._release: Callable[[Trace], None] | None = release
-        self._trace = trace
-
-    def __call__(self) -> None:
-        release = self._release
-        if release is not None:
-            self._release = None
-            release(self._trace)
 
 
 class Entry:

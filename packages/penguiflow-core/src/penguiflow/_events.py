@@ -21,13 +21,19 @@ if TYPE_CHECKING:
     from ._edges import Ports, Trace
     from .middlewares import Middleware
 
-__all__ = ["DEBUG", "ERROR", "INFO", "WARNING", "Hooks", "enabled", "logger"]
+__all__ = ["DEBUG", "ERROR", "INFO", "WARNING", "Hooks", "enabled", "known", "logger"]
 
 logger = logging.getLogger("penguiflow.core")
 # A library logs, the application decides where to: without logging configured, the
 # events do not spill onto stderr through logging's last-resort handler.
 logging.getLogger("penguiflow").addHandler(logging.NullHandler())
 enabled = logger.isEnabledFor
+# ``enabled``'s own answers by level, for the per-hop check, where a call costs a frame:
+# logging clears this dict in place whenever any level changes, so an answer found here is
+# current, and a miss falls back to ``enabled`` (which fills it). Empty and unused where
+# logging keeps no such cache.
+_answers = getattr(logger, "_cache", None)
+known: dict[int, bool] = _answers if isinstance(_answers, dict) else {}
 DEBUG, INFO, WARNING, ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
 
 _H = TypeVar("_H")

@@ -26,13 +26,12 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from ._chunks import StreamCounters
 from ._context import Ending, KernelPort, wired_context
-from ._controller import Router, is_special
+from ._controller import PLAIN, Router, is_special
 from ._edges import (
     OPEN_SEA,
     ROOKERY,
     Entry,
     Floe,
-    Hold,
     Inbox,
     Owner,
     Trace,
@@ -40,7 +39,7 @@ from ._edges import (
     queued_for,
     wake_stopped,
 )
-from ._events import DEBUG, INFO, Hooks, enabled, logger
+from ._events import DEBUG, INFO, Hooks, enabled, known, logger
 from ._graph import FlowGraph
 from ._parking import ParkingLot
 from ._playbook import SubflowFactory, run_playbook
@@ -73,7 +72,7 @@ from .types import Message, StreamChunk
 if TYPE_CHECKING:
     from .middlewares import Middleware
 
-__all__ = ["DEFAULT_QUEUE_MAXSIZE", "PenguiFlow", "PlaybookFactory", "call_playbook", "create"]
+__all__ = ["DEFAULT_QUEUE_MAXSIZE", "PenguiFlow", "PlaybookFactory", "call_playbook"]
 
 DEFAULT_QUEUE_MAXSIZE: Final = 64
 STOP_GRACE_S: Final = 1.0
@@ -135,6 +134,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
             hooks=self._hooks,
             queue_maxsize=self._queue_maxsize,
             streams=self._streams,
+            traces=self._traces,
             ops=_KERNEL_OPS,
         )
         self._floes = wiring.floes
@@ -450,15 +450,6 @@ class PenguiFlow(FlowGraph, RequestAPI):
                 finish(sub, reason, if_seen=True, last_node=trace.last_node)
         return trace.cancelled
 
-    def _hold(self, trace_id: str) -> Callable[[], None]:
-        trace = self._traces.get(trace_id) or self._trace(trace_id)
-        trace.pending += 1
-        return Hold(self._port.unhold, trace)
-
-    def _unhold(self, trace: Trace) -> None:
-        if self._release(trace):
-            self._hooks.schedule_cancel_finished(self._rookery, trace.trace_id)
-
     async def _expire(self, owner: Owner, message: Message) -> None:
         rt = self._runtime_of.get(owner)
         trace = self._traces.get(message.trace_id)
@@ -661,7 +652,8 @@ class PenguiFlow(FlowGraph, RequestAPI):
             if self._stopped:
                 raise FlowStoppedError("the flow was stopped; call run() before fetching again")
             waiters = inbox.waiters
-            fut = waiters.park()
+            fut = asyncio.get_running_loop().create_future()  # ``waiters.park()``, inline
+            waiters.append(fut)
             try:
                 await fut
             except BaseException:
@@ -684,8 +676,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
                     raise asyncio.CancelledError  # stopped, but our cancellation was eaten
                 if not items:
                     entry = None  # an idle worker keeps nothing of the last item alive
-                    # ``waiters.park()``, inlined with the loop at hand: an idle worker
-                    # parks once per item, so this is on every hop.
+                    # ``waiters.park()`` inlined: an idle worker parks once per item.
                     fut = loop.create_future()
                     waiters.append(fut)
                     try:
@@ -768,13 +759,15 @@ class PenguiFlow(FlowGraph, RequestAPI):
         hooks = self._hooks
         ctx = slot.ctx
         ctx.message = item
+        attempt = 0  # ``ctx.attempt`` is 1 unless a retry raised it: reset below if so
         try:
-            deadline: float | None = None
             if type(item) is Message or isinstance(item, Message):
-                deadline = item.deadline_s
+                deadline: float | None = item.deadline_s
                 if deadline is not None and wall_time() > deadline:
                     await self._router.deadline_answer(rt, slot, item, trace)
                     return
+            else:
+                deadline = None
             if trace is not None and trace.cancelled:
                 if hooks.observed(INFO):
                     await hooks.emit(
@@ -784,11 +777,12 @@ class PenguiFlow(FlowGraph, RequestAPI):
             func = rt.func
             validator = rt.validator
             timeout = rt.timeout
-            attempt = 0
             failure: BaseException | None
             while True:
                 # INFO disabled implies DEBUG disabled: one check covers node_start/success.
-                watched = bool(hooks.middlewares) or enabled(INFO)
+                watched = bool(hooks.middlewares) or known.get(INFO)
+                if watched is None:
+                    watched = enabled(INFO)
                 if watched and (hooks.middlewares or enabled(DEBUG)):
                     await hooks.emit(
                         "node_start",
@@ -800,13 +794,12 @@ class PenguiFlow(FlowGraph, RequestAPI):
                         latency_ms=0.0,
                     )
                 started = loop.time()
-                ctx.attempt = attempt + 1
                 slot.current = trace
                 if trace is not None:
                     trace.inflight += 1
                 limit = timeout
-                scope: asyncio.Timeout | None = None
                 if deadline is not None:  # an attempt never runs past the message deadline
+                    scope: asyncio.Timeout | None = None  # read only when there is a deadline
                     left = deadline - wall_time()
                     if limit is None or left < limit:
                         limit = left
@@ -824,10 +817,10 @@ class PenguiFlow(FlowGraph, RequestAPI):
                     if slot.cancel_for is not None:
                         raise asyncio.CancelledError  # the node swallowed our cancellation
                     if result is not None:
-                        # Routing, with the common case inline.
                         if type(result) is Message:
                             rtid: str | None = result.trace_id
-                            special = is_special(result.payload)
+                            payload = result.payload
+                            special = type(payload) not in PLAIN and is_special(payload)
                         else:
                             rtid = trace_id_of(result)
                             special = isinstance(result, Message) and is_special(result.payload)
@@ -870,7 +863,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
                         if isinstance(exc, asyncio.CancelledError):
                             raise
                         raise asyncio.CancelledError from exc
-                    elif scope is not None and scope.expired() and limit != timeout:
+                    elif deadline is not None and limit != timeout and scope and scope.expired():
                         # Cut short by the message deadline, not by the node's timeout.
                         slot.current = None
                         if trace is not None:
@@ -923,8 +916,11 @@ class PenguiFlow(FlowGraph, RequestAPI):
                 )
                 if attempt < 0:
                     return
+                ctx.attempt = attempt + 1
         finally:
             ctx.message = None
+            if attempt:
+                ctx.attempt = 1
             slot.busy = False
             if trace is not None and self._release(trace):
                 await self._hooks.cancel_finished(self._rookery, trace.trace_id)
@@ -947,32 +943,16 @@ _KERNEL_OPS: Final[Mapping[str, Callable[..., Any]]] = {
     "consume": lambda flow, entry: flow._consume(entry, schedule_events=True),
     "wait_trace_capacity": PenguiFlow._wait_trace_capacity,
     "play": PenguiFlow._play,
-    "hold": PenguiFlow._hold,
-    "unhold": PenguiFlow._unhold,
+    "trace": PenguiFlow._trace,
+    "release": PenguiFlow._release,
+    "cancel_ended": lambda flow, trace_id: flow._hooks.schedule_cancel_finished(
+        flow._rookery, trace_id
+    ),
     "expire": PenguiFlow._expire,
 }
 
 PlaybookFactory: TypeAlias = Callable[[], "tuple[PenguiFlow, AdapterSource | None]"]
 """A zero-argument callable returning ``(flow, registry)``, called once per playbook call."""
-
-
-def create(
-    *adjacencies: Adjacency,
-    queue_maxsize: int = DEFAULT_QUEUE_MAXSIZE,
-    allow_cycles: bool = False,
-    middlewares: Sequence[Middleware] | None = None,
-    emit_errors_to_rookery: bool = False,
-    retry_budget: int | None = None,
-) -> PenguiFlow:
-    """Build a :class:`PenguiFlow` from ``node.to(...)`` adjacency entries."""
-    return PenguiFlow(
-        *adjacencies,
-        queue_maxsize=queue_maxsize,
-        allow_cycles=allow_cycles,
-        middlewares=middlewares,
-        emit_errors_to_rookery=emit_errors_to_rookery,
-        retry_budget=retry_budget,
-    )
 
 
 async def call_playbook(

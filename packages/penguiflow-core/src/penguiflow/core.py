@@ -6,6 +6,9 @@ See ``PenguiFlow`` for the lifecycle, ``Context`` for what nodes receive, and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from ._chunks import STREAMS_PROBE as STREAMS_PROBE
 from ._context import Context as Context, Runtime as Runtime
 from ._controller import (
@@ -21,7 +24,6 @@ from ._runtime import (
     PenguiFlow as PenguiFlow,
     PlaybookFactory as PlaybookFactory,
     call_playbook as call_playbook,
-    create as create,
 )
 from ._subscription import Subscription as Subscription, SubscriptionEnd as SubscriptionEnd
 from ._trace import trace_id_of as trace_id_of
@@ -34,6 +36,10 @@ from ._wiring import (
 )
 from .errors import CycleError as CycleError, TraceCancelled as TraceCancelled
 
+if TYPE_CHECKING:
+    from ._wiring import Adjacency
+    from .middlewares import Middleware
+
 # Exactly the names earlier PenguiFlow versions exported; the others above are public
 # too (documented in docs/core-public-api.md) and imported by name.
 __all__ = [
@@ -45,6 +51,26 @@ __all__ = [
     "create",
     "DEFAULT_QUEUE_MAXSIZE",
 ]
+
+
+def create(
+    *adjacencies: Adjacency,
+    queue_maxsize: int = DEFAULT_QUEUE_MAXSIZE,
+    allow_cycles: bool = False,
+    middlewares: Sequence[Middleware] | None = None,
+    emit_errors_to_rookery: bool = False,
+    retry_budget: int | None = None,
+) -> PenguiFlow:
+    """Build a :class:`PenguiFlow` from ``node.to(...)`` adjacency entries."""
+    return PenguiFlow(
+        *adjacencies,
+        queue_maxsize=queue_maxsize,
+        allow_cycles=allow_cycles,
+        middlewares=middlewares,
+        emit_errors_to_rookery=emit_errors_to_rookery,
+        retry_budget=retry_budget,
+    )
+
 
 for _obj in (Context, Floe, PenguiFlow, Endpoint, Subscription, call_playbook, create):
     _obj.__module__ = __name__

@@ -74,14 +74,12 @@ def aggregate(items: list[Any]) -> Any:
     return items
 
 
-class _Bucket:
-    """The items of one trace held by one join node in one flow."""
+class _Timers:
+    """A bucket's deadline and timeout timers, made only when one is armed."""
 
-    __slots__ = ("deadline", "deadline_item", "deadline_timer", "items", "release", "timeout_timer")
+    __slots__ = ("deadline", "deadline_item", "deadline_timer", "timeout_timer")
 
-    def __init__(self, item: Any, release: Callable[[], None]) -> None:
-        self.items: list[Any] = [item]
-        self.release = release  # ends the bucket's hold on its trace; idempotent
+    def __init__(self) -> None:
         self.deadline: float | None = None
         self.deadline_item: Message | None = None  # the item whose deadline comes first
         self.deadline_timer: asyncio.TimerHandle | None = None
@@ -94,6 +92,28 @@ class _Bucket:
         if self.timeout_timer is not None:
             self.timeout_timer.cancel()
             self.timeout_timer = None
+
+
+class _Bucket:
+    """The items of one trace held by one join node in one flow."""
+
+    __slots__ = ("items", "release", "timers")
+
+    def __init__(self, item: Any, release: Callable[[], None]) -> None:
+        self.items: list[Any] = [item]
+        self.release = release  # ends the bucket's hold on its trace; idempotent
+        # Most buckets fill without a deadline or timeout: no timer state for them.
+        self.timers: _Timers | None = None
+
+    def arm(self) -> _Timers:
+        timers = self.timers
+        if timers is None:
+            timers = self.timers = _Timers()
+        return timers
+
+    def disarm(self) -> None:
+        if self.timers is not None:
+            self.timers.disarm()
 
 
 class _JoinState:
@@ -189,30 +209,36 @@ class _JoinState:
             bucket = buckets[trace_id] = _Bucket(item, release)
             if self.timeout_s is not None:
                 loop = asyncio.get_running_loop()
-                bucket.timeout_timer = loop.call_later(
+                bucket.arm().timeout_timer = loop.call_later(
                     self.timeout_s, self._timed_out, trace_id, bucket
                 )
         else:
-            bucket.items.append(item)
-            if len(bucket.items) >= self.k:
+            items = bucket.items
+            items.append(item)
+            if len(items) >= self.k:
                 del buckets[trace_id]
-                bucket.disarm()
+                if bucket.timers is not None:
+                    bucket.timers.disarm()
                 bucket.release()  # the batch is returned while this item still counts
-                return aggregate(bucket.items)
+                return aggregate(items)
         if type(item) is Message or isinstance(item, Message):
             deadline = item.deadline_s
-            if deadline is not None and (bucket.deadline is None or deadline < bucket.deadline):
-                self._arm_deadline(trace_id, bucket, item, deadline)
+            if deadline is not None:
+                timers = bucket.arm()
+                if timers.deadline is None or deadline < timers.deadline:
+                    self._arm_deadline(trace_id, bucket, timers, item, deadline)
         return None
 
-    def _arm_deadline(self, trace_id: str, bucket: _Bucket, item: Message, deadline: float) -> None:
-        bucket.deadline = deadline
-        bucket.deadline_item = item
-        if bucket.deadline_timer is not None:
-            bucket.deadline_timer.cancel()
+    def _arm_deadline(
+        self, trace_id: str, bucket: _Bucket, timers: _Timers, item: Message, deadline: float
+    ) -> None:
+        timers.deadline = deadline
+        timers.deadline_item = item
+        if timers.deadline_timer is not None:
+            timers.deadline_timer.cancel()
         delay = max(0.0, deadline - wall_time())
         loop = asyncio.get_running_loop()
-        bucket.deadline_timer = loop.call_later(delay, self._expired, trace_id, bucket)
+        timers.deadline_timer = loop.call_later(delay, self._expired, trace_id, bucket)
 
     def _take(self, trace_id: str, bucket: _Bucket) -> bool:
         """Remove ``bucket`` if it is still the live bucket of ``trace_id``."""
@@ -223,11 +249,12 @@ class _JoinState:
         return True
 
     def _expired(self, trace_id: str, bucket: _Bucket) -> None:
-        bucket.deadline_timer = None
+        timers = bucket.arm()
+        timers.deadline_timer = None
         if not self._take(trace_id, bucket):
             return
         self._log(logging.INFO, "join_k_deadline_drop", trace_id, len(bucket.items))
-        ctx, item = self.ctx, bucket.deadline_item
+        ctx, item = self.ctx, timers.deadline_item
         if ctx is None or item is None:
             bucket.release()
             return
@@ -246,7 +273,7 @@ class _JoinState:
         task.add_done_callback(self._finished)
 
     def _timed_out(self, trace_id: str, bucket: _Bucket) -> None:
-        bucket.timeout_timer = None
+        bucket.arm().timeout_timer = None
         if not self._take(trace_id, bucket):
             return
         held = len(bucket.items)

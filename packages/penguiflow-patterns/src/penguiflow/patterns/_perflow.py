@@ -8,7 +8,8 @@ flow*, keyed by ``ctx.runtime``:
 - it is released (``close()``) when that flow stops, through ``flow.on_stop``, so a
   stopped flow is not kept alive by a node that outlives it, and a restarted flow starts
   from fresh state;
-- a lookup is one dict access keyed by the flow object: nothing is allocated per message.
+- a lookup is one dict access keyed by the context the node was called with (each
+  context belongs to one flow): nothing is allocated per message.
 
 Routers also check their wiring when the flow is built: core calls each node function's
 ``CHECK_HOOK`` attribute from ``create()``.
@@ -81,22 +82,32 @@ class PerFlow(Generic[S]):
             that is not attached to a flow (``Node.invoke`` with ``Context(node)``).
     """
 
-    __slots__ = ("_detached", "_make", "_states", "_unhooks")
+    __slots__ = ("_by_context", "_contexts", "_detached", "_make", "_states", "_unhooks")
 
     def __init__(self, make: Callable[[Runtime | None, Node], S]) -> None:
         self._make = make
         self._states: dict[Runtime, S] = {}
         self._unhooks: dict[Runtime, Callable[[], None]] = {}
         self._detached: dict[Node, S] = {}
+        # The hot lookup: a flow's contexts (one per worker) map straight to its state,
+        # so a call does not go through ``ctx.runtime``. Forgotten when the flow stops.
+        self._by_context: dict[Context, S] = {}
+        self._contexts: dict[Runtime, list[Context]] = {}
 
     def get(self, ctx: Context) -> S:
         """Return the state of ``ctx``'s flow, creating it on first use."""
+        state = self._by_context.get(ctx)
+        if state is not None:
+            return state
         flow = ctx.runtime
-        if flow is not None:
-            state = self._states.get(flow)
-            if state is not None:
-                return state
-        return self._bind(flow, owner_node(ctx))
+        if flow is None:
+            return self._bind(None, owner_node(ctx))
+        state = self._states.get(flow)
+        if state is None:
+            state = self._bind(flow, owner_node(ctx))
+        self._by_context[ctx] = state
+        self._contexts.setdefault(flow, []).append(ctx)
+        return state
 
     def peek(self, flow: Runtime) -> S | None:
         """Return the state kept for ``flow``, if any (for tests and introspection)."""
@@ -114,6 +125,8 @@ class PerFlow(Generic[S]):
         return state
 
     def _release(self, flow: Runtime) -> None:
+        for ctx in self._contexts.pop(flow, ()):
+            self._by_context.pop(ctx, None)
         state = self._states.pop(flow, None)
         unhook = self._unhooks.pop(flow, None)
         if unhook is not None:
