@@ -26,6 +26,7 @@ __all__ = [
     "TOKEN_BUDGET_EXCEEDED_TEXT",
     "Router",
     "PLAIN",
+    "SPECIAL",
     "is_special",
 ]
 
@@ -34,18 +35,23 @@ BUDGET_EXCEEDED_TEXT: Final = "Hop budget exhausted"
 TOKEN_BUDGET_EXCEEDED_TEXT: Final = "Token budget exhausted"
 
 _SPECIAL: Final = (WM, FinalAnswer)
-# Payload types known to be neither WM nor FinalAnswer. ``isinstance`` against pydantic
-# models goes through a Python-level ``__instancecheck__``; the kernel tests
-# ``type(payload) not in PLAIN`` inline, so an ordinary payload costs no call per hop.
+# Payload types known to be neither WM nor FinalAnswer, and types known to be one of them.
+# ``issubclass`` against pydantic models goes through a Python-level
+# ``__subclasscheck__``, so each type is checked once. The kernel tests
+# both sets inline: an ordinary payload, or a WM, costs no call per hop.
 PLAIN: set[type] = set()
+SPECIAL: set[type] = set()
 
 
 def is_special(payload: object) -> bool:
     """Does this payload change routing (a ``WM`` or a ``FinalAnswer``)?"""
     cls = type(payload)
+    if cls in SPECIAL:
+        return True
     if cls in PLAIN:
         return False
     if issubclass(cls, _SPECIAL):
+        SPECIAL.add(cls)
         return True
     PLAIN.add(cls)
     return False
@@ -93,17 +99,54 @@ class Router:
             floe = self.rookery_floes[0]
         await self.send(floe, item, trace)
 
-    async def special(
-        self, rt: NodeRuntime, item: Any, result: Message, rtrace: Trace | None
-    ) -> bool:
-        """Route a ``Message`` carrying a WM or FinalAnswer; False means route normally."""
-        payload = result.payload
-        if type(payload) is WM or isinstance(payload, WM):
-            if rt.self_floe is None:
-                return False  # a WM from a node that is not a controller is plain data
-            await self.controller_step(rt, item, result, payload, rtrace)
+    async def special(self, rt: NodeRuntime, item: Any, msg: Message, trace: Trace | None) -> bool:
+        """Route a ``Message`` carrying a WM or FinalAnswer; False means route normally.
+
+        A WM from a controller is one hop of its loop: deadline, token and hop budgets,
+        then the self-edge. The hop is handled here rather than in a helper coroutine:
+        this runs on every hop of a loop.
+        """
+        wm = msg.payload
+        if type(wm) is not WM and not isinstance(wm, WM):
+            await self.to_rookery(rt, msg, trace)
             return True
-        await self.to_rookery(rt, result, rtrace)
+        self_floe = rt.self_floe
+        if self_floe is None:
+            return False  # a WM from a node that is not a controller is plain data
+        if msg.deadline_s is not None and wall_time() > msg.deadline_s:
+            if trace is not None:
+                if trace.deadline_fired:
+                    return True
+                trace.deadline_fired = True
+            final = FinalAnswer(text=DEADLINE_EXCEEDED_TEXT)
+            await self.to_rookery(rt, with_payload(msg, final), trace)
+            return True
+        if wm.budget_tokens is not None and wm.tokens_used >= wm.budget_tokens:
+            await self.exhausted(rt, trace, "tokens", wm.budget_tokens)
+            final = FinalAnswer(text=TOKEN_BUDGET_EXCEEDED_TEXT)
+            await self.to_rookery(rt, with_payload(msg, final), trace)
+            return True
+        # The runtime counts hops itself: a controller that returns the WM it received
+        # unchanged still advances by one, so a hop budget always ends the loop.
+        # ``type(x) is`` first: pydantic's ``isinstance`` is a Python-level check.
+        incoming = item.payload if type(item) is Message or isinstance(item, Message) else None
+        inc = incoming.hops if type(incoming) is WM or isinstance(incoming, WM) else None
+        nxt = inc + 1 if inc is not None and wm.hops <= inc else wm.hops
+        if wm.budget_hops is not None and nxt >= wm.budget_hops:
+            await self.exhausted(rt, trace, "hops", wm.budget_hops)
+            final = FinalAnswer(text=BUDGET_EXCEEDED_TEXT)
+            await self.to_rookery(rt, with_payload(msg, final), trace)
+            return True
+        if nxt != wm.hops:
+            msg = with_payload(msg, copy_with(wm, "hops", nxt))
+        if wm.budget_hops is None and wm.budget_tokens is None:
+            # With no budget, every hop's WM is also visible at Rookery.
+            await self.to_rookery(rt, msg.model_copy(deep=True), trace)
+            if trace is not None:
+                trace.wm_hops = nxt
+        floes = (self_floe,)  # ``send``, inlined
+        if not self.offer(floes, msg, trace, 0):
+            await self.send_rest(floes, msg, trace, 0)
         return True
 
     def suppressed(self, msg: Any, traces: Mapping[str, Trace]) -> bool:
@@ -111,7 +154,7 @@ class Router:
         if type(msg) is not Message and not isinstance(msg, Message):
             return False
         payload = msg.payload
-        if not is_special(payload) or not isinstance(payload, WM):
+        if type(payload) in PLAIN or not is_special(payload) or not isinstance(payload, WM):
             return False
         trace = traces.get(msg.trace_id)
         return trace is not None and trace.wm_hops is not None and trace.wm_hops == payload.hops
@@ -169,44 +212,3 @@ class Router:
                 trace_id=trace.trace_id if trace is not None else None,
                 extra={"budget": budget, "limit": limit},
             )
-
-    async def controller_step(
-        self, rt: NodeRuntime, item: Any, msg: Message, wm: WM, trace: Trace | None
-    ) -> None:
-        """One controller hop: deadline, token and hop budgets, then loop on the self-edge."""
-        if msg.deadline_s is not None and wall_time() > msg.deadline_s:
-            if trace is not None:
-                if trace.deadline_fired:
-                    return
-                trace.deadline_fired = True
-            final = FinalAnswer(text=DEADLINE_EXCEEDED_TEXT)
-            await self.to_rookery(rt, with_payload(msg, final), trace)
-            return
-        if wm.budget_tokens is not None and wm.tokens_used >= wm.budget_tokens:
-            await self.exhausted(rt, trace, "tokens", wm.budget_tokens)
-            final = FinalAnswer(text=TOKEN_BUDGET_EXCEEDED_TEXT)
-            await self.to_rookery(rt, with_payload(msg, final), trace)
-            return
-        # The runtime counts hops itself: a controller that returns the WM it received
-        # unchanged still advances by one, so a hop budget always ends the loop.
-        # ``type(x) is`` first: pydantic's ``isinstance`` is a Python-level check.
-        incoming = item.payload if type(item) is Message or isinstance(item, Message) else None
-        inc = incoming.hops if type(incoming) is WM or isinstance(incoming, WM) else None
-        nxt = inc + 1 if inc is not None and wm.hops <= inc else wm.hops
-        if wm.budget_hops is not None and nxt >= wm.budget_hops:
-            await self.exhausted(rt, trace, "hops", wm.budget_hops)
-            final = FinalAnswer(text=BUDGET_EXCEEDED_TEXT)
-            await self.to_rookery(rt, with_payload(msg, final), trace)
-            return
-        if nxt != wm.hops:
-            msg = with_payload(msg, copy_with(wm, "hops", nxt))
-        if wm.budget_hops is None and wm.budget_tokens is None:
-            # With no budget, every hop's WM is also visible at Rookery.
-            await self.to_rookery(rt, msg.model_copy(deep=True), trace)
-            if trace is not None:
-                trace.wm_hops = nxt
-        self_floe = rt.self_floe
-        assert self_floe is not None  # only nodes with a self-edge reach this step
-        floes = (self_floe,)  # ``send``, inlined: this is every hop of a loop
-        if not self.offer(floes, msg, trace, 0):
-            await self.send_rest(floes, msg, trace, 0)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from ._chunks import StreamCounters
 from ._context import Ending, KernelPort, wired_context
-from ._controller import PLAIN, Router, is_special
+from ._controller import PLAIN, SPECIAL, Router, is_special
 from ._edges import (
     OPEN_SEA,
     ROOKERY,
@@ -275,8 +275,11 @@ class PenguiFlow(FlowGraph, RequestAPI):
             UnknownNodeError: A target is not an ingress node (a ``KeyError``).
             FlowStoppedError: The flow was stopped and not run again.
         """
-        floes = self._ingress(to)
-        if not floes or self._router.suppressed(msg, self._traces):
+        floes = self._opensea.outs if to is None and not self._stopped else None
+        if not floes:
+            floes = self._ingress(to)  # the edges of ``to``, or the error to raise
+        plain = type(msg) is Message and type(msg.payload) in PLAIN  # never a WM re-emit
+        if not floes or (not plain and self._router.suppressed(msg, self._traces)):
             return
         tid = msg.trace_id if type(msg) is Message else trace_id_of(msg)
         trace = self._trace(tid) if tid is not None else None
@@ -780,7 +783,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
             failure: BaseException | None
             while True:
                 # INFO disabled implies DEBUG disabled: one check covers node_start/success.
-                watched = bool(hooks.middlewares) or known.get(INFO)
+                watched: object = hooks.middlewares or known.get(INFO)
                 if watched is None:
                     watched = enabled(INFO)
                 if watched and (hooks.middlewares or enabled(DEBUG)):
@@ -819,8 +822,10 @@ class PenguiFlow(FlowGraph, RequestAPI):
                     if result is not None:
                         if type(result) is Message:
                             rtid: str | None = result.trace_id
-                            payload = result.payload
-                            special = type(payload) not in PLAIN and is_special(payload)
+                            kind = type(result.payload)
+                            special = kind not in PLAIN
+                            if special and kind not in SPECIAL:
+                                special = is_special(result.payload)
                         else:
                             rtid = trace_id_of(result)
                             special = isinstance(result, Message) and is_special(result.payload)
