@@ -220,3 +220,24 @@ def test_message_with_fallback_still_copies_and_pickles() -> None:
     clone = m.model_copy(update={"payload": PackOut(prompt="y")})
     assert read(clone, "prompt") == "y"
     assert clone.trace_id == m.trace_id
+
+
+class Extra(Message):
+    note: str = ""
+
+
+def test_with_payload_matches_model_copy_with_an_update() -> None:
+    message = Message(payload="a", headers=Headers(tenant="t"), deadline_s=5.0, meta={"k": 1})
+    copied = message.with_payload(["a", "b"])
+    expected = message.model_copy(update={"payload": ["a", "b"]})
+    assert copied == expected
+    assert copied.model_fields_set == expected.model_fields_set
+    assert copied.meta is message.meta  # a shallow copy, as model_copy makes
+    assert message.payload == "a"  # the original is untouched
+
+
+def test_with_payload_keeps_the_subclass_and_its_fields() -> None:
+    message = Extra(payload=1, headers=Headers(tenant="t"), note="n")
+    copied = message.with_payload(2)
+    assert type(copied) is Extra
+    assert (copied.payload, copied.note, copied.trace_id) == (2, "n", message.trace_id)

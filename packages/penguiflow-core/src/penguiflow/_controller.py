@@ -12,10 +12,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
+from ._copy import copy_with, with_payload
 from ._edges import Floe, Trace
 from ._events import INFO, Hooks
 from ._slots import NodeRuntime, Slot, absorb_cancel
-from ._validation import copy_with, with_payload
 from .clock import wall_time
 from .errors import FlowRuntimeError
 from .types import WM, FinalAnswer, Message

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 from ._chunks import StreamCounters
 from ._context import Ending, KernelPort, wired_context
 from ._controller import PLAIN, SPECIAL, Router, is_special
+from ._copy import with_payload
 from ._edges import (
     OPEN_SEA,
     ROOKERY,
@@ -56,7 +57,7 @@ from ._slots import (
 )
 from ._subscription import Outcome, SubscriptionEnd, View, finish, mark_seen, route
 from ._trace import trace_id_of
-from ._validation import AdapterSource, Validator, build_validators, with_payload
+from ._validation import AdapterSource, Validator, build_validators
 from ._wiring import Adjacency, Plan, Wiring, WiringMode, check_wiring, collect, plan, run_checks
 from .clock import wall_time
 from .errors import (

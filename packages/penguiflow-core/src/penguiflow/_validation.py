@@ -13,47 +13,17 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from ._copy import with_payload
 from .errors import FlowRuntimeError
 from .types import Message
 
-__all__ = ["AdapterSource", "Validator", "build_validators", "copy_with", "with_payload"]
+__all__ = ["AdapterSource", "Validator", "build_validators"]
 
 
 class AdapterSource(Protocol):
     """Anything with a registry-compatible ``adapters(name)`` method."""
 
     def adapters(self, node_name: str) -> tuple[Any, Any]: ...
-
-
-def copy_with(model: BaseModel, field: str, value: Any) -> Any:
-    """Return a shallow copy of ``model`` with one field replaced.
-
-    The same result as ``model.model_copy(update={field: value})``, without its generic
-    machinery: this runs on every hop of an enveloped flow.
-    """
-    cls = type(model)
-    new = cls.__new__(cls)
-    data = model.__dict__.copy()
-    data[field] = value
-    setattr_ = object.__setattr__
-    setattr_(new, "__dict__", data)
-    fields_set = model.__pydantic_fields_set__
-    if field not in fields_set:
-        fields_set = fields_set | {field}
-    else:
-        fields_set = set(fields_set)
-    setattr_(new, "__pydantic_fields_set__", fields_set)
-    extra = model.__pydantic_extra__
-    setattr_(new, "__pydantic_extra__", None if extra is None else dict(extra))
-    private = model.__pydantic_private__
-    setattr_(new, "__pydantic_private__", None if private is None else dict(private))
-    return new
-
-
-def with_payload(message: Message, payload: Any) -> Message:
-    """Return ``message`` with ``payload`` replaced (same trace, headers, meta, deadline)."""
-    result: Message = copy_with(message, "payload", payload)
-    return result
 
 
 def _fast_validate(adapter: Any, model: Any) -> Callable[[Any], Any]:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 import random
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._copy import copy_with
 from .clock import wall_time
 
 if TYPE_CHECKING:
@@ -87,6 +88,15 @@ class Message(BaseModel):
     """Absolute wall-clock instant (epoch seconds) after which the trace is abandoned."""
     meta: dict[str, Any] = Field(default_factory=dict)
     """Free-form metadata; the runtime forwards it untouched and never replaces it."""
+
+    def with_payload(self, payload: Any) -> Self:
+        """Return a copy carrying ``payload``: same trace id, headers, deadline and meta.
+
+        The same result as ``model_copy(update={"payload": payload})`` (a shallow copy;
+        ``meta`` is shared, as there), several times faster: use it in nodes that answer
+        with a new payload in the incoming envelope.
+        """
+        return copy_with(self, "payload", payload)
 
     def __repr__(self) -> str:
         # Same text as pydantic's generic repr, several times faster (logs, checks).

@@ -62,15 +62,16 @@ def _unheld() -> None:
     """The release of a bucket kept by a context that is not attached to a flow."""
 
 
-def _payload(item: Any) -> Any:
-    return item.payload if type(item) is Message or isinstance(item, Message) else item
-
-
 def aggregate(items: list[Any]) -> Any:
     """Build the batch: a copy of the first ``Message`` with the payloads, or the items."""
     first = items[0]
     if type(first) is Message or isinstance(first, Message):
-        return first.model_copy(update={"payload": [_payload(item) for item in items]})
+        return first.with_payload(
+            [
+                item.payload if type(item) is Message or isinstance(item, Message) else item
+                for item in items
+            ]
+        )
     return items
 
 
