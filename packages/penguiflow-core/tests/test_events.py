@@ -264,14 +264,14 @@ async def test_stop_emits_node_cancelled(make_flow: MakeFlow, recorder: Recorder
 async def test_no_flow_event_is_built_when_nobody_listens(
     make_flow: MakeFlow, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    built: list[str] = []
-    real = FlowEvent
+    built: list[type] = []
+    real = events_mod.new_draft
 
-    def counting(*args: Any, **kwargs: Any) -> FlowEvent:
-        built.append(kwargs.get("event_type", args[0] if args else "?"))
-        return real(*args, **kwargs)
+    def counting(cls: type) -> Any:
+        built.append(cls)
+        return real(cls)
 
-    monkeypatch.setattr(events_mod, "FlowEvent", counting)
+    monkeypatch.setattr(events_mod, "new_draft", counting)
     monkeypatch.setattr(logging.getLogger("penguiflow.core"), "disabled", True)
     calls: list[int] = []
 
@@ -295,11 +295,40 @@ async def test_no_flow_event_is_built_when_nobody_listens(
     # control: the counting constructor is the one the runtime uses
     monkeypatch.setattr(logging.getLogger("penguiflow.core"), "disabled", False)
 
+    seen: list[str] = []
+
     async def sink(event: FlowEvent) -> None:
-        return None
+        seen.append(event.event_type)
 
     flow.add_middleware(sink)
     flow.run()
     await flow.emit(msg("x"))
     await asyncio.wait_for(flow.fetch(), 1.0)
-    assert "node_success" in built
+    assert "node_success" in seen
+    assert len(built) == len(seen)  # one draft per event delivered
+
+
+async def test_events_the_runtime_builds_are_plain_frozen_flow_events(make_flow: MakeFlow) -> None:
+    seen: list[FlowEvent] = []
+
+    async def sink(ev: FlowEvent) -> None:
+        seen.append(ev)
+
+    async def same(m: Any, ctx: Context) -> Any:
+        return m
+
+    flow = make_flow(node(same, "a").to(), middlewares=[sink])
+    flow.run()
+    sent = msg("x")
+    await flow.emit(sent)
+    await asyncio.wait_for(flow.fetch(), 1.0)
+    assert [ev.event_type for ev in seen] == ["node_start", "node_success"]
+    for ev in seen:
+        assert type(ev) is FlowEvent
+        assert not hasattr(ev, "__dict__")
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            ev.attempt = 9  # type: ignore[misc]
+        # every field is set, and equal to what the constructor builds from the same values
+        values = {f.name: getattr(ev, f.name) for f in dataclasses.fields(FlowEvent)}
+        assert FlowEvent(**values) == ev
+        assert (ev.node_name, ev.trace_id, ev.extra) == ("a", sent.trace_id, {})

@@ -147,3 +147,16 @@ class FlowEvent:
 
 
 _SETTERS: tuple[Any, ...] = tuple(FlowEvent.__dict__[f.name].__set__ for f in fields(FlowEvent))
+
+
+class EventDraft:
+    """A mutable twin of ``FlowEvent``, for the runtime to build an event field by field.
+
+    It has exactly ``FlowEvent``'s slots, so once every field is set, assigning
+    ``draft.__class__ = FlowEvent`` turns it into an ordinary, frozen ``FlowEvent``. Plain
+    attribute stores are several times cheaper than ``FlowEvent.__init__``'s descriptor
+    calls (a frozen class cannot use them), and the runtime builds an event for every
+    hop someone listens to. Never hand out a draft before it is sealed.
+    """
+
+    __slots__ = FlowEvent.__slots__
