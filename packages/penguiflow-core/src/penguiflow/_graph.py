@@ -150,8 +150,7 @@ class FlowGraph:
         """The ``Outcome`` view ``invoke`` waits on (same rules as ``subscribe``)."""
         if trace_id in self._subs:
             self._unviewed(trace_id)  # raises
-        loop = asyncio.get_running_loop()
-        view = Outcome(self._subs, trace_id, seen=trace_id in self._traces, loop=loop)
+        view = Outcome(self._subs, trace_id, trace_id in self._traces, asyncio.get_running_loop())
         self._subs[trace_id] = view
         return view
 

@@ -14,7 +14,7 @@ arrives (a mismatch raises ``FlowTypeError``); without ``expect`` nothing is che
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, Final, Generic, Literal, Protocol, Self, TypeAlias, TypeVar, overload
 
 from ._subscription import Outcome, Subscription, View, close, next_item
@@ -271,7 +271,7 @@ async def invoke(
     if timeout is not None:
         async with asyncio.timeout(timeout):
             return await invoke(flow, message, None, to, expect)
-    trace_id = _trace_id_of_request(message)
+    trace_id = message.trace_id if type(message) is Message else _trace_id_of_request(message)
     view = flow._watch(trace_id)
     try:
         await flow.emit(message, to=to)
@@ -286,7 +286,10 @@ async def invoke(
         else:
             raise ended_without_result(view)[0]
     finally:
-        await leave(flow, view)
+        if view.done == "drained":
+            close(view)  # ``leave`` with nothing to wait for, without its coroutine
+        else:
+            await leave(flow, view)
     if expect is None:
         result: T = outcome
         return result
@@ -309,33 +312,33 @@ class RequestAPI:
     and ``cancel``."""
 
     @overload
-    async def invoke(
+    def invoke(
         self: _Flow,
         message: Any,
         *,
         timeout: float | None = None,
         to: Node | Sequence[Node] | None = None,
         expect: None = None,
-    ) -> object: ...
+    ) -> Coroutine[Any, Any, object]: ...
 
     @overload
-    async def invoke(
+    def invoke(
         self: _Flow,
         message: Any,
         *,
         timeout: float | None = None,
         to: Node | Sequence[Node] | None = None,
         expect: type[T],
-    ) -> T: ...
+    ) -> Coroutine[Any, Any, T]: ...
 
-    async def invoke(
+    def invoke(
         self: _Flow,
         message: Any,
         *,
         timeout: float | None = None,
         to: Node | Sequence[Node] | None = None,
         expect: type[Any] | None = None,
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
         """Send one request through the flow and wait for its outcome.
 
         Many concurrent calls may share one running flow; each gets its own trace's
@@ -349,7 +352,8 @@ class RequestAPI:
         checked when it arrives. A result that is not an ``expect`` raises
         ``FlowTypeError`` naming both types and the trace id.
         """
-        return await invoke(self, message, timeout, to, expect)
+        # The request's own coroutine, returned as is: one frame per call, not two.
+        return invoke(self, message, timeout, to, expect)
 
     @overload
     def request(

@@ -451,7 +451,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
             sub = self._subs.get(tid)
             if sub is not None:
                 reason: SubscriptionEnd = "cancelled" if trace.cancelled else "drained"
-                finish(sub, reason, if_seen=True, last_node=trace.last_node)
+                finish(sub, reason, True, trace.last_node)  # if seen; where it stopped
         return trace.cancelled
 
     async def _expire(self, owner: Owner, message: Message) -> None:
@@ -507,13 +507,15 @@ class PenguiFlow(FlowGraph, RequestAPI):
         n = len(floes)
         while i < n:
             floe = floes[i]
-            if subs and floe.to_rookery:
-                target = self._redirect(floe, trace)
-                if isinstance(target, Outcome):  # taken as it arrives: nothing to queue
-                    target.take(item)
-                    i += 1
-                    continue
-                floe = target
+            if subs and floe.to_rookery and trace is not None:  # ``_redirect``, inline
+                view = subs.get(trace.trace_id)
+                if view is not None:
+                    target = route(view, floe)
+                    if isinstance(target, Outcome):  # taken as it arrives: nothing to queue
+                        target.take(item)
+                        i += 1
+                        continue
+                    floe = target
             if floe.maxsize > 0 and floe.live >= floe.maxsize:
                 return i
             entry = Entry(item, trace, floe)

@@ -149,7 +149,7 @@ class Outcome:
     )
 
     def __init__(
-        self, subs: dict[str, View], trace_id: str, *, seen: bool, loop: asyncio.AbstractEventLoop
+        self, subs: dict[str, View], trace_id: str, seen: bool, loop: asyncio.AbstractEventLoop
     ) -> None:
         self._subs = subs
         self._seen = seen
@@ -172,13 +172,26 @@ class Outcome:
         if self.has_result:
             return
         if type(item) is Message or isinstance(item, Message):
-            payload = item.payload
-            if type(payload) is StreamChunk or isinstance(payload, StreamChunk):
+            kind = type(item.payload)
+            if kind not in _NOT_CHUNKS and _chunk_type(kind):
                 return
         self.result = item
         self.has_result = True
         if not self.future.done():
             self.future.set_result(None)
+
+
+# Payload types known not to be stream chunks: ``issubclass`` against a pydantic model
+# is a Python-level check, so each type is checked once, and a result's type is then one
+# set lookup.
+_NOT_CHUNKS: set[type] = set()
+
+
+def _chunk_type(kind: type) -> bool:
+    if issubclass(kind, StreamChunk):
+        return True
+    _NOT_CHUNKS.add(kind)
+    return False
 
 
 View: TypeAlias = "Subscription | Outcome"
@@ -204,7 +217,6 @@ def mark_seen(sub: View) -> None:
 def finish(
     sub: View,
     reason: SubscriptionEnd,
-    *,
     if_seen: bool = False,
     last_node: str | None = None,
 ) -> None:
