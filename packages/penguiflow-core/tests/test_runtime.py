@@ -557,3 +557,30 @@ async def test_final_answer_message_skips_successors(make_flow: MakeFlow) -> Non
     assert out.payload == FinalAnswer(text="done")
     assert out.trace_id == m.trace_id
     assert called == []
+
+
+# -- freeing a stopped flow -----------------------------------------------------------------
+
+
+async def test_a_stopped_flow_nobody_holds_is_freed_without_the_garbage_collector() -> None:
+    """Flows built per request (playbooks) must not pile up as reference cycles."""
+    import gc
+    import weakref
+
+    async def forward(m: Any, ctx: Context) -> None:
+        await ctx.emit(m)  # binds the context's kernel operations to the flow
+
+    first, second = node(forward, "forward"), node(echo, "echo")
+    flow = PenguiFlow(first.to(second), second.to())
+    flow.run()
+    await flow.emit(msg(1))
+    assert (await fetch(flow)).payload == 1
+    assert await flow.invoke(msg(2), timeout=1.0) is not None
+    await flow.stop()
+    ref = weakref.ref(flow)
+    gc.disable()
+    try:
+        del flow
+        assert ref() is None, "a stopped flow must not be kept alive by a reference cycle"
+    finally:
+        gc.enable()

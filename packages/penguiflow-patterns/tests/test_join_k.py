@@ -522,3 +522,26 @@ async def test_leaving_a_request_frees_its_bucket(
     assert req.state == "cancelled"
     assert held(flow) == {}
     kit.assert_clean(flow)
+
+
+async def test_a_stopped_join_flow_nobody_holds_is_freed_without_the_garbage_collector() -> None:
+    import gc
+    import weakref
+
+    from penguiflow.types import Headers
+
+    fan, join = passthrough("fan"), join_k("j", 2)
+    a, b = passthrough("a"), passthrough("b")
+    flow = create(fan.to(a, b), a.to(join), b.to(join), join.to())
+    flow.run()
+    request = Message(payload="x", headers=Headers(tenant="t"))
+    batch = await asyncio.wait_for(flow.invoke(request), WAIT_S)
+    assert isinstance(batch, Message) and batch.payload == ["x", "x"]
+    await flow.stop()
+    ref = weakref.ref(flow)
+    gc.disable()
+    try:
+        del flow
+        assert ref() is None, "the join's per-flow state must not keep a stopped flow alive"
+    finally:
+        gc.enable()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -98,18 +99,21 @@ class KernelPort:
     """
 
     __slots__ = (
+        "_bound",
+        "_flow",
         "cancel_ended",
         "consume",
         "expire",
         "fetch",
-        "flow",
         "hooks",
+        "offer",
         "ops",
         "play",
         "queue_maxsize",
         "release",
         "send",
         "send_nowait",
+        "send_rest",
         "streams",
         "take",
         "trace",
@@ -134,6 +138,10 @@ class KernelPort:
     """Report that a cancelled trace has ended (after ``release`` returned True)."""
     expire: Callable[[Owner, Message], Awaitable[None]]
     """Answer a trace's deadline from a component (at most once per trace)."""
+    offer: Callable[[Sequence[Floe], Any, Trace | None, int], int]
+    """Enqueue without waiting; returns where a full edge stopped it."""
+    send_rest: Callable[[Sequence[Floe], Any, Trace | None, int], Awaitable[None]]
+    """Finish a send stopped at a full edge, waiting for room."""
 
     def __init__(
         self,
@@ -145,7 +153,11 @@ class KernelPort:
         traces: Mapping[str, Trace],
         ops: Mapping[str, Callable[..., Any]],
     ) -> None:
-        self.flow: Runtime = flow
+        # Weak, and the operations bound to the flow are forgotten when it stops (see
+        # ``unbind``): the flow holds its port, so a strong reference back would make a
+        # stopped flow a reference cycle, freed only by the garbage collector.
+        self._flow: weakref.ref[Runtime] = weakref.ref(flow)
+        self._bound: list[str] = []
         self.hooks: Hooks = hooks
         self.queue_maxsize: int = queue_maxsize
         self.streams: StreamCounters = streams
@@ -153,6 +165,20 @@ class KernelPort:
         self.traces: Mapping[str, Trace] = traces
         """The flow's live traces by id (read-only here; the kernel owns them)."""
         self.ops: Mapping[str, Callable[..., Any]] = ops
+
+    @property
+    def flow(self) -> Runtime:
+        """The flow (alive while anything can still call through this port)."""
+        flow = self._flow()
+        if flow is None:
+            raise FlowNotRunningError("this context's flow no longer exists")
+        return flow
+
+    def unbind(self) -> None:
+        """Forget the bound operations; each binds again on its next use."""
+        bound, self._bound = self._bound, []
+        for name in bound:
+            object.__delattr__(self, name)
 
     if not TYPE_CHECKING:
 
@@ -164,6 +190,7 @@ class KernelPort:
                 raise AttributeError(name) from None
             bound = func.__get__(self.flow)
             object.__setattr__(self, name, bound)
+            self._bound.append(name)
             return bound
 
 

@@ -9,9 +9,10 @@ trace.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Final
 
+from ._context import KernelPort
 from ._copy import copy_with, with_payload
 from ._edges import Floe, Trace
 from ._events import INFO, Hooks
@@ -57,34 +58,28 @@ def is_special(payload: object) -> bool:
     return False
 
 
-Offer = Callable[[Sequence[Floe], Any, "Trace | None", int], int]
-SendRest = Callable[[Sequence[Floe], Any, "Trace | None", int], Awaitable[None]]
-
-
 class Router:
     """Sends special results where they belong, through the kernel's enqueue path.
 
     Args:
         hooks: The flow's hooks, for ``deadline_skip`` events.
-        offer: Enqueue without waiting; returns where a full edge stopped it.
-        send_rest: Finish a send stopped at a full edge, waiting for room.
+        kernel: The flow's port, for its ``offer`` and ``send_rest`` (looked up per call,
+            so the router holds no method bound to the flow).
         rookery_floes: The flow's egress edges.
     """
 
-    __slots__ = ("hooks", "offer", "rookery_floes", "send_rest")
+    __slots__ = ("hooks", "kernel", "rookery_floes")
 
-    def __init__(
-        self, hooks: Hooks, offer: Offer, send_rest: SendRest, rookery_floes: list[Floe]
-    ) -> None:
+    def __init__(self, hooks: Hooks, kernel: KernelPort, rookery_floes: list[Floe]) -> None:
         self.hooks = hooks
-        self.offer = offer
-        self.send_rest = send_rest
+        self.kernel = kernel
         self.rookery_floes = rookery_floes
 
     async def send(self, floe: Floe, item: Any, trace: Trace | None) -> None:
         floes = (floe,)
-        if not self.offer(floes, item, trace, 0):
-            await self.send_rest(floes, item, trace, 0)
+        kernel = self.kernel
+        if not kernel.offer(floes, item, trace, 0):
+            await kernel.send_rest(floes, item, trace, 0)
 
     async def to_rookery(self, rt: NodeRuntime | None, item: Any, trace: Trace | None) -> None:
         """Send ``item`` to Rookery: on the node's own egress edge, else the first one."""
@@ -145,8 +140,9 @@ class Router:
             if trace is not None:
                 trace.wm_hops = nxt
         floes = (self_floe,)  # ``send``, inlined
-        if not self.offer(floes, msg, trace, 0):
-            await self.send_rest(floes, msg, trace, 0)
+        kernel = self.kernel
+        if not kernel.offer(floes, msg, trace, 0):
+            await kernel.send_rest(floes, msg, trace, 0)
         return True
 
     def suppressed(self, msg: Any, traces: Mapping[str, Trace]) -> bool:

@@ -152,7 +152,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
             for n, p in zip(nodes, wiring.ports, strict=True)
         ]
         self._runtime_of: dict[Owner, NodeRuntime] = {rt.node: rt for rt in self._runtimes}
-        self._router = Router(self._hooks, self._offer, self._send_rest, self._rookery_floes)
+        self._router = Router(self._hooks, port, self._rookery_floes)
         self._retries = Retries(
             self._hooks, self._router, self._errors_to_rookery, self._subs, self._retry_budget
         )
@@ -240,6 +240,8 @@ class PenguiFlow(FlowGraph, RequestAPI):
                 )
         finally:
             for rt in self._runtimes:
+                for slot in rt.slots:
+                    slot.task = None  # the ended task's traceback holds the slot
                 rt.slots = ()
                 rt.backlogs.clear()
                 rt.owners.clear()
@@ -250,6 +252,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
             # and whoever parked while the workers wound down:
             wake_stopped(self._rookery, self._opensea, self._traces.values())
             self._hooks.call(self._hooks.stop)
+            self._port.unbind()  # a stopped flow nobody holds is freed at once
         if inside and me is not None:
             # stop() returns to the node or middleware that called it; its worker is
             # cancelled at its next await, and ends.
@@ -957,6 +960,8 @@ _KERNEL_OPS: Final[Mapping[str, Callable[..., Any]]] = {
         flow._rookery, trace_id
     ),
     "expire": PenguiFlow._expire,
+    "offer": PenguiFlow._offer,
+    "send_rest": PenguiFlow._send_rest,
 }
 
 PlaybookFactory: TypeAlias = Callable[[], "tuple[PenguiFlow, AdapterSource | None]"]
