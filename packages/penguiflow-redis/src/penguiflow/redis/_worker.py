@@ -108,6 +108,21 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
+# Take over idle entries (their worker stopped) that are still under the delivery limit,
+# in one step: an entry at the limit is left pending for the bury step, so it is never
+# delivered once more between a check of its count and the claim.
+# KEYS: stream. ARGV: group, me, min_idle_ms, count, limit.
+_CLAIM: Final = """
+local rows = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', 100)
+local ids = {}
+for _, row in ipairs(rows) do
+  if #ids >= tonumber(ARGV[4]) then break end
+  if tonumber(row[4]) < tonumber(ARGV[5]) then table.insert(ids, row[1]) end
+end
+if #ids == 0 then return {} end
+return redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(ids))
+"""
+
 # Bury an entry delivered too often: if it is still pending and idle (its last worker
 # stopped), copy it to the dead-letter stream, acknowledge and delete it, tell the client
 # (if its reply stream is still there), count it done, and cancel the rest of its request.
@@ -249,6 +264,7 @@ class Worker:
         self._lease_s = max(1, round(3 * settings.claim_idle_s))
         self._hand_back = redis.register_script(_HAND_BACK)
         self._bury = redis.register_script(_BURY)
+        self._claim = redis.register_script(_CLAIM)
         self._batch = Batcher(redis, transaction=False)
         self._atomic = Batcher(redis, transaction=True)
 
@@ -367,6 +383,7 @@ class Worker:
     async def _read(self) -> None:
         redis, name = self._redis, self._name
         loop = asyncio.get_running_loop()
+        limit = self._settings.max_deliveries
         claim_every = self._settings.claim_idle_s / 2
         min_idle_ms = max(1, int(self._settings.claim_idle_s * 1000))
         block_ms = max(1, int(min(claim_every, _BLOCK_S) * 1000))
@@ -379,15 +396,13 @@ class Worker:
                 next_claim = loop.time() + claim_every
                 for stream in self._open():
                     await self._bury_idle(stream, min_idle_ms)
-                    reply = await redis.xautoclaim(
-                        stream,
-                        GROUP,
-                        name,
-                        min_idle_time=min_idle_ms,
-                        start_id="0-0",
-                        count=self._free(stream),
-                    )
-                    claimed = [e for e in reply[1] if e[1] and e[0] not in self._held]
+                    args = [GROUP, name, min_idle_ms, self._free(stream), limit]
+                    reply = await self._claim(keys=[stream], args=args)
+                    claimed = [
+                        (entry_id, _fields(flat))
+                        for entry_id, flat in reply or ()
+                        if flat and entry_id not in self._held
+                    ]
                     if claimed:
                         logger.info("worker %s took over %d idle entries", name, len(claimed))
                     self._start(stream, claimed)
@@ -699,6 +714,11 @@ def _error(error: FlowError) -> dict[str, Any]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """An entry's fields as a script returns them (name, value, ...), as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 async def stop_task(task: asyncio.Task[Any], timeout: float) -> None:
