@@ -111,6 +111,7 @@ class KernelPort:
         "play",
         "queue_maxsize",
         "release",
+        "running",
         "send",
         "send_nowait",
         "send_rest",
@@ -158,6 +159,8 @@ class KernelPort:
         # stopped flow a reference cycle, freed only by the garbage collector.
         self._flow: weakref.ref[Runtime] = weakref.ref(flow)
         self._bound: list[str] = []
+        self.running = False
+        """Whether the flow runs (kept by the kernel: read per chunk, without the flow)."""
         self.hooks: Hooks = hooks
         self.queue_maxsize: int = queue_maxsize
         self.streams: StreamCounters = streams
@@ -367,7 +370,7 @@ class Context:
         if not first and maxsize > 0:
             # Room for the trace (the common case) is seen here, without a coroutine.
             trace = kernel.hooks.traces.get(trace_id)
-            if (trace is not None and trace.pending - 1 >= maxsize) or not kernel.flow.is_running:
+            if (trace is not None and trace.pending - 1 >= maxsize) or not kernel.running:
                 await kernel.wait_trace_capacity(trace_id, self._ports.owner)
         blocked = kernel.send(self._outs if to is None else self._ports.targets(to), envelope)
         if blocked is not None:

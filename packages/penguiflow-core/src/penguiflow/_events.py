@@ -173,16 +173,18 @@ class Hooks:
         """
         if trace is None and trace_id is not None:
             trace = self.traces.get(trace_id)
-        if trace is not None:
-            pending: int | None = trace.pending
-            inflight, cancelled = trace.inflight, trace.cancelled
-        else:
-            pending = 0 if trace_id is not None else None
-            inflight, cancelled = 0, False
         ins, outs = ports.ins, ports.outs
         # Built as a draft and sealed (see ``EventDraft``): the same ``FlowEvent`` as the
         # constructor makes, at a third of the cost.
         event: Any = new_draft(EventDraft)
+        if trace is not None:
+            event.trace_pending = trace.pending
+            event.trace_inflight = trace.inflight
+            event.trace_cancelled = trace.cancelled
+        else:
+            event.trace_pending = 0 if trace_id is not None else None
+            event.trace_inflight = 0
+            event.trace_cancelled = False
         event.event_type = kind
         event.ts = wall_time()
         event.node_name, event.node_id = ports.ident
@@ -193,9 +195,6 @@ class Hooks:
         event.queue_depth_out = outs[0].live if len(outs) == 1 else sum(f.live for f in outs)
         event.outgoing_edges = len(outs)
         event.queue_maxsize = self.queue_maxsize
-        event.trace_pending = pending
-        event.trace_inflight = inflight
-        event.trace_cancelled = cancelled
         event.extra = MappingProxyType(dict(extra)) if extra else NO_EXTRA
         event.__class__ = FlowEvent
         on = known.get(level)

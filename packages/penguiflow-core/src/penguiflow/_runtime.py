@@ -182,7 +182,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
         for rt, validator in zip(self._runtimes, validators, strict=True):
             rt.validator = validator
             tasks += start_workers(rt, worker, port, loop)
-        self._running = True
+        self._running = self._port.running = True
         self._stopped = False
 
     async def stop(self, *, timeout: float | None = None) -> None:
@@ -205,7 +205,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
         """
         if not self._running:
             return
-        self._running = False
+        self._running = self._port.running = False
         self._stopped = True
         self._generation += 1  # a worker that swallowed its cancellation exits at once
         if self._subs:
