@@ -159,7 +159,7 @@ class KernelPort:
         # stopped flow a reference cycle, freed only by the garbage collector.
         self._flow: weakref.ref[Runtime] = weakref.ref(flow)
         self._bound: list[str] = []
-        self.running = False
+        self.running: bool = False
         """Whether the flow runs (kept by the kernel: read per chunk, without the flow)."""
         self.hooks: Hooks = hooks
         self.queue_maxsize: int = queue_maxsize
