@@ -57,21 +57,21 @@ ATTEMPTS = 3  # a scenario under its floor is measured again this many times in 
 MIN_TIME = 0.1  # measured seconds per run (one batch is usually enough)
 # Smaller batches than the full benchmark: the guard must stay quick.
 SIZES: dict[str, int] = {
-    "chain_seq": 0.95,
-    "chain_pipe": 0.86,
-    "chain_pipe_mw": 0.52,
-    "chain_validated_pipe": 0.84,
-    "quickstart_pipe": 1.12,
-    "fanout_join_pipe": 0.85,
-    "controller_seq": 1.05,
-    "controller_w16": 1.04,
-    "controller_emit_w16": 1.03,
-    "streaming": 0.84,
-    "playbook": 0.65,
-    "concurrency_1k": 0.88,
-    "concurrency_10k": 0.91,
-    "retry0": 1.0,
-    "invoke_1k": 0.85,
+    "chain_seq": 2000,
+    "chain_pipe": 4000,
+    "chain_pipe_mw": 4000,
+    "chain_validated_pipe": 4000,
+    "quickstart_pipe": 4000,
+    "fanout_join_pipe": 2000,
+    "controller_seq": 4000,
+    "controller_w16": 8000,
+    "controller_emit_w16": 8000,
+    "streaming": 8000,
+    "playbook": 1000,
+    "concurrency_1k": 1000,
+    "concurrency_10k": 10000,
+    "retry0": 2000,
+    "invoke_1k": 1000,
 }
 
 
