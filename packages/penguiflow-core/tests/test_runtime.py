@@ -584,3 +584,21 @@ async def test_a_stopped_flow_nobody_holds_is_freed_without_the_garbage_collecto
         assert ref() is None, "a stopped flow must not be kept alive by a reference cycle"
     finally:
         gc.enable()
+
+
+async def test_a_flow_run_again_after_stop_binds_its_context_operations_again() -> None:
+    async def forward(m: Any, ctx: Context) -> None:
+        await ctx.emit(m)  # a context operation, forgotten at stop and bound again on use
+
+    async def upper(m: Any, ctx: Context) -> Any:
+        return m.with_payload(m.payload.upper())
+
+    first, second = node(forward, "forward"), node(upper, "upper")
+    flow = PenguiFlow(first.to(second), second.to())
+    for word in ("one", "two"):
+        flow.run()
+        try:
+            result = await flow.invoke(msg(word), timeout=1.0, expect=Message)
+            assert result.payload == word.upper()
+        finally:
+            await flow.stop()
