@@ -18,7 +18,11 @@ from ._controller import (
 )
 from ._edges import OPEN_SEA as OPEN_SEA, ROOKERY as ROOKERY, Endpoint as Endpoint, Floe as Floe
 from ._playbook import Subflow as Subflow
-from ._request import Request as Request, RequestState as RequestState
+from ._request import (
+    Request as Request,
+    RequestState as RequestState,
+    check_result as check_result,
+)
 from ._runtime import (
     DEFAULT_QUEUE_MAXSIZE as DEFAULT_QUEUE_MAXSIZE,
     PenguiFlow as PenguiFlow,

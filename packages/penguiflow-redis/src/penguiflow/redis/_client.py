@@ -15,8 +15,14 @@ from collections.abc import AsyncIterator
 from typing import Any, Final, Generic, TypeVar, final, overload
 
 from penguiflow.clock import wall_time
-from penguiflow.core import DEADLINE_EXCEEDED_TEXT, PenguiFlow, RequestState, trace_id_of
-from penguiflow.errors import FlowRuntimeError, FlowStoppedError, FlowTypeError, TraceCancelled
+from penguiflow.core import (
+    DEADLINE_EXCEEDED_TEXT,
+    PenguiFlow,
+    RequestState,
+    check_result,
+    trace_id_of,
+)
+from penguiflow.errors import FlowRuntimeError, FlowStoppedError, TraceCancelled
 from penguiflow.registry import ModelRegistry
 from penguiflow.types import FinalAnswer, Message, StreamChunk
 from redis.asyncio import Redis
@@ -478,7 +484,7 @@ class RemoteRequest(Generic[T]):
         if expect is None:
             result: T = outcome
             return result
-        return _check_result(outcome, expect, self.trace_id)
+        return check_result(outcome, expect, self.trace_id)
 
     async def cancel(self) -> bool:
         """Cancel the request; ``result()`` then raises ``TraceCancelled``.
@@ -489,17 +495,3 @@ class RemoteRequest(Generic[T]):
         if self._client._commands is None:
             return False
         return await self._client.cancel(self.trace_id)
-
-
-def _check_result(outcome: Any, expect: type[T], trace_id: str) -> T:
-    """Return ``outcome`` if it is an ``expect``; raise ``FlowTypeError`` saying why not."""
-    if isinstance(outcome, expect):
-        return outcome
-    expected, actual = expect.__qualname__, type(outcome).__qualname__
-    returned = f"{actual}; pass expect={actual} or fix the node"
-    if isinstance(outcome, Message) and isinstance(outcome.payload, expect):
-        returned = f"{actual} whose payload is {expected}; pass expect={actual} and read .payload"
-    raise FlowTypeError(
-        f"trace {trace_id}: expected a result of type {expected}, got {actual}: the flow's "
-        f"exit node returned {returned}"
-    )
