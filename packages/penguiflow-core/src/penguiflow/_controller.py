@@ -150,7 +150,7 @@ class Router:
         if type(msg) is not Message and not isinstance(msg, Message):
             return False
         payload = msg.payload
-        if type(payload) in PLAIN or not is_special(payload) or not isinstance(payload, WM):
+        if not is_special(payload) or not isinstance(payload, WM):
             return False
         trace = traces.get(msg.trace_id)
         return trace is not None and trace.wm_hops is not None and trace.wm_hops == payload.hops
