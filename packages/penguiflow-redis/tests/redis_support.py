@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 HERE = Path(__file__).resolve().parent
 
@@ -75,6 +76,23 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def consumers(redis: Redis, prefix: str) -> set[str]:
+    """The consumer names the request stream's group knows."""
+    try:
+        found = await redis.xinfo_consumers(f"{prefix}:requests", "workers")
+    except ResponseError:  # no stream or no group yet: no worker has started
+        return set()
+    return {c["name"].decode() if isinstance(c["name"], bytes) else c["name"] for c in found}
+
+
+async def reading(redis: Redis) -> bool:
+    """Whether a worker waits on a request stream: the server lists its blocked read."""
+    return any(
+        c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "")
+        for c in await redis.client_list()
+    )
 
 
 async def request_keys(redis: Redis, prefix: str) -> list[bytes]:

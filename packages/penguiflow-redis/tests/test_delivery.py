@@ -21,7 +21,7 @@ import redis_flows
 from penguiflow import Headers, Message
 from penguiflow.errors import FlowError
 from penguiflow.redis import connect
-from redis_support import Workers, eventually, request_keys
+from redis_support import Workers, consumers, eventually, request_keys
 
 
 def message(payload: object) -> Message:
@@ -44,11 +44,6 @@ async def pending_of(redis: Redis, prefix: str, consumer: str) -> int:
         f"{prefix}:requests", "workers", min="-", max="+", count=1000, consumername=consumer
     )
     return len(rows)
-
-
-async def consumers(redis: Redis, prefix: str) -> set[str]:
-    found = await redis.xinfo_consumers(f"{prefix}:requests", "workers")
-    return {c["name"].decode() if isinstance(c["name"], bytes) else c["name"] for c in found}
 
 
 def expected(n: int) -> redis_flows.Answer:

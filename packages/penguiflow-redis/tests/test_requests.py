@@ -14,7 +14,7 @@ from penguiflow import WM, FinalAnswer, Headers, Message
 from penguiflow.core import DEADLINE_EXCEEDED_TEXT, PenguiFlow
 from penguiflow.errors import FlowError, FlowRuntimeError, FlowTypeError
 from penguiflow.redis import RemoteError, connect
-from redis_support import Workers, eventually, request_keys
+from redis_support import Workers, eventually, reading, request_keys
 
 
 def message(payload: object, **kwargs: object) -> Message:
@@ -138,6 +138,8 @@ async def test_a_deadline_is_honoured_in_the_worker(
     redis_url: str, prefix: str, workers: Workers, redis: Redis
 ) -> None:
     workers.start("slow")
+    # The deadline starts once the worker reads, so a slow start cannot use it up.
+    await eventually(lambda: reading(redis), what="the worker to read")
     flow, _ = redis_flows.slow()
     msg = message("never answers", deadline_s=time.time() + 0.5)
     async with connect(flow, redis_url, prefix=prefix) as client:
