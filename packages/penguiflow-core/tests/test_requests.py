@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pydantic import BaseModel
 
-from penguiflow.core import ROOKERY, Context
+from penguiflow.core import ROOKERY, Context, no_result_error
 from penguiflow.errors import FlowError, FlowRuntimeError, FlowStoppedError, TraceCancelled
 from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
@@ -155,7 +155,19 @@ async def test_a_request_sent_nowhere_ends_at_once(make_flow: MakeFlow) -> None:
     with pytest.raises(FlowError) as info:
         await flow.invoke(msg(), to=[], timeout=1.0)
     assert info.value.code == "NO_RESULT"
+    assert str(info.value).endswith("without a result: nothing of it entered the flow")
     assert flow.inspect().traces == {}
+
+
+def test_no_result_error_is_the_error_a_dropped_request_ends_with() -> None:
+    """Add-ons that deliver outcomes of their own build the same error the runtime raises."""
+    dropped = no_result_error("t1", "router")
+    assert (dropped.code, dropped.trace_id, dropped.node_name) == ("NO_RESULT", "t1", "router")
+    assert "trace t1 ended at node 'router' without a result" in str(dropped)
+    elsewhere = no_result_error("t2", None, why="its worker lost it")
+    assert (elsewhere.code, elsewhere.node_name) == ("NO_RESULT", "")
+    assert str(elsewhere).endswith("trace t2 ended without a result: its worker lost it")
+    assert str(no_result_error("t3", None)).endswith("trace t3 ended without a result")
 
 
 async def test_a_message_without_trace_id_is_refused_with_a_fix(make_flow: MakeFlow) -> None:

@@ -23,7 +23,7 @@ from .errors import FlowError, FlowRuntimeError, FlowStoppedError, FlowTypeError
 from .node import Node
 from .types import Message, StreamChunk
 
-__all__ = ["Request", "RequestAPI", "RequestState", "check_result", "no_result"]
+__all__ = ["Request", "RequestAPI", "RequestState", "check_result", "no_result_error"]
 
 T = TypeVar("T")
 
@@ -50,19 +50,27 @@ class _Flow(Protocol):
     async def wait_ended(self, trace_id: str, *, timeout: float | None = None) -> bool: ...
 
 
-def no_result(trace_id: str | None, node: str | None) -> FlowError:
-    """The error of a trace that ended without a result."""
-    if node is None:
-        text = f"trace {trace_id} ended without a result: nothing of it entered the flow"
+def no_result_error(
+    trace_id: str | None, last_node: str | None, *, why: str | None = None
+) -> FlowError:
+    """The ``NO_RESULT`` error of a trace that ended without a result.
+
+    ``last_node`` is the node its last item was dropped at; without one, ``why`` (if given)
+    says what happened instead, as the text after "ended without a result: ".
+    """
+    if last_node is None:
+        text = f"trace {trace_id} ended without a result"
+        if why:
+            text += f": {why}"
     else:
         text = (
-            f"trace {trace_id} ended at node {node!r} without a result: the item was "
+            f"trace {trace_id} ended at node {last_node!r} without a result: the item was "
             "dropped there (a router with no matching route, a join that dropped its "
             "bucket, or a node that returned None)"
         )
     return FlowError(
         trace_id=trace_id,
-        node_name=node or "",
+        node_name=last_node or "",
         node_id="",
         code="NO_RESULT",
         attempts=0,
@@ -71,11 +79,14 @@ def no_result(trace_id: str | None, node: str | None) -> FlowError:
     )
 
 
+_NOTHING_ENTERED = "nothing of it entered the flow"
+
+
 def ended_without_result(view: View) -> tuple[BaseException, RequestState]:
     """Why a trace's view ended with no result, as the request's outcome and state."""
     trace_id = view.trace_id
     if view.done == "drained":
-        return no_result(trace_id, view.last_node), "failed"
+        return no_result_error(trace_id, view.last_node, why=_NOTHING_ENTERED), "failed"
     if view.done == "stopped":
         return FlowStoppedError(f"the flow stopped before trace {trace_id} ended"), "stopped"
     return TraceCancelled(trace_id), "cancelled"
@@ -155,7 +166,7 @@ class Request(Generic[T]):
         if not sub.started:
             # Nothing was enqueued (``to=[]``, or a repeated controller message): the
             # request is over before it began.
-            self._settle(no_result(self.trace_id, None), "failed")
+            self._settle(no_result_error(self.trace_id, None, why=_NOTHING_ENTERED), "failed")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -278,7 +289,7 @@ async def invoke(
         if view.started:
             await view.future
         elif not view.has_result:  # nothing was enqueued (see ``Request.__aenter__``)
-            raise no_result(trace_id, None)
+            raise no_result_error(trace_id, None, why=_NOTHING_ENTERED)
         if view.has_result:
             outcome = view.result
             if isinstance(outcome, FlowError):

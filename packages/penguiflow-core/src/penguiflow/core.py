@@ -22,6 +22,7 @@ from ._request import (
     Request as Request,
     RequestState as RequestState,
     check_result as check_result,
+    no_result_error as no_result_error,
 )
 from ._runtime import (
     DEFAULT_QUEUE_MAXSIZE as DEFAULT_QUEUE_MAXSIZE,

@@ -37,7 +37,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
-from penguiflow.core import OPEN_SEA, Context, PenguiFlow, Subscription, create, trace_id_of
+from penguiflow.core import (
+    OPEN_SEA,
+    Context,
+    PenguiFlow,
+    Subscription,
+    create,
+    no_result_error,
+    trace_id_of,
+)
 from penguiflow.errors import FlowBuildError, FlowError, FlowRuntimeError, FlowTypeError
 from penguiflow.metrics import FlowEvent
 from penguiflow.middlewares import Middleware
@@ -438,23 +446,6 @@ class NodeWorker(Worker):
     async def _finish(self, session: _Session, note: str, last_node: str | None) -> None:
         keys, trace = self._keys, session.trace_id
         entries = session.entries
-        if last_node is None:
-            text = f"trace {trace} ended without a result"
-        else:
-            text = (
-                f"trace {trace} ended at node {last_node!r} without a result: the item was "
-                "dropped there (a router with no matching route, a join that dropped its "
-                "bucket, or a node that returned None)"
-            )
-        no_result = FlowError(
-            trace_id=trace,
-            node_name=last_node or "",
-            node_id="",
-            code="NO_RESULT",
-            attempts=0,
-            original=None,
-            message=text,
-        )
         await self._finish_script(
             keys=[keys.live(trace), keys.cancelled(trace), session.reply]
             + [h.stream for h in entries],
@@ -462,7 +453,7 @@ class NodeWorker(Worker):
                 GROUP,
                 len(entries),
                 note,
-                encode_error(no_result),
+                encode_error(no_result_error(trace, last_node)),
                 trace,
                 REPLY_MAXLEN,
                 REPLY_TTL_S,
