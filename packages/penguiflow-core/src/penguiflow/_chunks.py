@@ -1,10 +1,11 @@
 """Stream chunks: sequence numbers per stream, and the envelope a chunk travels in.
 
 ``ctx.emit_chunk`` numbers the chunks of each stream (``stream_id``, by default the
-trace id). The numbers run per stream across the whole flow, so two nodes writing the
-same stream never repeat a number. The counters of a trace's streams are forgotten when
-the trace ends, with or without a ``done`` chunk; ``inspect()`` shows the open ones under
-``STREAMS_PROBE``.
+trace id) of each trace. The numbers run per stream of a trace across the whole flow, so
+two nodes writing the same stream of a request never repeat a number, and two requests
+whose nodes use the same ``stream_id`` each number theirs from 0. The counters of a
+trace's streams are forgotten when the trace ends, with or without a ``done`` chunk;
+``inspect()`` shows the open ones under ``STREAMS_PROBE``.
 """
 
 from __future__ import annotations
@@ -26,50 +27,42 @@ STREAMS_PROBE: Final = "penguiflow.streams"
 class StreamCounters:
     """The last sequence number of every open stream of a flow, by trace."""
 
-    __slots__ = ("by_trace", "last")
+    __slots__ = ("by_trace",)
 
     def __init__(self) -> None:
-        self.last: dict[str, int] = {}
-        """stream id -> last sequence number sent."""
-        self.by_trace: dict[str, set[str]] = {}
-        """trace id -> its open stream ids."""
+        self.by_trace: dict[str, dict[str, int]] = {}
+        """trace id -> its open streams: stream id -> last sequence number sent."""
 
     def advance(self, trace_id: str, sid: str, seq: int | None) -> tuple[int, bool]:
         """Record the next chunk of ``sid``; return its seq and whether it is the first."""
-        last = self.last
-        prev = last.get(sid)
+        streams = self.by_trace.get(trace_id)
+        if streams is None:
+            streams = self.by_trace[trace_id] = {}
+        prev = streams.get(sid)
         if seq is None:
             seq = 0 if prev is None else prev + 1
-        last[sid] = seq
-        sids = self.by_trace.get(trace_id)
-        if sids is None:
-            sids = self.by_trace[trace_id] = set()
-        sids.add(sid)
+        streams[sid] = seq
         return seq, prev is None
 
     def close(self, trace_id: str, sid: str) -> None:
         """The stream sent its ``done`` chunk."""
-        self.last.pop(sid, None)
-        sids = self.by_trace.get(trace_id)
-        if sids is not None:
-            sids.discard(sid)
-            if not sids:
+        streams = self.by_trace.get(trace_id)
+        if streams is not None:
+            streams.pop(sid, None)
+            if not streams:
                 del self.by_trace[trace_id]
 
     def forget(self, trace_id: str) -> None:
         """Drop every counter of a trace (it ended or was cancelled)."""
-        sids = self.by_trace.pop(trace_id, None)
-        if sids:
-            for sid in sids:
-                self.last.pop(sid, None)
+        self.by_trace.pop(trace_id, None)
 
     def open_streams(self, *others: StreamCounters) -> dict[str, int]:
         """Open streams per trace, here and in ``others``."""
         counts: dict[str, int] = {}
         for counters in (self, *others):
-            for tid, sids in counters.by_trace.items():
-                if sids:
-                    counts[tid] = counts.get(tid, 0) + len(sids)
+            for tid, streams in counters.by_trace.items():
+                if streams:
+                    counts[tid] = counts.get(tid, 0) + len(streams)
         return counts
 
 

@@ -353,8 +353,10 @@ class Context:
     ) -> StreamChunk:
         """Emit one ``StreamChunk`` of the stream ``stream_id`` (default: the trace id).
 
-        Sequence numbers run per ``stream_id`` across the whole flow, so two nodes writing
-        the same stream never repeat one; ``chunk.node`` names the emitting node.
+        Sequence numbers run per ``stream_id`` of a trace across the whole flow, so two
+        nodes writing the same stream of a request never repeat one, and another request
+        using the same ``stream_id`` numbers its own from 0; ``chunk.node`` names the
+        emitting node.
 
         Follow-up chunks wait for per-trace capacity: the producer stays at most about one
         queue's worth ahead of the unconsumed output of its trace, so a slow reader slows

@@ -34,7 +34,7 @@ __all__ = [
     "entries",
     "name_of",
     "purge",
-    "queued_for",
+    "reset_stopped",
     "wake_stopped",
 ]
 
@@ -381,12 +381,10 @@ def wake_stopped(rookery: Ports, opensea: Ports, traces: Iterable[Trace]) -> Non
             trace.ended.unpark_all()
 
 
-def queued_for(trace: Trace, owner: Owner) -> int:
-    """How many live queued entries of ``trace`` wait for ``owner`` (O(items of the trace))."""
-    count = 0
-    entry = trace.head
-    while entry is not None:
-        if not entry.dead and entry.floe.target is owner:
-            count += 1
-        entry = entry.next
-    return count
+def reset_stopped(traces: Iterable[Trace]) -> None:
+    """The flow stopped: traces left on its edges start the next run uncancelled and with
+    fresh loop and deadline state."""
+    for trace in traces:
+        trace.cancelled = False
+        trace.wm_hops = None
+        trace.deadline_fired = False

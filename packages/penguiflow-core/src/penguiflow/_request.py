@@ -161,7 +161,11 @@ class Request(Generic[T]):
         try:
             await flow.emit(self._message, to=self._to)
         except BaseException:
-            close(sub)
+            # Part of the message may be in the flow already (an emit to several entry
+            # nodes, interrupted while it waited for room at one): that part is cancelled,
+            # as when the block is left early.
+            self._sub = None
+            await leave(flow, sub)
             raise
         if not sub.started:
             # Nothing was enqueued (``to=[]``, or a repeated controller message): the

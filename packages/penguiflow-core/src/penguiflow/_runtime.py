@@ -37,7 +37,7 @@ from ._edges import (
     Owner,
     Trace,
     purge,
-    queued_for,
+    reset_stopped,
     wake_stopped,
 )
 from ._events import DEBUG, INFO, Hooks, enabled, known, logger
@@ -50,9 +50,12 @@ from ._slots import (
     NodeRuntime,
     Slot,
     absorb_cancel,
+    ahead_of,
     defer,
     interrupt,
     join_workers,
+    mark_stopping,
+    release_slots,
     start_workers,
 )
 from ._subscription import Outcome, SubscriptionEnd, View, finish, mark_seen, route
@@ -216,9 +219,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
         inside = me in tasks
         if inside:
             tasks = [task for task in tasks if task is not me]  # never wait for ourselves
-        for rt in self._runtimes:
-            for slot in rt.slots:
-                slot.stopping = True
+        mark_stopping(self._runtimes)
         for task in tasks:
             task.cancel()
         # A request that gets "the flow stopped" as its outcome leaves nothing behind;
@@ -239,16 +240,8 @@ class PenguiFlow(FlowGraph, RequestAPI):
                     extra={"node_name": task.get_name().removeprefix("penguiflow:")},
                 )
         finally:
-            for rt in self._runtimes:
-                for slot in rt.slots:
-                    slot.task = None  # the ended task's traceback holds the slot
-                rt.slots = ()
-                rt.backlogs.clear()
-                rt.owners.clear()
-            for trace in list(self._traces.values()):
-                trace.cancelled = False
-                trace.wm_hops = None
-                trace.deadline_fired = False
+            release_slots(self._runtimes)
+            reset_stopped(self._traces.values())
             # and whoever parked while the workers wound down:
             wake_stopped(self._rookery, self._opensea, self._traces.values())
             self._hooks.call(self._hooks.stop)
@@ -435,7 +428,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
     def _release(self, trace: Trace) -> bool:
         """Finish one item of ``trace``; True when a cancelled trace just ended."""
         pending = trace.pending = trace.pending - 1
-        if trace.waiters is not None and pending - 1 < self._queue_maxsize:
+        if trace.waiters is not None:  # a chunk producer waits for room: let it look again
             trace.waiters.unpark_all()
             trace.waiters = None
         if pending > 0:
@@ -471,9 +464,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
             trace = self._traces.get(trace_id)
             if trace is None or trace.pending - 1 < maxsize or not self._running:
                 return
-            # Items of the trace queued for the waiting node itself only it can consume:
-            # they never count against it (a streaming node fed by a stream).
-            if trace.pending - 1 - queued_for(trace, owner) < maxsize:
+            if ahead_of(owner, trace, self._runtimes, self._runtime_of) < maxsize:
                 return
             if trace.cancelled:
                 raise TraceCancelled(trace_id)
@@ -544,17 +535,20 @@ class PenguiFlow(FlowGraph, RequestAPI):
         """
         n = len(floes)
         while i < n:
-            floe = self._claim(floes[i], trace, item)
+            floe: Floe | None = self._claim(floes[i], trace, item)
             # A node never waits for room on its own loop edge: the item it hands on there
             # replaces the one it is handling, so a controller loop cannot block itself.
-            while 0 < floe.maxsize <= floe.live and not floe.loop:
+            while floe is not None and 0 < floe.maxsize <= floe.live and not floe.loop:
                 fut = floe.putters.park()
                 try:
                     await fut
                 except BaseException:
                     self._abandon(floe, fut, trace)
                     raise
-            self._enqueue(floe, item, trace)
+                if floe is not floes[i]:
+                    floe = self._reroute(floes[i], floe, item, trace)
+            if floe is not None:
+                self._enqueue(floe, item, trace)
             i = self._offer(floes, item, trace, i + 1)
 
     def _claim(self, floe: Floe, trace: Trace | None, item: Any) -> Floe:
@@ -568,6 +562,17 @@ class PenguiFlow(FlowGraph, RequestAPI):
         if trace is not None:
             trace.pending += 1
         return floe
+
+    def _reroute(self, shared: Floe, floe: Floe, item: Any, trace: Trace | None) -> Floe | None:
+        """Where a put parked on a trace's view edge goes now: elsewhere if the view ended
+        or closed meanwhile (nobody reads its edge); None if an ``Outcome`` took it."""
+        target = self._redirect(shared, trace)
+        if target is floe or not isinstance(target, Outcome):
+            return target
+        target.take(item)
+        if trace is not None and self._release(trace):
+            self._hooks.schedule_cancel_finished(self._rookery, trace.trace_id)
+        return None
 
     def _abandon(self, floe: Floe, fut: asyncio.Future[None], trace: Trace | None) -> None:
         """A blocked put was interrupted: pass on its wake-up, give back its count."""
@@ -860,8 +865,10 @@ class PenguiFlow(FlowGraph, RequestAPI):
                                 await self._send_rest(outs, result, rtrace, i)
                     elif trace is not None:
                         trace.last_node = rt.node.name  # ends here unless more follows
-                except TraceCancelled:
-                    failure = None
+                except TraceCancelled as exc:
+                    # Only our own trace's cancel ends the item quietly; another's (a request
+                    # the node made elsewhere, cancelled there) is a node failure.
+                    failure = None if trace is not None and trace.cancelled else exc
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except BaseException as exc:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, Final
 
 from ._context import Context, KernelPort, wired_context
-from ._edges import ROOKERY, Entry, Floe, Inbox, Ports, Trace
+from ._edges import ROOKERY, Entry, Floe, Inbox, Owner, Ports, Trace
 from ._validation import Validator
 from .node import Node, NodePolicy
 
@@ -17,9 +17,12 @@ __all__ = [
     "NodeRuntime",
     "Slot",
     "absorb_cancel",
+    "ahead_of",
     "defer",
     "interrupt",
     "join_workers",
+    "mark_stopping",
+    "release_slots",
     "start_workers",
 ]
 
@@ -58,6 +61,7 @@ class NodeRuntime:
         "backlogs",
         "concurrency",
         "ctx",
+        "feeders",
         "func",
         "inbox",
         "node",
@@ -87,6 +91,8 @@ class NodeRuntime:
         self.self_floe = ports.by_target.get(node)
         self.rookery_floe = ports.by_target.get(ROOKERY)
         self.validator: Validator | None = None
+        self.feeders: frozenset[Owner] | None = None
+        """This node and every node that can reach it (computed on first need)."""
         self.slots: Sequence[Slot] = ()
         self.backlogs: dict[Trace, deque[Entry]] = {}
         """max_concurrency > 1: items of a trace waiting behind the one running."""
@@ -118,6 +124,65 @@ def interrupt(runtimes: Iterable[NodeRuntime], trace: Trace) -> None:
         backlog = rt.backlogs.get(trace)
         if backlog:
             backlog.clear()
+
+
+def ahead_of(
+    producer: Owner, trace: Trace, runtimes: Sequence[NodeRuntime], of: dict[Owner, NodeRuntime]
+) -> int:
+    """Items of ``trace`` a stream producer is ahead of: queued or running anywhere but at
+    the producer and the nodes that feed it, Rookery included. O(items of the trace + slots).
+
+    Items at the producer or at the nodes that feed it can move on only through the
+    producer itself: counting them would have it wait on itself, and edge backpressure
+    already bounds them.
+    """
+    rt = of.get(producer)
+    behind = _feeders(rt, of) if rt is not None else frozenset((producer,))
+    count = 0
+    entry = trace.head
+    while entry is not None:
+        if not entry.dead and entry.floe.target not in behind:
+            count += 1
+        entry = entry.next
+    for other in runtimes:
+        if other.node not in behind:
+            for slot in other.slots:
+                if slot.current is trace:
+                    count += 1
+    return count
+
+
+def _feeders(rt: NodeRuntime, of: dict[Owner, NodeRuntime]) -> frozenset[Owner]:
+    if rt.feeders is None:
+        seen: set[Owner] = {rt.node}
+        todo = [rt]
+        while todo:
+            for floe in todo.pop().ports.ins:
+                source = floe.source
+                if source not in seen:
+                    seen.add(source)
+                    feeder = of.get(source)
+                    if feeder is not None:
+                        todo.append(feeder)
+        rt.feeders = frozenset(seen)
+    return rt.feeders
+
+
+def mark_stopping(runtimes: Iterable[NodeRuntime]) -> None:
+    """``stop()`` is about to cancel every worker: a cancel now is never a node failure."""
+    for rt in runtimes:
+        for slot in rt.slots:
+            slot.stopping = True
+
+
+def release_slots(runtimes: Iterable[NodeRuntime]) -> None:
+    """The workers ended: drop their slots and per-trace state (a run starts afresh)."""
+    for rt in runtimes:
+        for slot in rt.slots:
+            slot.task = None  # the ended task's traceback holds the slot
+        rt.slots = ()
+        rt.backlogs.clear()
+        rt.owners.clear()
 
 
 async def join_workers(
