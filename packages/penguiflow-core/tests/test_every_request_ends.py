@@ -1,4 +1,4 @@
-"""Every request ends: one regression test per defect listed in issue 13.
+"""Every request ends: one regression test per way a caller was once left without its outcome.
 
 Each test drives the public API only and ends with an exact outcome for every caller
 (a result, a ``FlowError``, ``TraceCancelled``, ``FlowStoppedError``, ``TimeoutError`` or
@@ -755,3 +755,152 @@ async def test_requests_ended_by_stop_leave_nothing_behind(make_flow: MakeFlow) 
         await asyncio.wait_for(flow.invoke(msg("third"), expect=Message), 1.0)
     ).payload == "third"
     assert flow.inspect().is_quiescent
+
+
+# -- found by a review of request lifecycles ----------------------------------------------
+
+
+async def test_a_request_interrupted_while_its_message_enters_cancels_what_entered(
+    make_flow: MakeFlow,
+) -> None:
+    gate = asyncio.Event()
+    a_has_it = asyncio.Event()
+
+    async def a(m: Message, ctx: Context) -> Message:
+        if m.payload == "victim":
+            a_has_it.set()
+        await gate.wait()
+        return m
+
+    na, nb = node(a, "a"), node(hang_forever, "b")
+    flow = make_flow(na.to(), nb.to(), queue_maxsize=1)
+    flow.run()
+    blockers = [msg("b0"), msg("b1")]  # b runs one, its edge holds the other: it is full
+    for blocker in blockers:
+        await flow.emit(blocker, to=nb)
+    victim = msg("victim")
+
+    async def request() -> None:
+        async with flow.request(victim) as req:
+            await req.result()
+
+    task = asyncio.ensure_future(request())
+    # a has its copy, so the emit has moved on to b's full edge and waits there.
+    await asyncio.wait_for(a_has_it.wait(), 1.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 1.0)
+    assert await flow.wait_ended(victim.trace_id, timeout=1.0)
+    assert victim.trace_id not in flow.inspect().traces
+    for blocker in blockers:
+        await flow.cancel(blocker.trace_id)
+        assert await flow.wait_ended(blocker.trace_id, timeout=1.0)
+    assert flow.inspect().traces == {}
+
+
+async def test_a_stream_fed_by_a_long_chain_of_its_own_trace_does_not_wait_on_itself(
+    make_flow: MakeFlow,
+) -> None:
+    """The streaming node's trace has many items before it, on full edges: only it can
+    move them on, so they must not count against its chunk capacity."""
+    items = 40
+
+    async def fan(m: Message, ctx: Context) -> None:
+        for i in range(items):
+            await ctx.emit(m.model_copy(update={"payload": i}))
+
+    async def speak(m: Message, ctx: Context) -> None:
+        await ctx.emit_chunk(parent=m, text=f"{m.payload}-x")
+        await ctx.emit_chunk(parent=m, text=f"{m.payload}-y")
+
+    a, b, s = node(fan, "fan"), node(echo, "pass"), node(speak, "speak")
+    flow = make_flow(a.to(b), b.to(s), s.to(), queue_maxsize=4)
+    flow.run()
+    request = msg("go")
+    async with asyncio.timeout(5.0), flow.request(request) as req:
+        texts = [chunk.text async for chunk in req.chunks()]
+        with pytest.raises(FlowError) as info:
+            await req.result()
+    assert len(texts) == 2 * items
+    assert sorted(texts) == sorted(f"{i}-{end}" for i in range(items) for end in "xy")
+    assert (info.value.code, info.value.node_name) == ("NO_RESULT", "speak")
+    assert flow.inspect().traces == {}
+
+
+async def test_a_put_parked_on_a_closed_subscription_goes_on_to_rookery(
+    make_flow: MakeFlow,
+) -> None:
+    sent = [asyncio.Event() for _ in range(4)]
+    ended: list[str] = []
+
+    async def split(m: Message, ctx: Context) -> None:
+        for i in range(4):
+            await ctx.emit(m.model_copy(update={"payload": i}))
+            sent[i].set()
+
+    flow = make_flow(node(split, "split").to(), queue_maxsize=1)
+    flow.on_trace_done(ended.append)
+    flow.run()
+    request = msg("x")
+    async with flow.subscribe(request.trace_id) as sub:
+        await flow.emit(request)
+        first = await asyncio.wait_for(sub.get(), 1.0)
+        # Item 1 fills the subscription's buffer, so split now waits to put item 2.
+        await asyncio.wait_for(sent[1].wait(), 1.0)
+        assert not sent[2].is_set()
+    # Closing drops what the buffer held (item 1); what comes later goes to Rookery.
+    rest = [await asyncio.wait_for(flow.fetch(), 1.0) for _ in range(2)]
+    assert [first.payload, *(r.payload for r in rest)] == [0, 2, 3]
+    assert await flow.wait_ended(request.trace_id, timeout=1.0)
+    assert ended == [request.trace_id]
+    assert flow.inspect().traces == {}
+
+
+async def test_another_traces_cancel_raised_in_a_node_is_a_failure_of_the_node(
+    make_flow: MakeFlow,
+) -> None:
+    attempts = 0
+
+    async def asks_elsewhere(m: Message, ctx: Context) -> Message:
+        nonlocal attempts
+        attempts += 1
+        raise TraceCancelled("a-request-this-node-made-elsewhere")
+
+    flow = make_flow(node(asks_elsewhere, "asks", max_retries=2, backoff_base=0.0).to())
+    flow.run()
+    with pytest.raises(FlowError) as info:
+        await asyncio.wait_for(flow.invoke(msg()), 1.0)
+    assert (info.value.code, info.value.node_name) == ("NODE_EXCEPTION", "asks")
+    assert any(isinstance(c, TraceCancelled) for c in causes(info.value))
+    assert attempts == 3
+    assert flow.inspect().traces == {}
+
+
+async def test_two_requests_number_a_shared_stream_id_each_from_zero(
+    make_flow: MakeFlow,
+) -> None:
+    paused, resume = asyncio.Event(), asyncio.Event()
+
+    async def answer(m: Message, ctx: Context) -> Message:
+        for i in range(3):
+            await ctx.emit_chunk(parent=m, text=str(i), stream_id="answer", done=i == 2)
+            if m.payload == "A" and i == 0:
+                paused.set()
+                await resume.wait()
+        return m
+
+    flow = make_flow(node(answer, "answer", max_concurrency=2).to())
+    flow.run()
+
+    async def seqs(request: Message) -> list[tuple[str, int]]:
+        async with flow.request(request) as req:
+            found = [(c.stream_id, c.seq) async for c in req.chunks()]
+            await req.result()
+        return found
+
+    first = asyncio.ensure_future(seqs(msg("A")))
+    await asyncio.wait_for(paused.wait(), 1.0)
+    # B runs its whole stream, "done" included, while A's is open.
+    assert await asyncio.wait_for(seqs(msg("B")), 1.0) == [("answer", i) for i in range(3)]
+    resume.set()
+    assert await asyncio.wait_for(first, 1.0) == [("answer", i) for i in range(3)]
