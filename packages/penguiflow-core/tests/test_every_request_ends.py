@@ -904,3 +904,45 @@ async def test_two_requests_number_a_shared_stream_id_each_from_zero(
     assert await asyncio.wait_for(seqs(msg("B")), 1.0) == [("answer", i) for i in range(3)]
     resume.set()
     assert await asyncio.wait_for(first, 1.0) == [("answer", i) for i in range(3)]
+
+
+async def test_stop_sends_nothing_a_request_was_still_waiting_to_send(
+    make_flow: MakeFlow,
+) -> None:
+    """stop() drops the queued items of request traces, which makes room at the ingress:
+    the request still waiting for that room must not slip its message in."""
+    ran: list[Any] = []
+    a_started = asyncio.Event()
+
+    async def work(m: Message, ctx: Context) -> Message:
+        ran.append(m.payload)
+        a_started.set()
+        await asyncio.Event().wait()
+        return m
+
+    flow = make_flow(node(work, "work").to(), queue_maxsize=1)
+    flow.run()
+
+    async def request(payload: str) -> Any:
+        async with flow.request(msg(payload)) as req:
+            return await req.result()
+
+    a = asyncio.ensure_future(request("A"))
+    await asyncio.wait_for(a_started.wait(), 1.0)
+    b = asyncio.ensure_future(request("B"))  # queued on the full edge
+    c = asyncio.ensure_future(request("C"))  # waits for room behind it
+
+    async def all_entered() -> None:
+        while len(flow.inspect().traces) < 3:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(all_entered(), 1.0)
+    await asyncio.wait_for(flow.stop(), 2.0)
+    for task in (a, b, c):
+        with pytest.raises(FlowStoppedError):
+            await asyncio.wait_for(task, 1.0)
+    assert flow.inspect().traces == {}
+    ran.clear()
+    flow.run()  # nothing of the three requests is left to run
+    assert flow.inspect().traces == {} and ran == []
+    assert all(e.depth == 0 for e in flow.inspect().edges)

@@ -288,6 +288,8 @@ class PenguiFlow(FlowGraph, RequestAPI):
                 fut = floe.putters.park()
                 try:
                     await fut
+                    if self._stopped:  # woken by stop()'s own purge: nothing enters now
+                        raise FlowStoppedError("PenguiFlow was stopped; this message was not sent")
                 except BaseException:
                     self._abandon(floe, fut, trace)
                     raise
