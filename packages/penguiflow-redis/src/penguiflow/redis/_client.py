@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Final, Generic, TypeVar, final, overload
 
@@ -22,7 +24,7 @@ from penguiflow.core import (
     check_result,
     trace_id_of,
 )
-from penguiflow.errors import FlowRuntimeError, FlowStoppedError, TraceCancelled
+from penguiflow.errors import FlowError, FlowRuntimeError, FlowStoppedError, TraceCancelled
 from penguiflow.registry import ModelRegistry
 from penguiflow.types import FinalAnswer, Message, StreamChunk
 from redis.asyncio import Redis
@@ -30,7 +32,8 @@ from redis.exceptions import RedisError
 
 from ._batch import Batcher
 from ._codec import Codec, decode_error, local_error
-from ._keys import DEFAULT_PREFIX, Keys
+from ._keys import DEFAULT_PREFIX, GROUP, Keys
+from ._retry import Backoff
 from ._worker import (
     CANCEL_TTL_S,
     LIVE_TTL_S,
@@ -42,10 +45,16 @@ from ._worker import (
 
 __all__ = ["Client", "RemoteRequest", "connect"]
 
+logger = logging.getLogger("penguiflow.redis")
+
 T = TypeVar("T")
 
 DEADLINE_GRACE_S: Final = 2.0
 """How long after a message's ``deadline_s`` the client answers for a silent worker."""
+LOST_AFTER_S: Final = 5.0
+"""How long the client tries to reach Redis again before its pending requests fail."""
+_CLEANUP_S: Final = 2.0
+"""How long a cleanup command (a cancel on the way out) may wait for Redis."""
 _READ_BLOCK_MS: Final = 2_000  # well under redis-py's default socket timeout (5 s)
 _CONNECTIONS: Final = 32
 """Connections a client's commands share (its reader has one more of its own)."""
@@ -56,6 +65,91 @@ _STOPPED: Final[_Note] = (b"stopped", {})
 # redis-py types every command's reply as a union of an awaitable and a value; the replies
 # are parsed where they are read, so connections are typed loosely here.
 Connection = Any
+
+# Cancel a request. If no worker has taken its entry yet, delete the entry and the
+# request's keys: nothing of it is left, and it can never run later. If it is still live
+# elsewhere, mark it cancelled and tell the workers. If it has ended, do nothing (a mark
+# left behind would cancel a later request with the same trace id).
+# KEYS: requests, live, running, cancelled. ARGV: group, entry id ('' if unknown),
+# cancel ttl, cancel channel, trace. Returns 2 (removed), 1 (cancel sent), 0 (ended).
+_CANCEL: Final = """
+if ARGV[2] ~= '' then
+  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+  if type(p) == 'table' and p.err == nil and #p == 0
+      and #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) > 0 then
+    redis.call('XDEL', KEYS[1], ARGV[2])
+    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+    return 2
+  end
+end
+if redis.call('EXISTS', KEYS[2], KEYS[3]) == 0 then return 0 end
+redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+
+
+@contextlib.asynccontextmanager
+async def _best_effort(what: str) -> AsyncIterator[None]:
+    """Clean up through Redis if it answers soon; a Redis that is down is logged, not raised.
+
+    Cleanup never replaces the outcome a caller is owed (a result, a ``TimeoutError``).
+    """
+    try:
+        async with asyncio.timeout(_CLEANUP_S):
+            yield
+    except (RedisError, TimeoutError) as exc:
+        logger.warning("penguiflow.redis client could not %s: %r", what, exc)
+
+
+def _connection_lost(trace_id: str, text: str, cause: BaseException | None = None) -> FlowError:
+    error = local_error(trace_id, "CONNECTION_LOST", text)
+    error.__cause__ = cause
+    return error
+
+
+class _Room:
+    """Slots for the requests a client keeps in flight; closing it ends every wait."""
+
+    __slots__ = ("_closed", "_free", "_waiters")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: deque[asyncio.Future[bool]] = deque()
+        self._closed = False
+
+    async def take(self) -> bool:
+        """Take a slot, waiting while there is none; False once the client has closed."""
+        if self._closed:
+            return False
+        if self._free and not self._waiters:
+            self._free -= 1
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self.give()  # given a slot, then cancelled: the slot goes to the next one
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        self._free += 1
+
+    def close(self) -> None:
+        self._closed = True
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(False)
 
 
 def connect(
@@ -97,11 +191,15 @@ class Client:
     ``invoke``, ``request`` and ``cancel`` behave like the flow's own, and raise the same
     exceptions: ``FlowError`` (rebuilt from the worker's code, node, attempts and text;
     the node's exception type and text are its ``__cause__``, a ``RemoteError``),
-    ``TraceCancelled``, and ``FlowStoppedError`` when the client closes first.
+    ``TraceCancelled``, and ``FlowStoppedError`` when the client closes first. One more:
+    ``FlowError`` with code ``"CONNECTION_LOST"`` when Redis cannot be reached for
+    ``LOST_AFTER_S`` (5 s) or restarted and lost the request's replies; the client keeps
+    working for new requests once Redis is back.
     """
 
     __slots__ = (
         "_batch",
+        "_cancel_script",
         "_codec",
         "_commands",
         "_id",
@@ -119,7 +217,7 @@ class Client:
         self._keys = keys
         self._id = os.urandom(8).hex()
         self._replies = keys.client(self._id)
-        self._room = asyncio.Semaphore(max_pending)
+        self._room = _Room(max_pending)
         self._live: dict[str, RemoteRequest[Any]] = {}
         self._commands: Connection | None = None
         self._batch: Batcher | None = None
@@ -140,6 +238,7 @@ class Client:
             await commands.aclose()
             raise
         self._commands = commands
+        self._cancel_script = commands.register_script(_CANCEL)
         self._batch = Batcher(commands, transaction=False)
         self._reader = asyncio.create_task(self._read(), name="penguiflow.redis:replies")
         return self
@@ -148,30 +247,37 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the client: pending requests are cancelled and end with ``FlowStoppedError``."""
+        """Close the client: pending requests are cancelled and end with ``FlowStoppedError``.
+
+        Requests still waiting for room (``max_pending``) end with ``FlowStoppedError`` too,
+        and are never sent. A Redis that is down does not make it raise.
+        """
         commands, reader = self._commands, self._reader
         if commands is None:
             return
         self._commands = self._reader = None
         self._batch = None
+        self._room.close()
         if reader is not None:
             # Wake the reader with a note on its own stream rather than cancelling its
             # blocked read (a cancel that meets redis-py's read timeout can be lost).
-            with contextlib.suppress(RedisError):
+            async with _best_effort("wake its reply reader"):
                 await commands.xadd(self._replies, {"t": "", "o": "close"})
             await stop_task(reader, _READ_BLOCK_MS / 1000 + 1)
         try:
             live = [r for r in self._live.values() if r.state == "pending"]
-            if live:
-                async with commands.pipeline(transaction=False) as pipe:
-                    for req in live:
-                        self._queue_cancel(pipe, req.trace_id)
-                    await pipe.execute()
-            await commands.delete(self._replies)
+            async with _best_effort("cancel its pending requests"):
+                if live:
+                    async with commands.pipeline(transaction=False) as pipe:
+                        for req in live:
+                            await self._queue_cancel(pipe, req)
+                        await pipe.execute()
+                await commands.delete(self._replies)
         finally:
             for req in list(self._live.values()):
                 req._notify(_STOPPED)
-            await commands.aclose()
+            with contextlib.suppress(RedisError):
+                await commands.aclose()
 
     # -- the request API ------------------------------------------------------------------
 
@@ -213,7 +319,8 @@ class Client:
         it is typed ``Model`` and checked when it arrives.
 
         Raises:
-            FlowError: A node gave up, or the request ended without a result.
+            FlowError: A node gave up, or the request ended without a result, or its
+                outcome cannot reach this client (``code="CONNECTION_LOST"``).
             FlowTypeError: ``expect`` was given and the result is not one.
             TraceCancelled: The request was cancelled (from any client).
             FlowStoppedError: The client closed first.
@@ -231,21 +338,30 @@ class Client:
         Every worker holding work of the request cancels it in its flow (its nodes see
         ``CancelledError``); work of it still queued is skipped when a worker takes it.
 
+        A request sent by this client that no worker has taken yet is removed from the
+        request stream at once: it never runs. A request that has already ended is left
+        alone, so the same message can be sent again.
+
         Returns:
             True if the request was pending in this client, or queued or running in
             workers.
+
+        Raises:
+            FlowError: ``code="CONNECTION_LOST"``: Redis could not be reached, so workers
+                were not told (a request of this client still ends, cancelled).
         """
-        commands = self._connected()
+        self._connected()
         req = self._live.get(trace_id)
         pending_here = req is not None and req.state == "pending"
-        async with commands.pipeline(transaction=False) as pipe:
-            pipe.exists(self._keys.running(trace_id), self._keys.live(trace_id))
-            self._queue_cancel(pipe, trace_id)
-            running, *_ = await pipe.execute()
         if req is not None:
             req._settle(TraceCancelled(trace_id), "cancelled")
             req._notify(_WAKE)
-        return pending_here or bool(running)
+        try:
+            found = await self._cancel_script(**self._cancel_args(trace_id, req))
+        except RedisError as exc:
+            text = f"could not reach Redis to tell the workers to cancel it ({exc})"
+            raise _connection_lost(trace_id, text, exc) from exc
+        return pending_here or bool(found)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -263,25 +379,40 @@ class Client:
             )
         return self._batch
 
-    async def _cancel_quietly(self, trace_id: str) -> None:
-        """Tell workers to cancel ``trace_id``, without settling the local request."""
-        commands = self._commands
-        if commands is None:
+    async def _cancel_quietly(self, req: RemoteRequest[Any]) -> None:
+        """Tell workers to cancel ``req``, without settling it; best effort."""
+        if self._commands is None:
             return
-        async with commands.pipeline(transaction=False) as pipe:
-            self._queue_cancel(pipe, trace_id)
-            await pipe.execute()
+        async with _best_effort(f"cancel trace {req.trace_id}"):
+            await self._cancel_script(**self._cancel_args(req.trace_id, req))
 
-    def _queue_cancel(self, pipe: Any, trace_id: str) -> None:
-        pipe.set(self._keys.cancelled(trace_id), "1", ex=CANCEL_TTL_S)
-        pipe.publish(self._keys.cancel_channel, trace_id)
+    def _cancel_args(self, trace_id: str, req: RemoteRequest[Any] | None) -> dict[str, Any]:
+        keys = self._keys
+        entry_id = b"" if req is None or req._entry_id is None else req._entry_id
+        return {
+            "keys": [
+                keys.requests,
+                keys.live(trace_id),
+                keys.running(trace_id),
+                keys.cancelled(trace_id),
+            ],
+            "args": [GROUP, entry_id, CANCEL_TTL_S, keys.cancel_channel, trace_id],
+        }
+
+    async def _queue_cancel(self, pipe: Any, req: RemoteRequest[Any]) -> None:
+        # On a pipeline, the script is only queued; awaiting it does not wait for Redis.
+        await self._cancel_script(**self._cancel_args(req.trace_id, req), client=pipe)
 
     async def _submit(self, req: RemoteRequest[Any], message: Any) -> None:
-        batch = self._batcher()
+        self._batcher()  # not connected: say so before waiting for room
         fields = self._codec.encode_message(message)
         trace_id = req.trace_id
-        await self._room.acquire()
+        if not await self._room.take():
+            raise FlowStoppedError(f"the client closed before trace {trace_id} was sent")
         try:
+            batch = self._batch
+            if batch is None:  # closed while this request waited for room
+                raise FlowStoppedError(f"the client closed before trace {trace_id} was sent")
             if trace_id in self._live:
                 raise FlowRuntimeError(
                     f"trace {trace_id} already has a request in flight on this client"
@@ -298,43 +429,111 @@ class Client:
                 pipe.xadd(self._keys.requests, entry)
 
             try:
-                await batch.run(send)
-            except BaseException:
+                replies = await batch.run(send)
+            except BaseException as exc:
                 del self._live[trace_id]
+                if isinstance(exc, RedisError | ConnectionError):
+                    text = f"could not send the request: Redis did not take it ({exc})"
+                    raise _connection_lost(trace_id, text, exc) from exc
                 raise
+            req._entry_id = replies[-1]
         except BaseException:
-            self._room.release()
+            self._room.give()
             raise
 
     def _forget(self, req: RemoteRequest[Any]) -> None:
         if self._live.get(req.trace_id) is req:
             del self._live[req.trace_id]
-            self._room.release()
+            self._room.give()
+
+    def _fail_pending(self, text: str) -> None:
+        """End every pending request with a ``CONNECTION_LOST`` error saying ``text``."""
+        for req in list(self._live.values()):
+            if req.state == "pending":
+                req._settle(_connection_lost(req.trace_id, text), "failed")
+                req._notify(_WAKE)
 
     async def _read(self) -> None:
-        """Hand each reply entry to its request; delete what was read."""
+        """Hand each reply entry to its request; delete what was read.
+
+        A lost connection is tried again, from the last entry read. If Redis cannot be
+        reached for ``LOST_AFTER_S``, or this client's reply stream is gone (Redis
+        restarted: the replies on it are lost), the pending requests end with a
+        ``FlowError`` of code ``CONNECTION_LOST``; the client keeps serving new ones.
+        """
         reader: Connection = Redis.from_url(self._url)
         commands: Connection = self._commands
         key, last = self._replies, b"0-0"
+        done: list[bytes] = []  # read, not yet deleted
+        loop = asyncio.get_running_loop()
+        backoff = Backoff()
+        lost_at: float | None = None
         try:
             while self._commands is not None:
-                found = await reader.xread({key: last}, count=1000, block=_READ_BLOCK_MS)
-                ids: list[bytes] = []
-                for _stream, entries in found or ():
-                    for entry_id, fields in entries:
-                        ids.append(entry_id)
-                        req = self._live.get(fields[b"t"].decode())
-                        if req is not None:
-                            req._notify((fields[b"o"], fields))
-                if ids:
-                    last = ids[-1]
-                async with commands.pipeline(transaction=False) as pipe:
-                    if ids:
-                        pipe.xdel(key, *ids)
-                    pipe.expire(key, REPLY_TTL_S)
-                    await pipe.execute()
+                try:
+                    if not await self._tidy(commands, done):
+                        done, last = [], b"0-0"
+                        await self._replies_lost(commands)
+                    done = []
+                    found = await reader.xread({key: last}, count=1000, block=_READ_BLOCK_MS)
+                    for _stream, entries in found or ():
+                        for entry_id, fields in entries:
+                            done.append(entry_id)
+                            req = self._live.get(fields.get(b"t", b"").decode())
+                            if req is not None:
+                                req._notify((fields.get(b"o", b""), fields))
+                    if done:
+                        last = done[-1]
+                except RedisError as exc:
+                    now = loop.time()
+                    if lost_at is None:
+                        lost_at = now
+                        logger.warning(
+                            "penguiflow.redis client lost its connection to Redis (%s); "
+                            "reconnecting",
+                            exc,
+                        )
+                    elif now - lost_at >= LOST_AFTER_S:
+                        lost_at = now  # requests sent from now on get their own delay
+                        self._fail_pending(
+                            f"the client could not reach Redis for {LOST_AFTER_S:g} s ({exc}); "
+                            "the request may still run in a worker, but its outcome cannot "
+                            "reach this client"
+                        )
+                    await backoff.wait()
+                else:
+                    lost_at = None
+                    backoff.reset()
         finally:
-            await reader.aclose()
+            with contextlib.suppress(RedisError):
+                await reader.aclose()
+
+    async def _tidy(self, commands: Connection, done: list[bytes]) -> bool:
+        """Delete the entries read; keep the stream alive. False if the stream is gone."""
+        async with commands.pipeline(transaction=False) as pipe:
+            if done:
+                pipe.xdel(self._replies, *done)
+            pipe.expire(self._replies, REPLY_TTL_S)
+            replies = await pipe.execute()
+        return bool(replies[-1])
+
+    async def _replies_lost(self, commands: Connection) -> None:
+        """The reply stream is gone: open a new one, fail the requests that waited on it."""
+        logger.warning(
+            "penguiflow.redis client: its reply stream %s is gone (Redis restarted?); "
+            "its pending requests fail with CONNECTION_LOST",
+            self._replies,
+        )
+        waiting = [r for r in self._live.values() if r.state == "pending"]
+        await ensure_group(commands, self._keys.requests)
+        async with commands.pipeline(transaction=True) as pipe:
+            pipe.xadd(self._replies, {"t": "", "o": "open"})
+            pipe.expire(self._replies, REPLY_TTL_S)
+            await pipe.execute()
+        text = "Redis lost the request's replies (it restarted, or was flushed)"
+        for req in waiting:
+            req._settle(_connection_lost(req.trace_id, text), "failed")
+            req._notify(_WAKE)
 
 
 @final
@@ -354,6 +553,7 @@ class RemoteRequest(Generic[T]):
 
     __slots__ = (
         "_client",
+        "_entry_id",
         "_expect",
         "_inbox",
         "_message",
@@ -376,6 +576,7 @@ class RemoteRequest(Generic[T]):
         self._inbox: asyncio.Queue[_Note] = asyncio.Queue()
         self._next_seq: dict[str, int] = {}
         self._outcome: Any = _PENDING
+        self._entry_id: bytes | None = None  # the request stream entry, once sent
         self.trace_id: str = trace_id
         """The request's trace id (to log it, or to ``client.cancel`` it from elsewhere)."""
         self.state: RequestState = "pending"
@@ -388,8 +589,8 @@ class RemoteRequest(Generic[T]):
     async def __aexit__(self, *exc_info: object) -> None:
         client = self._client
         try:
-            if self.state == "pending" and client._commands is not None:
-                await client.cancel(self.trace_id)
+            if self.state == "pending":
+                await client._cancel_quietly(self)
         finally:
             client._forget(self)
             if self.state == "pending":
@@ -422,7 +623,7 @@ class RemoteRequest(Generic[T]):
                     update={"payload": FinalAnswer(text=DEADLINE_EXCEEDED_TEXT)}
                 )
                 self._settle(answer, "result")
-                await self._client._cancel_quietly(trace_id)
+                await self._client._cancel_quietly(self)
                 return None
         if kind == b"chunk":
             chunk = StreamChunk.model_validate_json(fields[b"p"])
@@ -470,7 +671,8 @@ class RemoteRequest(Generic[T]):
         Raises:
             FlowError: A node gave up (``node_name``, ``code``, ``attempts``; the node's
                 exception type and text are the ``__cause__``), or the request ended
-                without a result (``code="NO_RESULT"``).
+                without a result (``code="NO_RESULT"``), or its outcome cannot reach this
+                client (``code="CONNECTION_LOST"``: Redis is unreachable, or restarted).
             FlowTypeError: ``expect`` was given and the result is not one.
             TraceCancelled: The request was cancelled.
             FlowStoppedError: The client closed first.

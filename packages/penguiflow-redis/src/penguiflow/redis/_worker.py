@@ -23,6 +23,12 @@ An entry that has been delivered ``max_deliveries`` times, and whose worker stop
 time (it is idle again), is not delivered again: it moves to the dead-letter stream and
 the client gets a ``FlowError`` with code ``DELIVERY_LIMIT``.
 
+A lost connection never ends a worker: reading, the cancel subscription and the
+maintenance loop each wait a little and try again (``_retry``); after a Redis restart
+without persistence the consumer groups are created again, and requests Redis forgot are
+cancelled here (nobody waits for them any more). An entry without the fields clients
+write goes to the dead-letter stream.
+
 ``Worker`` holds the stream mechanics for any list of streams; ``_RequestWorker`` serves
 whole requests, and ``penguiflow.redis._nodes`` serves some nodes of a flow (``--nodes``).
 """
@@ -47,11 +53,12 @@ from penguiflow.errors import (
 )
 from penguiflow.registry import ModelRegistry
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from ._batch import Batcher
 from ._codec import Codec, encode_error, local_error
 from ._keys import GROUP, Keys
+from ._retry import Backoff, is_lost, is_no_group
 
 __all__ = [
     "CANCEL_TTL_S",
@@ -261,6 +268,7 @@ class Worker:
         self._room.set()
         self._stopping = False
         self._halt = asyncio.Event()  # ends the maintenance loop (after the drain)
+        self._pubsub: Any = None  # the cancel channel's subscription, while it is open
         self._lease_s = max(1, round(3 * settings.claim_idle_s))
         self._hand_back = redis.register_script(_HAND_BACK)
         self._bury = redis.register_script(_BURY)
@@ -293,10 +301,11 @@ class Worker:
         redis, keys = self._redis, self._keys
         for stream in self._streams:
             await ensure_group(redis, stream)
-        pubsub = redis.pubsub()
-        await pubsub.subscribe(keys.cancel_channel)
+        # Subscribed before the flow starts, so no cancel of a request it takes is missed.
+        self._pubsub = redis.pubsub()
+        await self._pubsub.subscribe(keys.cancel_channel)
         self._start_flow()
-        listener = asyncio.create_task(self._listen(pubsub), name="penguiflow.redis:cancels")
+        listener = asyncio.create_task(self._listen(), name="penguiflow.redis:cancels")
         maintainer = asyncio.create_task(self._maintain(), name="penguiflow.redis:maintain")
         background = [listener, maintainer]
         reader = asyncio.create_task(self._read(), name="penguiflow.redis:read")
@@ -327,13 +336,52 @@ class Worker:
             listener.cancel()
             for task in background:
                 await stop_task(task, _BLOCK_S + 2)
-            await pubsub.aclose()
+            await self._close_pubsub()
             await self._stop_flow()
             for stream in self._streams:
-                await self._hand_back_all(stream)
-                await self._forget_me(stream)
+                try:
+                    await self._hand_back_all(stream)
+                    await self._forget_me(stream)
+                except RedisError as exc:
+                    # Redis is unreachable: what this worker holds stays pending under its
+                    # name, and another worker takes it over after claim_idle_s.
+                    logger.warning(
+                        "worker %s could not hand back its entries of %s: %r",
+                        self._name,
+                        stream,
+                        exc,
+                    )
         if failed is not None:
             raise failed
+
+    async def _ride_out(self, exc: RedisError, what: str, backoff: Backoff) -> None:
+        """Wait out a lost connection, or create a lost consumer group again; raise the rest.
+
+        A Redis restarted without persistence has no stream and no group: they are created
+        again, and requests sent since are served (the group reads from the start).
+        """
+        if is_no_group(exc):
+            logger.warning(
+                "worker %s: the streams' consumer group is gone (Redis restarted?); "
+                "creating it again",
+                self._name,
+            )
+            try:
+                for stream in self._streams:
+                    await ensure_group(self._redis, stream)
+            except RedisError as again:
+                if not is_lost(again):
+                    raise
+        elif not is_lost(exc):
+            raise exc
+        elif not backoff.failing:
+            logger.warning(
+                "worker %s lost its Redis connection while %s (%s); retrying",
+                self._name,
+                what,
+                exc,
+            )
+        await backoff.wait()
 
     async def _drain(self) -> None:
         """Let in-flight entries finish for ``grace_s``; cancel the rest."""
@@ -381,43 +429,90 @@ class Worker:
     # -- taking entries -------------------------------------------------------------------
 
     async def _read(self) -> None:
-        redis, name = self._redis, self._name
         loop = asyncio.get_running_loop()
-        limit = self._settings.max_deliveries
         claim_every = self._settings.claim_idle_s / 2
-        min_idle_ms = max(1, int(self._settings.claim_idle_s * 1000))
-        block_ms = max(1, int(min(claim_every, _BLOCK_S) * 1000))
         next_claim = loop.time()
+        backoff = Backoff()
         while not self._stopping:
             await self._room.wait()
             if self._stopped():  # set while this task waited for room
                 return
-            if loop.time() >= next_claim:
-                next_claim = loop.time() + claim_every
-                for stream in self._open():
-                    await self._bury_idle(stream, min_idle_ms)
-                    args = [GROUP, name, min_idle_ms, self._free(stream), limit]
-                    reply = await self._claim(keys=[stream], args=args)
-                    claimed = [
-                        (entry_id, _fields(flat))
-                        for entry_id, flat in reply or ()
-                        if flat and entry_id not in self._held
-                    ]
-                    if claimed:
-                        logger.info("worker %s took over %d idle entries", name, len(claimed))
-                    self._start(stream, claimed)
-            open_streams = self._open()
-            if not open_streams:
-                continue
-            found = await redis.xreadgroup(
-                GROUP,
-                name,
-                dict.fromkeys(open_streams, ">"),
-                count=min(self._free(s) for s in open_streams),
-                block=block_ms,
-            )
-            for stream, entries in found or ():
-                self._start(_text(stream), entries)
+            try:
+                if loop.time() >= next_claim:
+                    next_claim = loop.time() + claim_every
+                    await self._claim_idle()
+                await self._read_new()
+            except RedisError as exc:
+                await self._ride_out(exc, "reading its streams", backoff)
+            else:
+                backoff.reset()
+
+    async def _claim_idle(self) -> None:
+        """Bury entries delivered too often; take over idle ones (their worker died)."""
+        name = self._name
+        min_idle_ms = max(1, int(self._settings.claim_idle_s * 1000))
+        for stream in self._open():
+            await self._bury_idle(stream, min_idle_ms)
+            args = [GROUP, name, min_idle_ms, self._free(stream), self._settings.max_deliveries]
+            reply = await self._claim(keys=[stream], args=args)
+            claimed = [
+                (entry_id, _fields(flat))
+                for entry_id, flat in reply or ()
+                if flat and entry_id not in self._held
+            ]
+            if claimed:
+                logger.info("worker %s took over %d idle entries", name, len(claimed))
+            await self._take(stream, claimed)
+
+    async def _read_new(self) -> None:
+        open_streams = self._open()
+        if not open_streams:
+            return
+        block_s = min(self._settings.claim_idle_s / 2, _BLOCK_S)
+        found = await self._redis.xreadgroup(
+            GROUP,
+            self._name,
+            dict.fromkeys(open_streams, ">"),
+            count=min(self._free(s) for s in open_streams),
+            block=max(1, int(block_s * 1000)),
+        )
+        for stream, entries in found or ():
+            await self._take(_text(stream), entries)
+
+    async def _take(self, stream: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Start serving the entries; move those no client could have written aside."""
+        good = []
+        for entry_id, fields in entries:
+            problem = _malformed(fields)
+            if problem is None:
+                good.append((entry_id, fields))
+            else:
+                await self._reject(stream, entry_id, fields, problem)
+        self._start(stream, good)
+
+    async def _reject(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], problem: str
+    ) -> None:
+        """Move an entry this worker cannot serve to the dead-letter stream, at once."""
+        dead = self._keys.dead
+        flat: dict[Any, Any] = dict(fields)
+        flat.update({"stream": stream, "entry": entry_id, "rejected": problem})
+
+        def reject(pipe: Any) -> None:
+            pipe.xadd(dead, flat, maxlen=DEAD_MAXLEN, approximate=True)
+            pipe.xack(stream, GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+
+        await self._atomic.run(reject)
+        logger.warning(
+            "worker %s moved entry %s of %s to %s: %s (only penguiflow.redis clients and "
+            "workers may write to this stream)",
+            self._name,
+            _text(entry_id),
+            stream,
+            dead,
+            problem,
+        )
 
     def _stopped(self) -> bool:
         return self._stopping
@@ -533,11 +628,46 @@ class Worker:
 
     # -- cancels, leases, trimming --------------------------------------------------------
 
-    async def _listen(self, pubsub: Any) -> None:
-        async for note in pubsub.listen():
-            if note.get("type") != "message":
-                continue
-            await self._cancel_trace(_text(note["data"]))
+    async def _listen(self) -> None:
+        """Cancel the traces named on the cancel channel; resubscribe after a lost connection."""
+        backoff = Backoff()
+        while True:
+            try:
+                if self._pubsub is None:
+                    self._pubsub = self._redis.pubsub()
+                    await self._pubsub.subscribe(self._keys.cancel_channel)
+                    # Cancels published while the connection was down never arrive: the
+                    # cancelled keys of the requests this worker holds still say so.
+                    await self._cancel_marked()
+                    backoff.reset()
+                async for note in self._pubsub.listen():
+                    if note.get("type") != "message":
+                        continue
+                    await self._cancel_trace(_text(note["data"]))
+            except RedisError as exc:
+                await self._close_pubsub()
+                await self._ride_out(exc, "listening for cancels", backoff)
+
+    async def _cancel_marked(self) -> None:
+        """Cancel the held traces whose cancelled key is set."""
+        traces = list(self._by_trace)
+        if not traces:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for trace in traces:
+                pipe.exists(self._keys.cancelled(trace))
+            marked = await pipe.execute()
+        for trace, is_marked in zip(traces, marked, strict=True):
+            if is_marked:
+                await self._cancel_trace(trace)
+
+    async def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                await pubsub.aclose()
+            except RedisError as exc:  # the connection is gone already
+                logger.debug("closing the cancel subscription: %r", exc)
 
     def _lease_keys(self, held: Held) -> list[tuple[str, int]]:
         """Per-request keys (and lifetimes) this worker keeps alive while it holds ``held``."""
@@ -545,40 +675,69 @@ class Worker:
 
     async def _maintain(self) -> None:
         """Keep this worker's entries and keys alive; trim the streams."""
-        redis = self._redis
         every = self._settings.claim_idle_s / 3
         forget_idle_ms = int(max(60.0, 10 * self._settings.claim_idle_s) * 1000)
         rounds = 0
+        backoff = Backoff()
         while not self._halt.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(every):
                     await self._halt.wait()
             if self._halt.is_set():
                 return
-            held = list(self._held.values())
-            if held:
-                async with redis.pipeline(transaction=False) as pipe:
-                    for stream in self._streams:
-                        ids = [h.entry_id for h in held if h.stream == stream]
-                        if ids:
-                            pipe.xclaim(
-                                stream,
-                                GROUP,
-                                self._name,
-                                min_idle_time=0,
-                                message_ids=ids,
-                                justid=True,
-                            )
-                    for h in held:
-                        for key, ttl in self._lease_keys(h):
-                            pipe.expire(key, ttl, xx=True)
-                    await pipe.execute()
-            for stream in self._streams:
-                await trim_stream(redis, stream)
+            try:
+                await self._maintain_once(rounds, forget_idle_ms)
+            except RedisError as exc:
+                await self._ride_out(exc, "renewing its leases", backoff)
+            else:
+                backoff.reset()
             rounds += 1
-            if rounds % 10 == 0:
+
+    async def _maintain_once(self, rounds: int, forget_idle_ms: int) -> None:
+        redis = self._redis
+        held = list(self._held.values())
+        if held:
+            claimed: set[bytes] = set()
+            async with redis.pipeline(transaction=False) as pipe:
                 for stream in self._streams:
-                    await self._forget_dead(stream, forget_idle_ms)
+                    ids = [h.entry_id for h in held if h.stream == stream]
+                    if ids:
+                        pipe.xclaim(
+                            stream,
+                            GROUP,
+                            self._name,
+                            min_idle_time=0,
+                            message_ids=ids,
+                            justid=True,
+                        )
+                for h in held:
+                    for key, ttl in self._lease_keys(h):
+                        pipe.expire(key, ttl, xx=True)
+                for reply in await pipe.execute():
+                    if isinstance(reply, list):
+                        claimed.update(reply)
+            await self._drop_lost(held, claimed)
+        for stream in self._streams:
+            await trim_stream(redis, stream)
+        if rounds % 10 == 9:
+            for stream in self._streams:
+                await self._forget_dead(stream, forget_idle_ms)
+
+    async def _drop_lost(self, held: list[Held], claimed: set[bytes]) -> None:
+        """Cancel what runs for entries Redis no longer has (it restarted, or was flushed).
+
+        Only this worker acknowledges what it holds, so a held entry its lease renewal
+        could not claim is gone: no client waits for its outcome any more.
+        """
+        for h in held:
+            if h.entry_id not in claimed and self._held.get(h.entry_id) is h:
+                logger.warning(
+                    "worker %s: entry %s of trace %s is gone from Redis; cancelling it",
+                    self._name,
+                    _text(h.entry_id),
+                    h.trace_id,
+                )
+                await self._cancel_trace(h.trace_id)
 
     async def _forget_dead(self, stream: str, idle_ms: int) -> None:
         """Delete consumer names of workers long gone with nothing pending."""
@@ -702,6 +861,19 @@ async def trim_stream(redis: Connection, stream: str) -> None:
             return
         min_id = _next_id(last)
     await redis.xtrim(stream, minid=min_id, approximate=False)
+
+
+def _malformed(fields: dict[bytes, bytes]) -> str | None:
+    """Why an entry cannot be served, or None; every entry a client or worker writes passes."""
+    for name in (b"t", b"r"):
+        value = fields.get(name)
+        if not value:
+            return f"it has no {name.decode()!r} field"
+        try:
+            value.decode()
+        except UnicodeDecodeError:
+            return f"its {name.decode()!r} field is not UTF-8 text"
+    return None
 
 
 def _cancelled(held: Held) -> bool:
