@@ -22,6 +22,9 @@ import redis_flows
 from penguiflow import FinalAnswer, Headers, Message
 from penguiflow.errors import FlowError, FlowStoppedError, TraceCancelled
 from penguiflow.redis import Client, connect
+from penguiflow.redis._codec import Codec
+from penguiflow.redis._worker import REPLY_HIGH
+from penguiflow.types import StreamChunk
 from redis_support import Workers, eventually, reading, request_keys
 
 
@@ -312,3 +315,49 @@ async def test_a_foreign_entry_is_dead_lettered_and_the_worker_carries_on(
         assert out.payload == "go|a|b|c"
     pending = await redis.xpending(f"{prefix}:requests", "workers")
     assert pending["pending"] == 0
+
+
+async def test_a_client_that_falls_behind_slows_the_worker_down_and_loses_nothing(
+    prefix: str, workers: Workers, redis: Redis
+) -> None:
+    # A client at the wire level that reads its replies only when the test says so: a
+    # client whose event loop is busy elsewhere.
+    workers.start("talker")
+    flow, _ = redis_flows.talker()
+    n = REPLY_HIGH + 200
+    msg = message(" ".join(str(i) for i in range(n)))
+    reply = f"{prefix}:client:behind"
+    await redis.xadd(reply, {"t": "", "o": "open"})
+    await redis.incr(f"{prefix}:live:{msg.trace_id}")
+    fields = {"t": msg.trace_id, "r": reply, **Codec(flow, None).encode_message(msg)}
+    await redis.xadd(f"{prefix}:requests", fields)  # type: ignore[arg-type]
+    last = [-1]
+
+    async def held_back() -> bool:
+        # The worker stopped sending: the length stays put twice in a row.
+        length = await redis.xlen(reply)
+        if length != last[0]:
+            last[0] = length
+            return False
+        return length >= REPLY_HIGH
+
+    await eventually(held_back, what="the worker to wait for the client")
+    assert last[0] <= REPLY_HIGH + 2  # the open note and at most one chunk beyond
+    newest: Any = await redis.xrevrange(reply, count=1)
+    assert newest[0][1][b"o"] == b"chunk"  # the outcome has not been sent yet
+    seqs: list[int] = []
+    outcome = b""
+    start: Any = "0-0"
+    while not outcome:
+        found: Any = await redis.xread({reply: start}, count=1000, block=5000)
+        assert found, "the worker did not carry on once the client read"
+        for entry_id, entry in found[0][1]:
+            start = entry_id
+            if entry[b"o"] == b"chunk":
+                seqs.append(StreamChunk.model_validate_json(entry[b"p"]).seq)
+            elif entry[b"o"] != b"open":
+                outcome = entry[b"o"]
+        await redis.xdel(reply, *(e for e, _ in found[0][1]))
+    assert outcome == b"result"
+    assert seqs == list(range(n))  # every chunk, in order
+    await redis.delete(reply)

@@ -54,7 +54,7 @@ from penguiflow.types import Message, StreamChunk
 
 from ._codec import encode_error, local_error
 from ._keys import GROUP, Keys
-from ._worker import LIVE_TTL_S, REPLY_MAXLEN, REPLY_TTL_S, REPLY_XADD, Held, Worker
+from ._worker import LIVE_TTL_S, REPLY_TTL_S, REPLY_XADD, Held, Worker, send_reply
 
 __all__ = ["NodeWorker", "Placement"]
 
@@ -78,26 +78,25 @@ return 1
 # ("cancelled") goes to the client first; when nothing of the request is left anywhere,
 # its keys go and the client gets the no-result error (ignored if it has an outcome).
 # KEYS: live, cancelled, reply, stream of each entry. ARGV: group, n, note, no-result
-# error, trace, reply maxlen, reply ttl, id of each entry.
+# error, trace, reply ttl, id of each entry.
 _FINISH: Final = """
 local n = tonumber(ARGV[2])
 local acked = 0
 for i = 1, n do
-  acked = acked + redis.call('XACK', KEYS[3 + i], ARGV[1], ARGV[7 + i])
-  redis.call('XDEL', KEYS[3 + i], ARGV[7 + i])
+  acked = acked + redis.call('XACK', KEYS[3 + i], ARGV[1], ARGV[6 + i])
+  redis.call('XDEL', KEYS[3 + i], ARGV[6 + i])
 end
 local reply = redis.call('EXISTS', KEYS[3]) == 1
 if ARGV[3] ~= '' and reply then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 't', ARGV[5], 'o', ARGV[3])
-  redis.call('EXPIRE', KEYS[3], ARGV[7])
+  redis.call('XADD', KEYS[3], '*', 't', ARGV[5], 'o', ARGV[3])
+  redis.call('EXPIRE', KEYS[3], ARGV[6])
 end
 if acked == 0 then return 0 end
 if redis.call('DECRBY', KEYS[1], acked) > 0 then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
 if reply then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', 't', ARGV[5], 'o', 'error',
-             'p', ARGV[4])
-  redis.call('EXPIRE', KEYS[3], ARGV[7])
+  redis.call('XADD', KEYS[3], '*', 't', ARGV[5], 'o', 'error', 'p', ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[6])
 end
 return 1
 """
@@ -435,10 +434,13 @@ class NodeWorker(Worker):
             return {"o": "error", "p": encode_error(error)}
 
     async def _send(self, session: _Session, fields: dict[str, Any]) -> None:
-        reply = session.reply
+        reply, entry = session.reply, {"t": session.trace_id, **fields}
+        if fields["o"] == "chunk":
+            await send_reply(self._batch, reply, entry, self._stopped)
+            return
 
         def send(pipe: Any) -> None:
-            pipe.xadd(reply, {"t": session.trace_id, **fields}, **REPLY_XADD)
+            pipe.xadd(reply, entry, **REPLY_XADD)
             pipe.expire(reply, REPLY_TTL_S)
 
         await self._batch.run(send)
@@ -455,7 +457,6 @@ class NodeWorker(Worker):
                 note,
                 encode_error(no_result_error(trace, last_node)),
                 trace,
-                REPLY_MAXLEN,
                 REPLY_TTL_S,
             ]
             + [h.entry_id for h in entries],

@@ -40,6 +40,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any, Final
 
 from penguiflow.core import PenguiFlow, Request
@@ -63,7 +64,7 @@ from ._retry import Backoff, is_lost, is_no_group
 __all__ = [
     "CANCEL_TTL_S",
     "LIVE_TTL_S",
-    "REPLY_MAXLEN",
+    "REPLY_HIGH",
     "REPLY_TTL_S",
     "REPLY_XADD",
     "Held",
@@ -72,6 +73,7 @@ __all__ = [
     "ensure_group",
     "open_redis",
     "run_worker",
+    "send_reply",
     "stop_task",
 ]
 
@@ -83,8 +85,9 @@ Connection = Any
 
 REPLY_TTL_S: Final = 300
 """Lifetime of a reply stream after its last write (refreshed by every write and read)."""
-REPLY_MAXLEN: Final = 100_000
-"""Hard cap on a reply stream's length; clients delete what they read long before."""
+REPLY_HIGH: Final = 10_000
+"""A worker sending chunks waits while the client's reply stream holds this many unread
+entries (its client is behind); replies are never trimmed, so none is lost."""
 LIVE_TTL_S: Final = 86_400
 """Lifetime of a request's live-entry count after its last change (a request running
 longer than this across ``--nodes`` workers may end with ``NO_RESULT``)."""
@@ -94,11 +97,11 @@ DEAD_MAXLEN: Final = 10_000
 """The dead-letter stream keeps about this many entries (the oldest go first)."""
 # Replies go only to a stream its client created (and deletes when it closes): the outcome
 # of a request whose client is gone is dropped instead of recreating the stream.
-REPLY_XADD: Final[dict[str, Any]] = {
-    "maxlen": REPLY_MAXLEN,
-    "approximate": True,
-    "nomkstream": True,
-}
+REPLY_XADD: Final[dict[str, Any]] = {"nomkstream": True}
+_WAIT_MIN_S: Final = 0.002
+_WAIT_MAX_S: Final = 0.1
+"""A chunk for a client that is behind waits for it, checking again after a wait growing
+from the first to the second."""
 _BLOCK_S: Final = 1.0
 """Longest blocking read; well under redis-py's default socket timeout (5 s)."""
 
@@ -134,8 +137,8 @@ return redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(ids))
 # stopped), copy it to the dead-letter stream, acknowledge and delete it, tell the client
 # (if its reply stream is still there), count it done, and cancel the rest of its request.
 # KEYS: stream, dead, reply, live, running, cancelled. ARGV: group, id, me, min_idle_ms,
-# error, dead_maxlen, trace, deliveries, last worker, reply_maxlen, reply_ttl, cancel_ttl,
-# cancel channel.
+# error, dead_maxlen, trace, deliveries, last worker, reply_ttl, cancel_ttl, cancel
+# channel.
 _BURY: Final = """
 local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], ARGV[4], ARGV[2], 'JUSTID')
 if #c == 0 then return 0 end
@@ -151,16 +154,15 @@ end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[10], '*', 't', ARGV[7], 'o', 'error',
-             'p', ARGV[5])
-  redis.call('EXPIRE', KEYS[3], ARGV[11])
+  redis.call('XADD', KEYS[3], '*', 't', ARGV[7], 'o', 'error', 'p', ARGV[5])
+  redis.call('EXPIRE', KEYS[3], ARGV[10])
 end
 redis.call('DEL', KEYS[5])
 if redis.call('DECR', KEYS[4]) <= 0 then
   redis.call('DEL', KEYS[4], KEYS[6])
 else
-  redis.call('SET', KEYS[6], '1', 'EX', ARGV[12])
-  redis.call('PUBLISH', ARGV[13], ARGV[7])
+  redis.call('SET', KEYS[6], '1', 'EX', ARGV[11])
+  redis.call('PUBLISH', ARGV[12], ARGV[7])
 end
 return 1
 """
@@ -610,7 +612,6 @@ class Worker:
                 trace,
                 deliveries,
                 worker,
-                REPLY_MAXLEN,
                 REPLY_TTL_S,
                 CANCEL_TTL_S,
                 keys.cancel_channel,
@@ -812,12 +813,7 @@ class _RequestWorker(Worker):
 
     async def _send(self, held: Held, fields: dict[str, Any]) -> None:
         reply = held.fields[b"r"]
-
-        def send(pipe: Any) -> None:
-            pipe.xadd(reply, {"t": held.trace_id, **fields}, **REPLY_XADD)
-            pipe.expire(reply, REPLY_TTL_S)
-
-        await self._batch.run(send)
+        await send_reply(self._batch, reply, {"t": held.trace_id, **fields}, lambda: held.cancelled)
 
     async def _finish(self, held: Held, fields: dict[str, Any]) -> None:
         """Write the outcome, acknowledge the entry and drop the request's keys, at once."""
@@ -832,6 +828,28 @@ class _RequestWorker(Worker):
             pipe.delete(keys.running(trace), keys.cancelled(trace), keys.live(trace))
 
         await self._atomic.run(finish)
+
+
+async def send_reply(
+    batch: Batcher, reply: bytes, fields: dict[str, Any], give_up: Callable[[], bool]
+) -> None:
+    """Append a chunk to a client's reply stream; wait while the client is behind.
+
+    The wait holds the node that emits the chunks, as a full in-process edge would, until
+    the client has read below ``REPLY_HIGH``, its stream is gone, or ``give_up()``.
+    """
+
+    def send(pipe: Any) -> None:
+        pipe.xadd(reply, fields, **REPLY_XADD)
+        pipe.expire(reply, REPLY_TTL_S)
+        pipe.xlen(reply)
+
+    *_, length = await batch.run(send)
+    wait = _WAIT_MIN_S
+    while length >= REPLY_HIGH and not give_up():
+        await asyncio.sleep(wait)
+        wait = min(2 * wait, _WAIT_MAX_S)
+        (length,) = await batch.run(lambda pipe: pipe.xlen(reply))
 
 
 def open_redis(url: str, connections: int) -> Connection:
