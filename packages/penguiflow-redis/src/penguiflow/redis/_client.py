@@ -34,6 +34,7 @@ from ._batch import Batcher
 from ._codec import Codec, decode_error, local_error
 from ._keys import DEFAULT_PREFIX, GROUP, Keys
 from ._retry import Backoff
+from ._scripts import CANCEL
 from ._worker import (
     CANCEL_TTL_S,
     LIVE_TTL_S,
@@ -65,28 +66,6 @@ _STOPPED: Final[_Note] = (b"stopped", {})
 # redis-py types every command's reply as a union of an awaitable and a value; the replies
 # are parsed where they are read, so connections are typed loosely here.
 Connection = Any
-
-# Cancel a request. If no worker has taken its entry yet, delete the entry and the
-# request's keys: nothing of it is left, and it can never run later. If it is still live
-# elsewhere, mark it cancelled and tell the workers. If it has ended, do nothing (a mark
-# left behind would cancel a later request with the same trace id).
-# KEYS: requests, live, running, cancelled. ARGV: group, entry id ('' if unknown),
-# cancel ttl, cancel channel, trace. Returns 2 (removed), 1 (cancel sent), 0 (ended).
-_CANCEL: Final = """
-if ARGV[2] ~= '' then
-  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-  if type(p) == 'table' and p.err == nil and #p == 0
-      and #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) > 0 then
-    redis.call('XDEL', KEYS[1], ARGV[2])
-    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
-    return 2
-  end
-end
-if redis.call('EXISTS', KEYS[2], KEYS[3]) == 0 then return 0 end
-redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return 1
-"""
 
 
 @contextlib.asynccontextmanager
@@ -238,7 +217,7 @@ class Client:
             await commands.aclose()
             raise
         self._commands = commands
-        self._cancel_script = commands.register_script(_CANCEL)
+        self._cancel_script = commands.register_script(CANCEL)
         self._batch = Batcher(commands, transaction=False)
         self._reader = asyncio.create_task(self._read(), name="penguiflow.redis:replies")
         return self

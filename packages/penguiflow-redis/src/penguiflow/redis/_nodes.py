@@ -54,6 +54,7 @@ from penguiflow.types import Message, StreamChunk
 
 from ._codec import encode_error, local_error
 from ._keys import GROUP, Keys
+from ._scripts import FINISH, FORWARD
 from ._worker import LIVE_TTL_S, REPLY_TTL_S, REPLY_XADD, Held, Worker, send_reply
 
 __all__ = ["NodeWorker", "Placement"]
@@ -63,43 +64,6 @@ logger = logging.getLogger("penguiflow.redis")
 _WAIT_MIN_S: Final = 0.002
 _WAIT_MAX_S: Final = 0.1
 """A forward to a full stream retries after a wait growing from the first to the second."""
-
-# Append an entry to a node's stream if it has room, and count it live.
-# KEYS: stream, live. ARGV: maxlen, live_ttl, field, value, ...
-_FORWARD: Final = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
-redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
-redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return 1
-"""
-
-# Acknowledge and delete a session's entries; count those acknowledged done. A note
-# ("cancelled") goes to the client first; when nothing of the request is left anywhere,
-# its keys go and the client gets the no-result error (ignored if it has an outcome).
-# KEYS: live, cancelled, reply, stream of each entry. ARGV: group, n, note, no-result
-# error, trace, reply ttl, id of each entry.
-_FINISH: Final = """
-local n = tonumber(ARGV[2])
-local acked = 0
-for i = 1, n do
-  acked = acked + redis.call('XACK', KEYS[3 + i], ARGV[1], ARGV[6 + i])
-  redis.call('XDEL', KEYS[3 + i], ARGV[6 + i])
-end
-local reply = redis.call('EXISTS', KEYS[3]) == 1
-if ARGV[3] ~= '' and reply then
-  redis.call('XADD', KEYS[3], '*', 't', ARGV[5], 'o', ARGV[3])
-  redis.call('EXPIRE', KEYS[3], ARGV[6])
-end
-if acked == 0 then return 0 end
-if redis.call('DECRBY', KEYS[1], acked) > 0 then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-if reply then
-  redis.call('XADD', KEYS[3], '*', 't', ARGV[5], 'o', 'error', 'p', ARGV[4])
-  redis.call('EXPIRE', KEYS[3], ARGV[6])
-end
-return 1
-"""
 
 
 class Placement:
@@ -226,8 +190,8 @@ class NodeWorker(Worker):
         """Build the fragment for ``placement`` (before ``run``)."""
         self._placement = placement
         self._sessions: dict[str, _Session] = {}
-        self._forward_script = self._redis.register_script(_FORWARD)
-        self._finish_script = self._redis.register_script(_FINISH)
+        self._forward_script = self._redis.register_script(FORWARD)
+        self._finish_script = self._redis.register_script(FINISH)
         flow, keys = placement.flow, placement.keys
         here = set(placement.served)
         proxies: dict[Node, Node] = {}

@@ -60,6 +60,7 @@ from ._batch import Batcher
 from ._codec import Codec, encode_error, local_error
 from ._keys import GROUP, Keys
 from ._retry import Backoff, is_lost, is_no_group
+from ._scripts import BURY, CLAIM, HAND_BACK
 
 __all__ = [
     "CANCEL_TTL_S",
@@ -104,68 +105,6 @@ _WAIT_MAX_S: Final = 0.1
 from the first to the second."""
 _BLOCK_S: Final = 1.0
 """Longest blocking read; well under redis-py's default socket timeout (5 s)."""
-
-# Hand an entry back: if it is still pending under this worker, re-add its fields as a new
-# entry and acknowledge and delete the old one, atomically (so it is never both handed
-# back and done).
-_HAND_BACK: Final = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
-redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-redis.call('DEL', KEYS[2])
-return 1
-"""
-
-# Take over idle entries (their worker stopped) that are still under the delivery limit,
-# in one step: an entry at the limit is left pending for the bury step, so it is never
-# delivered once more between a check of its count and the claim.
-# KEYS: stream. ARGV: group, me, min_idle_ms, count, limit.
-_CLAIM: Final = """
-local rows = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', ARGV[3], '-', '+', 100)
-local ids = {}
-for _, row in ipairs(rows) do
-  if #ids >= tonumber(ARGV[4]) then break end
-  if tonumber(row[4]) < tonumber(ARGV[5]) then table.insert(ids, row[1]) end
-end
-if #ids == 0 then return {} end
-return redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(ids))
-"""
-
-# Bury an entry delivered too often: if it is still pending and idle (its last worker
-# stopped), copy it to the dead-letter stream, acknowledge and delete it, tell the client
-# (if its reply stream is still there), count it done, and cancel the rest of its request.
-# KEYS: stream, dead, reply, live, running, cancelled. ARGV: group, id, me, min_idle_ms,
-# error, dead_maxlen, trace, deliveries, last worker, reply_ttl, cancel_ttl, cancel
-# channel.
-_BURY: Final = """
-local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], ARGV[4], ARGV[2], 'JUSTID')
-if #c == 0 then return 0 end
-local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
-if #e > 0 then
-  local f = e[1][2]
-  for _, v in ipairs({'stream', KEYS[1], 'entry', ARGV[2], 'deliveries', ARGV[8],
-                      'worker', ARGV[9]}) do
-    table.insert(f, v)
-  end
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', unpack(f))
-end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('XADD', KEYS[3], '*', 't', ARGV[7], 'o', 'error', 'p', ARGV[5])
-  redis.call('EXPIRE', KEYS[3], ARGV[10])
-end
-redis.call('DEL', KEYS[5])
-if redis.call('DECR', KEYS[4]) <= 0 then
-  redis.call('DEL', KEYS[4], KEYS[6])
-else
-  redis.call('SET', KEYS[6], '1', 'EX', ARGV[11])
-  redis.call('PUBLISH', ARGV[12], ARGV[7])
-end
-return 1
-"""
 
 
 class WorkerSettings:
@@ -272,9 +211,9 @@ class Worker:
         self._halt = asyncio.Event()  # ends the maintenance loop (after the drain)
         self._pubsub: Any = None  # the cancel channel's subscription, while it is open
         self._lease_s = max(1, round(3 * settings.claim_idle_s))
-        self._hand_back = redis.register_script(_HAND_BACK)
-        self._bury = redis.register_script(_BURY)
-        self._claim = redis.register_script(_CLAIM)
+        self._hand_back = redis.register_script(HAND_BACK)
+        self._bury = redis.register_script(BURY)
+        self._claim = redis.register_script(CLAIM)
         self._batch = Batcher(redis, transaction=False)
         self._atomic = Batcher(redis, transaction=True)
 
