@@ -64,14 +64,19 @@ class Tracked:
 
 @contextlib.asynccontextmanager
 async def serve(
-    app: Any, *, lifespan: Literal["auto", "on", "off"] = "off", sndbuf: int | None = None
+    app: Any,
+    *,
+    lifespan: Literal["auto", "on", "off"] = "off",
+    sndbuf: int | None = None,
+    ws: Literal["websockets", "websockets-sansio"] = "websockets-sansio",
 ) -> AsyncIterator[str]:
     """Run ``app`` on uvicorn at 127.0.0.1:<ephemeral port> inside this event loop.
 
     The listening socket is bound and listening before the server task starts, so a
     client may connect at once (the kernel queues it): no waiting for "started".
-    ``sndbuf`` fixes the kernel send buffer of accepted connections (Linux copies it
-    from the listening socket), which keeps what the network path can absorb small.
+    ``ws`` picks uvicorn's WebSocket implementation. ``sndbuf`` fixes the kernel send
+    buffer of accepted connections (Linux copies it from the listening socket), which
+    keeps what the network path can absorb small.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -86,7 +91,7 @@ async def serve(
         lifespan=lifespan,
         log_level="warning",
         http="h11",
-        ws="websockets-sansio",
+        ws=ws,
         timeout_graceful_shutdown=int(WAIT_S),
     )
     server = uvicorn.Server(config)
@@ -142,6 +147,16 @@ async def wait_for(fut: Any, what: str = "") -> Any:
         return await fut
 
 
+async def until(condition: Callable[[], bool], what: str = "") -> None:
+    """Wait, bounded by WAIT_S, until ``condition()`` holds (checked every few ms).
+
+    For state that no event announces, such as a request waiting for room at the ingress.
+    """
+    async with asyncio.timeout(WAIT_S):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
 class Kit:
     """The helpers above, as one fixture (test modules cannot import conftest)."""
 
@@ -150,6 +165,7 @@ class Kit:
     serve = staticmethod(serve)
     sse_events = staticmethod(sse_events)
     wait_for = staticmethod(wait_for)
+    until = staticmethod(until)
     Tracked = Tracked
     SSEEvent = SSEEvent
 

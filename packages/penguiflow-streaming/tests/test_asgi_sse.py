@@ -537,3 +537,98 @@ async def test_a_request_dropped_without_output_ends_with_an_error_event(
         "component": "gate",
         "message": "node 'gate' ended the request without a result",
     }
+
+
+def gated_flow(gate: asyncio.Event, seen: list[str]) -> PenguiFlow:
+    """One node slot and room for one queued request: a third request waits for room."""
+
+    async def llm(msg: Message, ctx: Context) -> Message:
+        seen.append(msg.payload)
+        await ctx.emit_chunk(parent=msg, text="t0")
+        await gate.wait()
+        return answer(msg, msg.payload)
+
+    return create(Node(llm, name="llm").to(), queue_maxsize=1)
+
+
+def options_app(kit: type[Kit], flow: PenguiFlow) -> Any:
+    """``/stream?q=..&id=..&idle=..``: a chosen trace id and idle timeout per request."""
+
+    async def endpoint(request: Request) -> EventStreamResponse:
+        params = request.query_params
+        msg = Message(payload=params["q"], headers=Headers(tenant="t"))
+        if "id" in params:
+            msg = msg.model_copy(update={"trace_id": params["id"]})
+        idle = float(params["idle"]) if "idle" in params else None
+        return EventStreamResponse(flow, msg, idle_timeout=idle)
+
+    return kit.Tracked(Starlette(routes=[Route("/stream", endpoint)]))
+
+
+async def read_to_end(http: httpx.AsyncClient, q: str) -> list[str]:
+    async with http.stream("GET", "/stream", params={"q": q}) as resp:
+        return [line async for line in resp.aiter_lines()]
+
+
+async def test_a_client_that_leaves_while_waiting_for_room_is_never_served(
+    kit: type[Kit], running: Start
+) -> None:
+    gate, seen = asyncio.Event(), list[str]()
+    flow = running(gated_flow(gate, seen))
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr, client(addr) as http:
+        first = asyncio.create_task(read_to_end(http, "a"))
+        await kit.until(lambda: seen == ["a"])
+        second = asyncio.create_task(read_to_end(http, "b"))
+        await kit.until(lambda: len(flow.inspect().traces) == 2)  # "b" sits on the edge
+        third = asyncio.create_task(read_to_end(http, "c"))
+        await kit.until(lambda: len(flow.inspect().traces) == 3)  # "c" waits for room
+        third.cancel()  # that client goes away
+        await kit.until(lambda: len(app.finished) == 1)  # its handler returned ...
+        assert app.finished == [None]
+        assert len(flow.inspect().traces) == 2  # ... and let go of its trace
+        gate.set()
+        await kit.wait_for(asyncio.gather(first, second))
+        await app.wait_idle(3)
+    assert seen == ["a", "b"]  # the request given up while waiting never ran
+
+
+async def test_the_idle_timeout_bounds_the_wait_for_room(kit: type[Kit], running: Start) -> None:
+    gate, seen = asyncio.Event(), list[str]()
+    flow = running(gated_flow(gate, seen))
+    app = options_app(kit, flow)
+    async with kit.serve(app) as addr, client(addr) as http:
+        first = asyncio.create_task(read_to_end(http, "a"))
+        await kit.until(lambda: seen == ["a"])
+        second = asyncio.create_task(read_to_end(http, "b"))
+        await kit.until(lambda: len(flow.inspect().traces) == 2)
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        busy = await http.get("/stream", params={"q": "c", "idle": "0.3"})
+        assert loop.time() - asked < 0.3 + 1.0
+        assert (busy.status_code, busy.text) == (503, "the flow is busy; try again later")
+        assert busy.headers["retry-after"] == "1"
+        assert len(flow.inspect().traces) == 2
+        gate.set()
+        await kit.wait_for(asyncio.gather(first, second))
+        await app.wait_idle(3)
+    assert seen == ["a", "b"]
+
+
+async def test_a_trace_id_already_in_use_answers_409(kit: type[Kit], running: Start) -> None:
+    gate, seen = asyncio.Event(), list[str]()
+    flow = running(gated_flow(gate, seen))
+    app = options_app(kit, flow)
+    async with kit.serve(app) as addr, client(addr) as http:
+        async with http.stream("GET", "/stream", params={"q": "a", "id": "same"}) as first:
+            await kit.until(lambda: seen == ["a"])
+            again = await http.get("/stream", params={"q": "b", "id": "same"})
+            gate.set()
+            lines = [line async for line in first.aiter_lines()]
+        await app.wait_idle(2)
+    assert again.status_code == 409
+    assert "trace id" in again.text
+    assert "Traceback" not in again.text
+    assert app.finished == [None, None]  # no handler failed
+    assert "event: end" in lines  # the first request was not disturbed
+    assert seen == ["a"]

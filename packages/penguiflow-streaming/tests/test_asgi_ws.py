@@ -339,3 +339,160 @@ async def test_a_client_that_stops_reading_is_cut_off(kit: type[Kit], running: S
 async def recv_raw(ws: ClientConnection) -> str | bytes:
     async with asyncio.timeout(10.0):
         return await ws.recv()
+
+
+def gated_flow(gate: asyncio.Event, seen: list[str]) -> PenguiFlow:
+    """One node slot and room for one queued request: a third request waits for room."""
+
+    async def llm(msg: Message, ctx: Context) -> Message:
+        seen.append(msg.payload)
+        await ctx.emit_chunk(parent=msg, text="t0")
+        await gate.wait()
+        return answer(msg, msg.payload)
+
+    return create(Node(llm, name="llm").to(), queue_maxsize=1)
+
+
+async def fill_the_flow(
+    kit: type[Kit], flow: PenguiFlow, addr: str, seen: list[str]
+) -> tuple[ClientConnection, ClientConnection]:
+    """Two connections: "a" runs in the node, "b" sits on the edge."""
+    a = await connect(f"ws://{addr}/ws")
+    await a.send(json.dumps({"q": "a"}))
+    await kit.until(lambda: seen == ["a"])
+    b = await connect(f"ws://{addr}/ws")
+    await b.send(json.dumps({"q": "b"}))
+    await kit.until(lambda: len(flow.inspect().traces) == 2)
+    return a, b
+
+
+async def test_a_client_that_leaves_while_waiting_for_room_is_never_served(
+    kit: type[Kit], running: Start
+) -> None:
+    gate, seen = asyncio.Event(), list[str]()
+    flow = running(gated_flow(gate, seen))
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr:
+        a, b = await fill_the_flow(kit, flow, addr, seen)
+        async with connect(f"ws://{addr}/ws") as c:
+            await c.send(json.dumps({"q": "c"}))
+            await kit.until(lambda: len(flow.inspect().traces) == 3)  # "c" waits for room
+        await kit.until(lambda: len(app.finished) == 1)  # its handler returned ...
+        assert app.finished == [None]
+        assert len(flow.inspect().traces) == 2  # ... and let go of its trace
+        gate.set()
+        for ws in (a, b):
+            assert (await until_end(ws))[-1]["reason"] == "drained"
+            await ws.close()
+        await app.wait_idle(3)
+    assert seen == ["a", "b"]  # the request given up while waiting never ran
+
+
+async def test_a_cancel_frame_ends_the_wait_for_room(kit: type[Kit], running: Start) -> None:
+    gate, seen = asyncio.Event(), list[str]()
+    flow = running(gated_flow(gate, seen))
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr:
+        a, b = await fill_the_flow(kit, flow, addr, seen)
+        async with connect(f"ws://{addr}/ws") as c:
+            await c.send(json.dumps({"q": "c"}))
+            await kit.until(lambda: len(flow.inspect().traces) == 3)
+            await c.send(json.dumps({"type": "cancel"}))
+            end = await recv(c)
+            assert end["type"] == "end"
+            assert end["reason"] == "cancelled"
+            assert len(flow.inspect().traces) == 2
+            gate.set()
+            for ws in (a, b):
+                assert (await until_end(ws))[-1]["reason"] == "drained"
+                await ws.close()
+            await c.send(json.dumps({"q": "d"}))  # the connection serves the next request
+            await started(c)
+            assert (await until_end(c))[-1]["reason"] == "drained"
+        await app.wait_idle(3)
+    assert seen == ["a", "b", "d"]
+
+
+async def test_the_idle_timeout_bounds_the_wait_for_room(kit: type[Kit], running: Start) -> None:
+    gate, seen = asyncio.Event(), list[str]()
+    flow = running(gated_flow(gate, seen))
+    app = kit.Tracked(
+        Starlette(
+            routes=[
+                WebSocketRoute("/ws", websocket_endpoint(flow, make_message)),
+                WebSocketRoute("/idle", websocket_endpoint(flow, make_message, idle_timeout=0.3)),
+            ]
+        )
+    )
+    async with kit.serve(app) as addr:
+        a, b = await fill_the_flow(kit, flow, addr, seen)
+        async with connect(f"ws://{addr}/idle") as c:
+            loop = asyncio.get_running_loop()
+            asked = loop.time()
+            await c.send(json.dumps({"q": "c"}))
+            frame = await recv(c)
+            assert loop.time() - asked < 0.3 + 1.0
+            assert frame["type"] == "error"
+            assert frame["code"] == "IDLE_TIMEOUT"
+            assert len(flow.inspect().traces) == 2
+        gate.set()
+        for ws in (a, b):
+            assert (await until_end(ws))[-1]["reason"] == "drained"
+            await ws.close()
+        await app.wait_idle(3)
+    assert seen == ["a", "b"]
+
+
+async def test_frames_sent_while_streaming_get_one_busy_frame(
+    kit: type[Kit], running: Start
+) -> None:
+    cleaned, trace_ids = asyncio.Event(), list[str]()
+    flow = running(create(forever_node(cleaned, trace_ids).to()))
+    app = app_for(kit, flow)
+    async with kit.serve(app) as addr:
+        async with connect(f"ws://{addr}/ws") as ws:
+            await ws.send(json.dumps({"q": "x"}))
+            await started(ws)
+            assert (await recv(ws))["text"] == "t0"
+            for _ in range(500):
+                await ws.send(json.dumps({"q": "y" * 1000}))
+            await ws.send(json.dumps({"type": "cancel"}))
+            assert (await recv(ws))["reason"] == "cancelled"
+            busy = await recv(ws)
+            assert (busy["type"], busy["code"]) == ("error", "BUSY")
+            assert busy["message"].startswith("500 requests were sent while another")
+            await ws.send(json.dumps({"q": "next"}))
+            assert (await recv(ws))["type"] == "start"  # no further BUSY frame came first
+            await ws.send(json.dumps({"type": "cancel"}))
+            assert (await until_end(ws))[-1]["reason"] == "cancelled"
+        await app.wait_idle()
+    assert len(trace_ids) == 2  # none of the refused requests ran
+
+
+async def test_a_start_error_gets_an_error_frame_and_the_connection_stays_usable(
+    kit: type[Kit], running: Start
+) -> None:
+    cleaned, trace_ids = asyncio.Event(), list[str]()
+    flow = running(create(forever_node(cleaned, trace_ids).to(), queue_maxsize=4))
+
+    def with_id(data: Any) -> Message:
+        return Message(payload=data["q"], headers=Headers(tenant="t"), trace_id=data["id"])
+
+    endpoint = websocket_endpoint(flow, with_id)
+    app = kit.Tracked(Starlette(routes=[WebSocketRoute("/ws", endpoint)]))
+    async with kit.serve(app) as addr:
+        async with connect(f"ws://{addr}/ws") as a, connect(f"ws://{addr}/ws") as b:
+            await a.send(json.dumps({"q": "1", "id": "same"}))
+            await started(a)
+            await b.send(json.dumps({"q": "2", "id": "same"}))
+            frame = await recv(b)
+            assert frame["type"] == "error"
+            assert frame["code"] == "BAD_REQUEST"
+            assert frame["trace_id"] == "same"
+            assert "trace id" in frame["message"]
+            assert "Traceback" not in json.dumps(frame)
+            await b.send(json.dumps({"q": "3", "id": "other"}))  # b still works
+            assert await started(b) == "other"  # taken by the flow (it queues for the node)
+        await app.wait_idle(2)
+    assert app.finished == [None, None]
+    assert trace_ids[0] == "same"

@@ -10,10 +10,12 @@ Needs the ``asgi`` extra: ``pip install 'penguiflow-streaming[asgi]'``.
 
 What both guarantee:
 
-- **Disconnect cancels the trace.** A task watches the connection; when the client goes
-  away, the send loop is cancelled and ``flow.cancel(trace_id)`` runs, so in-flight node
-  invocations see ``CancelledError`` and playbooks under the trace stop. This cleanup is
-  shielded: it completes even when the handler itself is being cancelled (server
+- **Disconnect cancels the trace.** A task watches the connection from the moment the
+  request is emitted; when the client goes away, the send loop is cancelled and
+  ``flow.cancel(trace_id)`` runs, so in-flight node invocations see ``CancelledError``
+  and playbooks under the trace stop. A request still waiting for room at the flow's
+  ingress (a full ``queue_maxsize``) is withdrawn instead, and never runs. This cleanup
+  is shielded: it completes even when the handler itself is being cancelled (server
   shutdown, an outer timeout).
 - **One stalled client never holds the others.** A send that the client does not accept
   within ``send_timeout`` seconds (it stopped reading and the socket buffers are full)
@@ -27,8 +29,11 @@ What both guarantee:
   cancelled elsewhere, a stopped flow or an idle timeout end the stream with an
   ``error`` event: ``{"trace_id", "code", "node",
   "component", "message"}`` (see :class:`~penguiflow.streaming.ErrorEvent`).
-- **A flow that is not running** answers ``503`` (SSE) or an ``error`` frame with code
-  ``FLOW_NOT_RUNNING`` (WebSocket).
+- **A request the flow does not take** gets one answer: a flow that is not running
+  answers ``503`` (SSE) or an ``error`` frame ``FLOW_NOT_RUNNING`` (WebSocket); a wait
+  for room at the ingress longer than ``idle_timeout`` answers ``503`` or
+  ``IDLE_TIMEOUT``; a trace id that another request is using answers ``409`` or
+  ``BAD_REQUEST``.
 
 SSE body (:class:`~penguiflow.streaming.EventSourceEncoder`): ``start``, then ``chunk``
 and ``result`` events, then ``end`` or ``error``. Every event's ``data`` is one JSON
@@ -39,8 +44,10 @@ in the ``X-Trace-Id`` header and in the ``start`` event.
 WebSocket frames (JSON text): ``{"type": "start", "trace_id"}``, ``{"stream_id", "seq",
 "text", "done", "meta", "type": "chunk", "trace_id", "node"}``, ``{"type": "result",
 "trace_id", "result"}``, ``{"type": "end", "trace_id", "reason"}``, ``{"type": "error",
-"trace_id", "code", "node", "component", "message"}``. While a request streams, the
-client may send ``{"type": "cancel"}`` to cancel it.
+"trace_id", "code", "node", "component", "message"}``. While a request streams (or waits
+for room at the ingress), the client may send ``{"type": "cancel"}`` to cancel it; other
+frames sent meanwhile are not run, and one ``error`` frame (``BUSY``) after the stream
+says how many there were.
 
 **Concurrency.** Each request is one trace, served by one invocation of the streaming
 node. A node's ``NodePolicy(max_concurrency=...)`` defaults to 1, which serves clients
@@ -60,14 +67,23 @@ from penguiflow.core import PenguiFlow
 from penguiflow.errors import (
     FlowError,
     FlowNotRunningError,
+    FlowRuntimeError,
     FlowStoppedError,
     MissingExtraError,
+    PenguiFlowError,
     TraceCancelled,
 )
 from penguiflow.node import Node
 from penguiflow.types import Message, StreamChunk
 
-from ._errors import ErrorCode, ErrorEvent, error_event, logger
+from ._errors import (
+    ErrorCode,
+    ErrorEvent,
+    StreamingPathError,
+    StreamingUsageError,
+    error_event,
+    logger,
+)
 from ._format import EventSourceEncoder, chunk_node, chunk_to_ws_json, dumps, to_jsonable
 from ._paths import check_streaming_path, require_message
 from ._shield import settle
@@ -78,7 +94,7 @@ try:
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse, Response
     from starlette.types import Receive, Scope, Send
-    from starlette.websockets import WebSocket, WebSocketDisconnect
+    from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 except ModuleNotFoundError as _missing:  # pragma: no cover - exercised in a subprocess test
     if _missing.name is None or _missing.name.partition(".")[0] != "starlette":
         raise
@@ -208,7 +224,9 @@ class EventStreamResponse(Response):
     (see the module docstring). A client disconnect cancels the trace; a slow client
     back-pressures the producing node; a client that accepts nothing for
     ``send_timeout`` seconds has its trace cancelled and its connection closed. A flow
-    that is not running when the response is sent answers ``503``.
+    that is not running when the response is sent answers ``503``; so does a request
+    that waited longer than ``idle_timeout`` for room at the flow's ingress, and a trace
+    id that another request is using answers ``409``.
 
     Args:
         flow: A flow with a path from its ingress to Rookery (running when the response
@@ -216,7 +234,8 @@ class EventStreamResponse(Response):
         message: The request; its ``trace_id`` must not be streamed by anyone else.
         to: Ingress node(s) to emit to (default: every ingress node).
         idle_timeout: Longest wait for the next item, in seconds; on expiry the client
-            gets an ``error`` event (``IDLE_TIMEOUT``) and the trace is cancelled.
+            gets an ``error`` event (``IDLE_TIMEOUT``) and the trace is cancelled. It
+            also bounds the wait for room at the ingress (then: ``503``).
         send_timeout: Longest time one send may wait for the client, in seconds
             (``None``: no limit).
         ping_interval: Seconds of idleness between keep-alive comments (``None``: none).
@@ -284,13 +303,12 @@ class EventStreamResponse(Response):
         """Stream the response; returns once the trace ended or the client left."""
         source = self._source
         try:
-            await source.start("EventStreamResponse")
-        except (FlowNotRunningError, FlowStoppedError):
-            await _not_running()(scope, receive, send)
-            return
-        try:
+            # The start runs under the disconnect watcher too: it may wait for room at
+            # the ingress, and a client that leaves meanwhile must not be served later.
             watch_won, pump = await _race(
-                self._pump(send), _wait_disconnect(receive), f"penguiflow-sse:{self.trace_id}"
+                self._pump(scope, receive, send),
+                _wait_disconnect(receive),
+                f"penguiflow-sse:{self.trace_id}",
             )
             if watch_won:
                 self.disconnected = True
@@ -311,13 +329,21 @@ class EventStreamResponse(Response):
                     raise error
         finally:
             await source.aclose()
-        if self.background is not None and not (self.disconnected or self.stalled):
+        if (
+            self.background is not None
+            and source.started
+            and not (self.disconnected or self.stalled)
+        ):
             await self.background()
 
-    async def _pump(self, send: Send) -> None:
+    async def _pump(self, scope: Scope, receive: Receive, send: Send) -> None:
         source = self._source
-        frames = EventSourceEncoder(self.trace_id)
         send_timeout = self._send_timeout
+        refusal = await _start(source, "EventStreamResponse", self._idle_timeout)
+        if refusal is not None:
+            await _bounded(_refusal_response(refusal)(scope, receive, send), send_timeout)
+            return
+        frames = EventSourceEncoder(self.trace_id)
 
         async def write(frame: str) -> None:
             body = {"type": "http.response.body", "body": frame.encode(), "more_body": True}
@@ -367,6 +393,55 @@ def _not_running() -> Response:
     return PlainTextResponse(
         "the flow is not running; try again later", status_code=503, headers={"retry-after": "1"}
     )
+
+
+async def _start(
+    source: TraceSource, who: str, limit: float | None, gate: _StartGate | None = None
+) -> ErrorEvent | None:
+    """Emit the request; return why the flow did not take it, or ``None`` once it did.
+
+    The wait for room at the ingress is bounded by ``limit`` (the stream's idle timeout)
+    and, for a WebSocket, ended early by the client's cancel frame (``gate``). Cancelling
+    the start lets go of the trace, so a request given up here never runs.
+    """
+    tid = source.trace_id
+    try:
+        async with asyncio.timeout(limit) as scope:
+            if gate is not None:
+                gate.enter(scope)
+            try:
+                await source.start(who)
+            finally:
+                if gate is not None:
+                    gate.leave()
+    except TimeoutError as exc:  # the caller checks ``gate.cancelled`` first
+        return error_event(exc, tid)
+    except (FlowNotRunningError, FlowStoppedError, StreamingPathError, StreamingUsageError) as exc:
+        # A closed flow, or a mistake on the server's side (INTERNAL, logged).
+        return error_event(exc, tid)
+    except FlowRuntimeError as exc:
+        # Typically a trace id the client chose that another request is using.
+        logger.warning("the flow did not take the request of trace %s: %s", tid, exc)
+        return ErrorEvent(ErrorCode.BAD_REQUEST, _NOT_TAKEN, "request", trace_id=tid)
+    except PenguiFlowError as exc:
+        return error_event(exc, tid)
+    return None
+
+
+_NOT_TAKEN = "the flow did not take the request (is its trace id already in use?)"
+
+
+def _refusal_response(error: ErrorEvent) -> Response:
+    """The plain HTTP answer to an SSE request the flow did not take."""
+    if error.code in (ErrorCode.FLOW_NOT_RUNNING, ErrorCode.FLOW_STOPPED):
+        return _not_running()
+    if error.code == ErrorCode.IDLE_TIMEOUT:
+        return PlainTextResponse(
+            "the flow is busy; try again later", status_code=503, headers={"retry-after": "1"}
+        )
+    if error.code == ErrorCode.BAD_REQUEST:
+        return PlainTextResponse(error.message, status_code=409)
+    return PlainTextResponse("internal server error", status_code=500)
 
 
 def sse_endpoint(
@@ -451,6 +526,31 @@ def _error_frame(error: ErrorEvent) -> str:
     return dumps({"type": "error", **error.to_dict()})
 
 
+class _StartGate:
+    """Lets a WebSocket client's cancel frame end the wait for room at the ingress."""
+
+    __slots__ = ("_scope", "cancelled")
+
+    def __init__(self) -> None:
+        self._scope: asyncio.Timeout | None = None
+        self.cancelled = False
+
+    def enter(self, scope: asyncio.Timeout) -> None:
+        self._scope = scope
+        if self.cancelled:
+            self.cancel()
+
+    def leave(self) -> None:
+        self._scope = None
+
+    def cancel(self) -> None:
+        """End the start at once (it then raises ``TimeoutError`` in its task)."""
+        self.cancelled = True
+        # An expired scope is already ending the start, and refuses a new deadline.
+        if self._scope is not None and not self._scope.expired():
+            self._scope.reschedule(asyncio.get_running_loop().time())
+
+
 async def serve_websocket(
     websocket: WebSocket,
     flow: PenguiFlow,
@@ -466,9 +566,14 @@ async def serve_websocket(
     Each text (or binary) frame from the client is one request: its JSON (or the raw
     text when it is not JSON) goes to ``make_message``; the reply is the trace's
     ``start``, chunk, result and ``end`` frames (see the module docstring). Requests are
-    served one at a time; while one streams, ``{"type": "cancel"}`` cancels it and any
-    other frame is answered, after the current stream, with an ``error`` frame (code
-    ``BUSY``).
+    served one at a time; while one streams, ``{"type": "cancel"}`` cancels it. Other
+    frames sent meanwhile are not run: only their number is kept, and after the current
+    stream one ``error`` frame (code ``BUSY``) says how many were refused, however many
+    there were. A request cancelled while it still waits for room at the flow's ingress
+    gets ``{"type": "end", "trace_id", "reason": "cancelled"}`` with no ``start`` frame.
+    A request the flow does not take gets one ``error`` frame (``FLOW_NOT_RUNNING``,
+    ``FLOW_STOPPED``, ``IDLE_TIMEOUT`` or ``BAD_REQUEST``), and the connection stays
+    open for the next one.
 
     A disconnect cancels the trace being streamed, and the cleanup completes even if
     this coroutine is cancelled. A client that accepts no frame for ``send_timeout``
@@ -481,7 +586,8 @@ async def serve_websocket(
         make_message: Builds the flow's input ``Message`` from one request; an exception
             it raises is logged and answered with an ``error`` frame (``BAD_REQUEST``).
         to: Ingress node(s) to emit to.
-        idle_timeout: Longest wait for the next item of a stream (``IDLE_TIMEOUT``).
+        idle_timeout: Longest wait for the next item of a stream, and for room at the
+            flow's ingress (``IDLE_TIMEOUT``).
         send_timeout: Longest time one frame may wait for the client, in seconds.
         encode_result: Turns a result payload into JSON-able data.
     """
@@ -501,12 +607,6 @@ async def serve_websocket(
             continue
         source = TraceSource(flow, message, to=to)
         try:
-            await source.start("serve_websocket")
-        except (FlowNotRunningError, FlowStoppedError) as exc:
-            frame = _error_frame(error_event(exc, message.trace_id))
-            await _bounded(websocket.send_text(frame), send_timeout)
-            continue
-        try:
             connected = await _stream_to_websocket(
                 websocket, source, idle_timeout, send_timeout, encode_result
             )
@@ -524,21 +624,24 @@ async def _stream_to_websocket(
     encode_result: ResultEncoder,
 ) -> bool:
     """Send one stream; return False when the client is gone (or stalled) meanwhile."""
-    busy: list[Any] = []
+    gate = _StartGate()
+    refused = 0  # only a count: a client may send any number of frames meanwhile
 
     async def watch() -> None:
+        nonlocal refused
         while True:
             received = await websocket.receive()
             if received["type"] == "websocket.disconnect":
                 return
-            data = _parse(received)
-            if _is_cancel(data):
+            if not _is_cancel(_parse(received)):
+                refused += 1
+            elif source.started:
                 await source.cancel()
             else:
-                busy.append(data)
+                gate.cancel()
 
     watch_won, pump = await _race(
-        _ws_pump(websocket, source, idle_timeout, send_timeout, encode_result),
+        _ws_pump(websocket, source, gate, idle_timeout, send_timeout, encode_result),
         watch(),
         f"penguiflow-ws:{source.trace_id}",
     )
@@ -556,20 +659,29 @@ async def _stream_to_websocket(
         if isinstance(error, WebSocketDisconnect | OSError):
             return False
         if error is not None:
+            if websocket.client_state == WebSocketState.DISCONNECTED:
+                # The watcher saw the disconnect as the pump sent its next frame; some
+                # servers (uvicorn's ``websockets`` implementation) then refuse the send
+                # with a RuntimeError instead of an OSError.
+                return False
             raise error
-    for _ in busy:
-        error_frame = ErrorEvent(
+    if refused:
+        # One frame, whatever the count, so what a flooding client costs stays bounded.
+        many = "1 request was" if refused == 1 else f"{refused} requests were"
+        busy = ErrorEvent(
             ErrorCode.BUSY,
-            "one request at a time on a connection; send the next one after the end frame",
+            f"{many} sent while another request was streaming and not run; "
+            "send one request at a time, after the end frame",
             "request",
         )
-        await _bounded(websocket.send_text(_error_frame(error_frame)), send_timeout)
+        await _bounded(websocket.send_text(_error_frame(busy)), send_timeout)
     return True
 
 
 async def _ws_pump(
     websocket: WebSocket,
     source: TraceSource,
+    gate: _StartGate,
     idle_timeout: float | None,
     send_timeout: float | None,
     encode_result: ResultEncoder,
@@ -579,6 +691,14 @@ async def _ws_pump(
     async def write(text: str) -> None:
         await _bounded(websocket.send_text(text), send_timeout)
 
+    refusal = await _start(source, "serve_websocket", idle_timeout, gate)
+    if gate.cancelled and not source.started:
+        # Cancelled by the client before the flow took it: the request never ran.
+        await write(dumps({"type": "end", "trace_id": tid, "reason": "cancelled"}))
+        return
+    if refusal is not None:
+        await write(_error_frame(refusal))
+        return
     await write(dumps({"type": "start", "trace_id": tid}))
     last: str
     try:
