@@ -496,3 +496,56 @@ async def test_a_start_error_gets_an_error_frame_and_the_connection_stays_usable
         await app.wait_idle(2)
     assert app.finished == [None, None]
     assert trace_ids[0] == "same"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated")
+async def test_a_send_refused_after_the_client_left_counts_as_a_disconnect(
+    kit: type[Kit], running: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    # uvicorn's older ``websockets`` implementation refuses a send after it reported the
+    # disconnect with a RuntimeError. That happens when the watcher sees the disconnect
+    # as the next frame goes out; the wrapper below makes that ordering certain.
+    pytest.importorskip("uvicorn.protocols.websockets.websockets_impl")
+    gone, send_tried, cleaned = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def llm(msg: Message, ctx: Context) -> None:
+        await ctx.emit_chunk(parent=msg, text="t0")
+        await gone.wait()
+        await ctx.emit_chunk(parent=msg, text="t1")  # the frame that cannot go out
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleaned.set()
+            raise
+
+    flow = running(create(Node(llm, name="llm").to()))
+    inner = Starlette(routes=[WebSocketRoute("/ws", websocket_endpoint(flow, make_message))])
+
+    async def ordered(scope: Any, receive: Any, send: Any) -> None:
+        async def held_receive() -> Any:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                gone.set()
+                await send_tried.wait()  # handed over just before that send is made
+            return message
+
+        async def late_send(message: Any) -> None:
+            if gone.is_set():
+                send_tried.set()
+                await asyncio.sleep(0)  # one loop step: the watcher returns first
+            await send(message)
+
+        await inner(scope, held_receive, late_send)
+
+    app = kit.Tracked(ordered)
+    async with kit.serve(app, ws="websockets") as addr:
+        async with connect(f"ws://{addr}/ws") as ws:
+            await ws.send(json.dumps({"q": "x"}))
+            await started(ws)
+            assert (await recv(ws))["text"] == "t0"
+        await kit.wait_for(cleaned.wait())
+        await app.wait_idle()
+    assert send_tried.is_set()
+    assert app.finished == [None]  # the handler returned normally
+    assert [r.getMessage() for r in caplog.records if r.name == "penguiflow.streaming"] == []

@@ -659,10 +659,7 @@ async def _stream_to_websocket(
         if isinstance(error, WebSocketDisconnect | OSError):
             return False
         if error is not None:
-            if websocket.client_state == WebSocketState.DISCONNECTED:
-                # The watcher saw the disconnect as the pump sent its next frame; some
-                # servers (uvicorn's ``websockets`` implementation) then refuse the send
-                # with a RuntimeError instead of an OSError.
+            if _client_gone(websocket):
                 return False
             raise error
     if refused:
@@ -717,8 +714,20 @@ async def _ws_pump(
     except (_SendTimedOut, WebSocketDisconnect, OSError):
         raise
     except Exception as exc:  # e.g. encode_result failed: logged, reported as INTERNAL
+        if _client_gone(websocket):
+            raise
         last = _error_frame(error_event(exc, tid))
     await write(last)
+
+
+def _client_gone(websocket: WebSocket) -> bool:
+    """True once the server reported the client's disconnect.
+
+    The watcher may see the disconnect just as the pump sends its next frame; some
+    servers (uvicorn's ``websockets`` implementation) then refuse that send with a
+    ``RuntimeError`` rather than an ``OSError``, which is a disconnect all the same.
+    """
+    return websocket.client_state == WebSocketState.DISCONNECTED
 
 
 def websocket_endpoint(
