@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import socket
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 import pytest
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
@@ -632,3 +634,54 @@ async def test_a_trace_id_already_in_use_answers_409(kit: type[Kit], running: St
     assert app.finished == [None, None]  # no handler failed
     assert "event: end" in lines  # the first request was not disturbed
     assert seen == ["a"]
+
+
+async def test_a_graceful_shutdown_timeout_ends_open_streams(kit: type[Kit]) -> None:
+    # The documented service setup: the flow stops in the lifespan shutdown, which the
+    # server runs only after its connections closed; the timeout breaks that wait.
+    cleaned, streaming = asyncio.Event(), asyncio.Event()
+    flow = blocking_flow(cleaned)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        flow.run()
+        try:
+            yield
+        finally:
+            await flow.stop(timeout=5.0)
+
+    endpoint = sse_endpoint(flow, make_message)
+    tracked = kit.Tracked(Starlette(routes=[Route("/stream", endpoint)], lifespan=lifespan))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    addr = f"127.0.0.1:{sock.getsockname()[1]}"
+    config = uvicorn.Config(tracked, log_level="critical", http="h11", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    served = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+
+    async def read() -> None:
+        async with client(addr) as http, http.stream("GET", "/stream") as resp:
+            async for line in resp.aiter_lines():
+                if "t0" in line:
+                    streaming.set()
+
+    reader = asyncio.create_task(read())
+    try:
+        await kit.wait_for(streaming.wait())
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        server.should_exit = True  # what SIGINT / SIGTERM do
+        await kit.wait_for(served)
+        assert loop.time() - asked < 1 + 2.0
+        assert cleaned.is_set()  # the open stream's trace was cancelled
+        assert not flow.is_running
+        await tracked.wait_idle()  # the cancelled handler's cleanup ran to its end
+        assert flow.inspect().is_quiescent
+    finally:
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader
+        server.force_exit = True
+        sock.close()
