@@ -102,6 +102,13 @@ def napping() -> tuple[PenguiFlow, None]:
     return create(node.to()), None
 
 
+def relay_napping() -> tuple[PenguiFlow, None]:
+    """fan -> nap: ``napping`` behind a first node, to place the two in different workers."""
+    first = Node(fan, name="fan")
+    node = Node(nap, name="nap", policy=NodePolicy(max_concurrency=8))
+    return create(first.to(node), node.to()), None
+
+
 async def speak(msg: Message, ctx: Context) -> str:
     """Stream one chunk per word, then return the sentence."""
     words = str(msg.payload).split()

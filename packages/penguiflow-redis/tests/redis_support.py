@@ -98,6 +98,6 @@ async def reading(redis: Redis) -> bool:
 async def request_keys(redis: Redis, prefix: str) -> list[bytes]:
     """Every per-request or per-client key of ``prefix`` still in Redis."""
     found: list[bytes] = []
-    for pattern in ("running", "cancelled", "live", "client"):
+    for pattern in ("running", "cancelled", "cancelled-runs", "live", "client"):
         found += [k async for k in redis.scan_iter(match=f"{prefix}:{pattern}:*")]
     return found

@@ -4,6 +4,12 @@
 then, entered, opens two connections: one for commands, one that blocks reading this
 client's reply stream and hands each entry to the request it belongs to. A request is one
 ``XADD`` to the request stream; its chunks and its outcome come back on the reply stream.
+
+Each send carries a tag of its own (field ``g``), which every reply echoes: a reply goes
+to the send with that tag only. The same message sent again (a retry after a timeout)
+has the same trace id, and the first send may still be ending in a worker; its late
+chunks, its "cancelled" note and its outcome are then dropped instead of reaching the new
+send. A reply without a tag (from a worker that sends none) goes by trace id.
 """
 
 from __future__ import annotations
@@ -368,14 +374,18 @@ class Client:
     def _cancel_args(self, trace_id: str, req: RemoteRequest[Any] | None) -> dict[str, Any]:
         keys = self._keys
         entry_id = b"" if req is None or req._entry_id is None else req._entry_id
+        # A request of this client cancels its own send only, so a later send of the same
+        # message is not cancelled with it; any other cancel reaches every send of the trace.
+        tag = "" if req is None else req._tag.decode()
         return {
             "keys": [
                 keys.requests,
                 keys.live(trace_id),
                 keys.running(trace_id),
                 keys.cancelled(trace_id),
+                keys.cancelled_runs(trace_id),
             ],
-            "args": [GROUP, entry_id, CANCEL_TTL_S, keys.cancel_channel, trace_id],
+            "args": [GROUP, entry_id, CANCEL_TTL_S, keys.cancel_channel, trace_id, tag],
         }
 
     async def _queue_cancel(self, pipe: Any, req: RemoteRequest[Any]) -> None:
@@ -397,7 +407,8 @@ class Client:
                     f"trace {trace_id} already has a request in flight on this client"
                 )
             self._live[trace_id] = req
-            entry = {"t": trace_id, "r": self._replies, **fields}
+            req._tag = os.urandom(8).hex().encode()
+            entry = {"t": trace_id, "r": self._replies, "g": req._tag, **fields}
             live = self._keys.live(trace_id)
 
             def send(pipe: Any) -> None:
@@ -459,7 +470,8 @@ class Client:
                         for entry_id, fields in entries:
                             done.append(entry_id)
                             req = self._live.get(fields.get(b"t", b"").decode())
-                            if req is not None:
+                            # A reply of an earlier send of the trace is dropped.
+                            if req is not None and fields.get(b"g", b"") in (b"", req._tag):
                                 req._notify((fields.get(b"o", b""), fields))
                     if done:
                         last = done[-1]
@@ -538,6 +550,7 @@ class RemoteRequest(Generic[T]):
         "_message",
         "_next_seq",
         "_outcome",
+        "_tag",
         "state",
         "trace_id",
     )
@@ -556,6 +569,7 @@ class RemoteRequest(Generic[T]):
         self._next_seq: dict[str, int] = {}
         self._outcome: Any = _PENDING
         self._entry_id: bytes | None = None  # the request stream entry, once sent
+        self._tag = b""  # this send's own tag, once sent; replies to it echo it
         self.trace_id: str = trace_id
         """The request's trace id (to log it, or to ``client.cancel`` it from elsewhere)."""
         self.state: RequestState = "pending"

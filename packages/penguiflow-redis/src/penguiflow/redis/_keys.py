@@ -4,10 +4,11 @@
 the flow, where clients write. ``{prefix}:node:{name}`` is the stream of one node served
 by ``--nodes`` workers (same group name), where items cross from the process that ran the
 node before it. ``{prefix}:dead`` is the bounded dead-letter stream.
-``{prefix}:client:{id}`` is one client's reply stream; ``{prefix}:running:{trace}``,
-``{prefix}:live:{trace}`` and ``{prefix}:cancelled:{trace}`` are per-request keys with a
-bounded lifetime, deleted when the request ends; ``{prefix}:cancel`` is the pub/sub channel
-that carries cancels.
+``{prefix}:client:{id}`` is one client's reply stream. ``{prefix}:running:{trace}``,
+``{prefix}:live:{trace}``, ``{prefix}:cancelled:{trace}`` (every send of the request is
+cancelled) and ``{prefix}:cancelled-runs:{trace}`` (the tags of the sends that are; a
+client tags each send) are per-request keys with a bounded lifetime, deleted when the
+request ends. ``{prefix}:cancel`` is the pub/sub channel that carries cancels.
 """
 
 from __future__ import annotations
@@ -54,3 +55,7 @@ class Keys:
     def cancelled(self, trace_id: str) -> str:
         """Set by a cancel, so a worker that picks the request up later skips it."""
         return f"{self.prefix}:cancelled:{trace_id}"
+
+    def cancelled_runs(self, trace_id: str) -> str:
+        """The tags of the sends of a request that were cancelled (not later sends of it)."""
+        return f"{self.prefix}:cancelled-runs:{trace_id}"

@@ -13,14 +13,19 @@ From the flow's public topology the worker builds a *fragment*: an in-process fl
 Items arriving from Redis are emitted into the fragment (``emit(item, to=...)``); what
 reaches the fragment's Rookery is the request's result and goes to the client.
 
-All the entries of one trace that this worker holds form one *session*: one subscription
-on the fragment for the trace, fed by each entry as it arrives. Each entry keeps the trace
-live (``ctx.hold``) until it is emitted, so the trace cannot end between two entries. When
-the trace ends in the fragment (its subscription drains), the session's entries are
-acknowledged, in one script that also counts them done in ``{prefix}:live:{trace}``: the
-number of entries of the request not yet done anywhere. Every forward adds one. The worker
-whose acknowledgement brings it to zero knows the request ended everywhere and, if no
-result was sent, tells the client it ended without one (``NO_RESULT``), as in-process.
+All the entries of one send of a trace that this worker holds form one *session*: one
+subscription on the fragment for the trace, fed by each entry as it arrives. Each entry
+keeps the trace live (``ctx.hold``) until it is emitted, so the trace cannot end between
+two entries. When the trace ends in the fragment (its subscription drains), the session's
+entries are acknowledged, in one script that also counts them done in
+``{prefix}:live:{trace}``: the number of entries of the request not yet done anywhere.
+Every forward adds one. The worker whose acknowledgement brings it to zero knows the
+request ended everywhere and, if no result was sent, tells the client it ended without one
+(``NO_RESULT``), as in-process.
+
+Entries carry the tag of their send onward, and every reply echoes it. An entry of a later
+send of the same trace (the message sent again after its caller left the first) waits
+here for the earlier send's session to end: a trace runs once at a time in the fragment.
 
 Placement rules, checked when the worker starts (``Placement``):
 
@@ -55,7 +60,15 @@ from penguiflow.types import Message, StreamChunk
 from ._codec import encode_error, local_error
 from ._keys import GROUP, Keys
 from ._scripts import FINISH, FORWARD
-from ._worker import LIVE_TTL_S, REPLY_TTL_S, REPLY_XADD, Held, Worker, send_reply
+from ._worker import (
+    LIVE_TTL_S,
+    REPLY_TTL_S,
+    REPLY_XADD,
+    Held,
+    Worker,
+    queue_marked,
+    send_reply,
+)
 
 __all__ = ["NodeWorker", "Placement"]
 
@@ -157,12 +170,13 @@ def _names(flow: PenguiFlow, served: set[Node], extra: list[str]) -> str:
 
 
 class _Session:
-    """The entries of one trace this worker holds, and the trace's view on the fragment."""
+    """The entries of one send of a trace this worker holds, and its view on the fragment."""
 
-    __slots__ = ("closed", "entries", "open", "reply", "sub", "trace_id")
+    __slots__ = ("closed", "entries", "open", "reply", "sub", "tag", "trace_id")
 
-    def __init__(self, trace_id: str, reply: bytes, sub: Subscription) -> None:
+    def __init__(self, trace_id: str, tag: str, reply: bytes, sub: Subscription) -> None:
         self.trace_id = trace_id
+        self.tag = tag
         self.reply = reply
         self.sub = sub
         self.entries: list[Held] = []
@@ -262,9 +276,10 @@ class NodeWorker(Worker):
     async def _stop_flow(self) -> None:
         await self._fragment.stop()
 
-    async def _cancel_trace(self, trace_id: str) -> None:
-        if trace_id in self._sessions and self._fragment.is_running:
-            await self._fragment.cancel(trace_id)
+    async def _cancel_held(self, held: Held) -> None:
+        session = self._sessions.get(held.trace_id)
+        if session is not None and session.tag == held.tag and self._fragment.is_running:
+            await self._fragment.cancel(held.trace_id)
 
     def _lease_keys(self, held: Held) -> list[tuple[str, int]]:
         return [(self._keys.live(held.trace_id), LIVE_TTL_S)]
@@ -290,7 +305,7 @@ class NodeWorker(Worker):
             encoded = self._codec.encode_result(item)
         except FlowTypeError as exc:
             raise FlowTypeError(f"the item sent to node {target!r}: {exc}") from exc
-        await self._append(target, {"t": trace, "r": session.reply, **encoded})
+        await self._append(target, {"t": trace, "r": session.reply, "g": session.tag, **encoded})
 
     async def _append(self, target: str, fields: dict[str, Any]) -> None:
         keys = self._keys
@@ -309,12 +324,16 @@ class NodeWorker(Worker):
 
     async def _serve_entry(self, held: Held) -> None:
         trace = held.trace_id
-        while (old := self._sessions.get(trace)) is not None and not old.joinable():
-            await old.closed.wait()  # the trace's last session is closing
+        while (old := self._sessions.get(trace)) is not None and not (
+            old.joinable() and old.tag == held.tag
+        ):
+            # The trace's last session is closing, or belongs to an earlier send of it.
+            await old.closed.wait()
         session = self._sessions.get(trace)
         if session is None:
             sub = self._fragment.subscribe(trace, errors=True)
-            session = self._sessions[trace] = _Session(trace, held.fields[b"r"], sub)
+            session = _Session(trace, held.tag, held.fields[b"r"], sub)
+            self._sessions[trace] = session
             task = asyncio.create_task(self._drive(session), name=f"penguiflow.redis:{trace}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -330,7 +349,7 @@ class NodeWorker(Worker):
     async def _feed(self, session: _Session, held: Held) -> None:
         """Emit one entry's item into the fragment (and forward a request's other parts)."""
         trace = held.trace_id
-        if await self._batch.run(lambda pipe: pipe.exists(self._keys.cancelled(trace))) != [0]:
+        if any(await self._batch.run(lambda pipe: queue_marked(pipe, self._keys, held))):
             await self._fragment.cancel(trace)  # cancelled while the entry waited: skip it
             return
         if held.stream == self._keys.requests:
@@ -398,7 +417,7 @@ class NodeWorker(Worker):
             return {"o": "error", "p": encode_error(error)}
 
     async def _send(self, session: _Session, fields: dict[str, Any]) -> None:
-        reply, entry = session.reply, {"t": session.trace_id, **fields}
+        reply, entry = session.reply, {"t": session.trace_id, "g": session.tag, **fields}
         if fields["o"] == "chunk":
             await send_reply(self._batch, reply, entry, self._stopped)
             return
@@ -414,6 +433,7 @@ class NodeWorker(Worker):
         entries = session.entries
         await self._finish_script(
             keys=[keys.live(trace), keys.cancelled(trace), session.reply]
+            + [keys.cancelled_runs(trace)]
             + [h.stream for h in entries],
             args=[
                 GROUP,
@@ -422,6 +442,7 @@ class NodeWorker(Worker):
                 encode_error(no_result_error(trace, last_node)),
                 trace,
                 REPLY_TTL_S,
+                session.tag,
             ]
             + [h.entry_id for h in entries],
         )

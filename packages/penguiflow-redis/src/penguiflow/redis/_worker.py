@@ -73,6 +73,7 @@ __all__ = [
     "WorkerSettings",
     "ensure_group",
     "open_redis",
+    "queue_marked",
     "run_worker",
     "send_reply",
     "stop_task",
@@ -153,16 +154,23 @@ class WorkerSettings:
 
 
 class Held:
-    """One entry this worker has taken and not yet acknowledged or handed back."""
+    """One entry this worker has taken and not yet acknowledged or handed back.
 
-    __slots__ = ("cancelled", "entry_id", "fields", "request", "stream", "trace_id")
+    ``tag`` names the send of the request the entry belongs to (``""`` for an entry from a
+    client that sends none): every reply echoes it, so the client gives the reply to that
+    send only, never to a later send of the same message.
+    """
+
+    __slots__ = ("cancelled", "ended", "entry_id", "fields", "request", "stream", "tag", "trace_id")
 
     def __init__(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         self.stream = stream
         self.entry_id = entry_id
         self.fields = fields
         self.trace_id = fields[b"t"].decode()
+        self.tag = fields.get(b"g", b"").decode()
         self.cancelled = False
+        self.ended = asyncio.Event()
         self.request: Request[object] | None = None
 
 
@@ -177,8 +185,9 @@ class Worker:
     """The stream mechanics of a worker: read, claim, bury, lease, hand back, trim.
 
     Subclasses say which streams to serve (``streams``), how to serve one entry
-    (``_serve_entry``), how to cancel a trace they hold (``_cancel_trace``), and start and
-    stop the flow that runs the nodes (``_start_flow``, ``_stop_flow``).
+    (``_serve_entry``), how to cancel the send an entry they hold belongs to
+    (``_cancel_held``), and start and stop the flow that runs the nodes (``_start_flow``,
+    ``_stop_flow``).
     """
 
     def __init__(
@@ -203,7 +212,9 @@ class Worker:
         # entries blocked sending downstream never keep this worker from taking the
         # downstream entries that would unblock them.
         self._count: dict[str, int] = dict.fromkeys(streams, 0)
-        self._by_trace: dict[str, Held] = {}
+        # Held entries per trace, in the order taken: a re-sent request (same trace id) can
+        # arrive while its earlier send still runs here.
+        self._by_trace: dict[str, list[Held]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._room.set()
@@ -228,7 +239,7 @@ class Worker:
     async def _serve_entry(self, held: Held) -> None:
         raise NotImplementedError
 
-    async def _cancel_trace(self, trace_id: str) -> None:
+    async def _cancel_held(self, held: Held) -> None:
         raise NotImplementedError
 
     def _node_of(self, stream: str) -> str:
@@ -473,7 +484,7 @@ class Worker:
             held = Held(stream, entry_id, fields)
             self._held[entry_id] = held
             self._count[stream] += 1
-            self._by_trace.setdefault(held.trace_id, held)
+            self._by_trace.setdefault(held.trace_id, []).append(held)
             task = asyncio.create_task(self._serve(held), name=f"penguiflow.redis:{entry_id!r}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -489,8 +500,11 @@ class Worker:
         finally:
             del self._held[held.entry_id]
             self._count[held.stream] -= 1
-            if self._by_trace.get(held.trace_id) is held:
+            same = self._by_trace[held.trace_id]
+            same.remove(held)
+            if not same:
                 del self._by_trace[held.trace_id]
+            held.ended.set()
             self._room.set()
 
     # -- entries delivered too often ------------------------------------------------------
@@ -513,6 +527,7 @@ class Worker:
             return  # deleted meanwhile; the next claim drops it from the pending list
         fields = found[0][1]
         trace = fields.get(b"t", b"").decode()
+        tag = fields.get(b"g", b"").decode()
         reply = fields.get(b"r", b"").decode() or keys.client("none")
         deliveries, worker = row["times_delivered"], _text(row["consumer"])
         node = self._node_of(stream)
@@ -540,6 +555,7 @@ class Worker:
                 keys.live(trace),
                 keys.running(trace),
                 keys.cancelled(trace),
+                keys.cancelled_runs(trace),
             ],
             args=[
                 GROUP,
@@ -554,6 +570,7 @@ class Worker:
                 REPLY_TTL_S,
                 CANCEL_TTL_S,
                 keys.cancel_channel,
+                tag,
             ],
         )
         if buried:
@@ -569,7 +586,12 @@ class Worker:
     # -- cancels, leases, trimming --------------------------------------------------------
 
     async def _listen(self) -> None:
-        """Cancel the traces named on the cancel channel; resubscribe after a lost connection."""
+        """Cancel what the cancel channel names; resubscribe after a lost connection.
+
+        A note names a trace; of the entries of it this worker holds, those whose send is
+        marked cancelled are cancelled (a cancel of one send leaves a later send of the
+        same message running).
+        """
         backoff = Backoff()
         while True:
             try:
@@ -583,23 +605,26 @@ class Worker:
                 async for note in self._pubsub.listen():
                     if note.get("type") != "message":
                         continue
-                    await self._cancel_trace(_text(note["data"]))
+                    held = self._by_trace.get(_text(note["data"]))
+                    if held:
+                        await self._cancel_marked(list(held))
             except RedisError as exc:
                 await self._close_pubsub()
                 await self._ride_out(exc, "listening for cancels", backoff)
 
-    async def _cancel_marked(self) -> None:
-        """Cancel the held traces whose cancelled key is set."""
-        traces = list(self._by_trace)
-        if not traces:
+    async def _cancel_marked(self, held: list[Held] | None = None) -> None:
+        """Cancel the held entries (all of them by default) whose send is marked cancelled."""
+        if held is None:
+            held = [h for same in self._by_trace.values() for h in same]
+        if not held:
             return
         async with self._redis.pipeline(transaction=False) as pipe:
-            for trace in traces:
-                pipe.exists(self._keys.cancelled(trace))
-            marked = await pipe.execute()
-        for trace, is_marked in zip(traces, marked, strict=True):
-            if is_marked:
-                await self._cancel_trace(trace)
+            for h in held:
+                queue_marked(pipe, self._keys, h)
+            replies = await pipe.execute()
+        for i, h in enumerate(held):
+            if any(replies[2 * i : 2 * i + 2]):
+                await self._cancel_held(h)
 
     async def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
@@ -677,7 +702,7 @@ class Worker:
                     _text(h.entry_id),
                     h.trace_id,
                 )
-                await self._cancel_trace(h.trace_id)
+                await self._cancel_held(h)
 
     async def _forget_dead(self, stream: str, idle_ms: int) -> None:
         """Delete consumer names of workers long gone with nothing pending."""
@@ -697,15 +722,17 @@ class _RequestWorker(Worker):
     async def _stop_flow(self) -> None:
         await self._flow.stop()
 
-    async def _cancel_trace(self, trace_id: str) -> None:
-        held = self._by_trace.get(trace_id)
-        if held is None:
-            return
+    async def _cancel_held(self, held: Held) -> None:
         held.cancelled = True
         if held.request is not None:
             await held.request.cancel()
 
     async def _serve_entry(self, held: Held) -> None:
+        # A trace runs once at a time in a flow: an earlier send of the same message still
+        # running here (left by its caller, and being cancelled) ends first.
+        same = self._by_trace[held.trace_id]
+        for earlier in same[: same.index(held)]:
+            await earlier.ended.wait()
         outcome = await self._outcome(held)
         if outcome is not None:
             await self._finish(held, outcome)
@@ -715,11 +742,11 @@ class _RequestWorker(Worker):
         keys, trace = self._keys, held.trace_id
 
         def start(pipe: Any) -> None:
-            pipe.exists(keys.cancelled(trace))
+            queue_marked(pipe, keys, held)
             pipe.set(keys.running(trace), self._name, ex=self._lease_s)
 
-        marked, _ = await self._batch.run(start)
-        if marked or _cancelled(held):
+        *marked, _ = await self._batch.run(start)
+        if any(marked) or _cancelled(held):
             return {"o": "cancelled"}
         try:
             message = self._codec.decode_message(held.fields)
@@ -751,8 +778,8 @@ class _RequestWorker(Worker):
             return _error(local_error(trace, "UNSERIALIZABLE", f"the result {exc}"))
 
     async def _send(self, held: Held, fields: dict[str, Any]) -> None:
-        reply = held.fields[b"r"]
-        await send_reply(self._batch, reply, {"t": held.trace_id, **fields}, lambda: held.cancelled)
+        reply, entry = held.fields[b"r"], {"t": held.trace_id, "g": held.tag, **fields}
+        await send_reply(self._batch, reply, entry, lambda: held.cancelled)
 
     async def _finish(self, held: Held, fields: dict[str, Any]) -> None:
         """Write the outcome, acknowledge the entry and drop the request's keys, at once."""
@@ -760,11 +787,13 @@ class _RequestWorker(Worker):
         reply = held.fields[b"r"]
 
         def finish(pipe: Any) -> None:
-            pipe.xadd(reply, {"t": trace, **fields}, **REPLY_XADD)
+            pipe.xadd(reply, {"t": trace, "g": held.tag, **fields}, **REPLY_XADD)
             pipe.expire(reply, REPLY_TTL_S)
             pipe.xack(held.stream, GROUP, held.entry_id)
             pipe.xdel(held.stream, held.entry_id)
             pipe.delete(keys.running(trace), keys.cancelled(trace), keys.live(trace))
+            if held.tag:
+                pipe.srem(keys.cancelled_runs(trace), held.tag)
 
         await self._atomic.run(finish)
 
@@ -789,6 +818,16 @@ async def send_reply(
         await asyncio.sleep(wait)
         wait = min(2 * wait, _WAIT_MAX_S)
         (length,) = await batch.run(lambda pipe: pipe.xlen(reply))
+
+
+def queue_marked(pipe: Any, keys: Keys, held: Held) -> None:
+    """Queue the two checks of whether ``held``'s send is cancelled; either true says so.
+
+    A cancel marks every send of the trace (its ``cancelled`` key), or one send (its tag
+    among the trace's cancelled runs).
+    """
+    pipe.exists(keys.cancelled(held.trace_id))
+    pipe.sismember(keys.cancelled_runs(held.trace_id), held.tag)
 
 
 def open_redis(url: str, connections: int) -> Connection:
@@ -822,9 +861,11 @@ async def trim_stream(redis: Connection, stream: str) -> None:
 
 def _malformed(fields: dict[bytes, bytes]) -> str | None:
     """Why an entry cannot be served, or None; every entry a client or worker writes passes."""
-    for name in (b"t", b"r"):
+    for name in (b"t", b"r", b"g"):
         value = fields.get(name)
         if not value:
+            if name == b"g":  # the send's tag; clients before it was added send none
+                continue
             return f"it has no {name.decode()!r} field"
         try:
             value.decode()
