@@ -17,9 +17,10 @@ from typing import Any, Literal
 import pytest
 import uvicorn
 
-from penguiflow.core import PenguiFlow
+from penguiflow.core import Context, PenguiFlow, create
+from penguiflow.node import Node
 from penguiflow.testing import Recorder
-from penguiflow.types import Headers, Message
+from penguiflow.types import FinalAnswer, Headers, Message
 
 WAIT_S = 10.0
 
@@ -157,6 +158,23 @@ async def until(condition: Callable[[], bool], what: str = "") -> None:
             await asyncio.sleep(0.005)
 
 
+def answer(msg: Message, text: str) -> Message:
+    """``msg`` with a ``FinalAnswer`` of ``text`` as its payload."""
+    return msg.model_copy(update={"payload": FinalAnswer(text=text)})
+
+
+def gated_flow(gate: asyncio.Event, seen: list[str]) -> PenguiFlow:
+    """One node slot and room for one queued request: a third request waits for room."""
+
+    async def llm(msg: Message, ctx: Context) -> Message:
+        seen.append(msg.payload)
+        await ctx.emit_chunk(parent=msg, text="t0")
+        await gate.wait()
+        return answer(msg, msg.payload)
+
+    return create(Node(llm, name="llm").to(), queue_maxsize=1)
+
+
 class Kit:
     """The helpers above, as one fixture (test modules cannot import conftest)."""
 
@@ -166,6 +184,8 @@ class Kit:
     sse_events = staticmethod(sse_events)
     wait_for = staticmethod(wait_for)
     until = staticmethod(until)
+    answer = staticmethod(answer)
+    gated_flow = staticmethod(gated_flow)
     Tracked = Tracked
     SSEEvent = SSEEvent
 

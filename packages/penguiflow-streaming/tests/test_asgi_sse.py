@@ -22,7 +22,7 @@ from penguiflow.core import Context, PenguiFlow, create
 from penguiflow.node import Node
 from penguiflow.streaming import StreamingPathError, StreamWriter, format_sse_event
 from penguiflow.streaming.asgi import EventStreamResponse, sse_endpoint
-from penguiflow.types import FinalAnswer, Headers, Message
+from penguiflow.types import Headers, Message
 
 if TYPE_CHECKING:
     from conftest import Kit, Start
@@ -37,10 +37,6 @@ def app_for(kit: type[Kit], flow: PenguiFlow, **options: Any) -> Any:
     return kit.Tracked(
         Starlette(routes=[Route("/stream", sse_endpoint(flow, make_message, **options))])
     )
-
-
-def answer(msg: Message, text: str) -> Message:
-    return msg.model_copy(update={"payload": FinalAnswer(text=text)})
 
 
 def client(addr: str, **kwargs: Any) -> httpx.AsyncClient:
@@ -58,7 +54,7 @@ async def test_tokens_arrive_in_order_and_incrementally(kit: type[Kit], running:
             await first_read.wait()
             for i in range(1, 5):
                 await out.write(f"t{i}")
-        return answer(msg, f"answer to {msg.payload}")
+        return kit.answer(msg, f"answer to {msg.payload}")
 
     flow = running(create(Node(llm, name="llm").to()))
     app = app_for(kit, flow, retry_ms=1500)
@@ -216,7 +212,7 @@ async def test_slow_reader_back_pressures_the_producer(kit: type[Kit], running: 
             await emit
             state["produced"] += 1
         await out.close()
-        return answer(msg, "end")
+        return kit.answer(msg, "end")
 
     flow = running(create(Node(producer, name="p").to(), queue_maxsize=maxsize))
     small_buffers = httpx.AsyncHTTPTransport(
@@ -541,18 +537,6 @@ async def test_a_request_dropped_without_output_ends_with_an_error_event(
     }
 
 
-def gated_flow(gate: asyncio.Event, seen: list[str]) -> PenguiFlow:
-    """One node slot and room for one queued request: a third request waits for room."""
-
-    async def llm(msg: Message, ctx: Context) -> Message:
-        seen.append(msg.payload)
-        await ctx.emit_chunk(parent=msg, text="t0")
-        await gate.wait()
-        return answer(msg, msg.payload)
-
-    return create(Node(llm, name="llm").to(), queue_maxsize=1)
-
-
 def options_app(kit: type[Kit], flow: PenguiFlow) -> Any:
     """``/stream?q=..&id=..&idle=..``: a chosen trace id and idle timeout per request."""
 
@@ -576,7 +560,7 @@ async def test_a_client_that_leaves_while_waiting_for_room_is_never_served(
     kit: type[Kit], running: Start
 ) -> None:
     gate, seen = asyncio.Event(), list[str]()
-    flow = running(gated_flow(gate, seen))
+    flow = running(kit.gated_flow(gate, seen))
     app = app_for(kit, flow)
     async with kit.serve(app) as addr, client(addr) as http:
         first = asyncio.create_task(read_to_end(http, "a"))
@@ -597,7 +581,7 @@ async def test_a_client_that_leaves_while_waiting_for_room_is_never_served(
 
 async def test_the_idle_timeout_bounds_the_wait_for_room(kit: type[Kit], running: Start) -> None:
     gate, seen = asyncio.Event(), list[str]()
-    flow = running(gated_flow(gate, seen))
+    flow = running(kit.gated_flow(gate, seen))
     app = options_app(kit, flow)
     async with kit.serve(app) as addr, client(addr) as http:
         first = asyncio.create_task(read_to_end(http, "a"))
@@ -619,7 +603,7 @@ async def test_the_idle_timeout_bounds_the_wait_for_room(kit: type[Kit], running
 
 async def test_a_trace_id_already_in_use_answers_409(kit: type[Kit], running: Start) -> None:
     gate, seen = asyncio.Event(), list[str]()
-    flow = running(gated_flow(gate, seen))
+    flow = running(kit.gated_flow(gate, seen))
     app = options_app(kit, flow)
     async with kit.serve(app) as addr, client(addr) as http:
         async with http.stream("GET", "/stream", params={"q": "a", "id": "same"}) as first:

@@ -17,7 +17,7 @@ from penguiflow.core import Context, PenguiFlow, create
 from penguiflow.node import Node
 from penguiflow.streaming import StreamWriter
 from penguiflow.streaming.asgi import websocket_endpoint
-from penguiflow.types import FinalAnswer, Headers, Message
+from penguiflow.types import Headers, Message
 
 if TYPE_CHECKING:
     from conftest import Kit, Start
@@ -31,10 +31,6 @@ def make_message(data: Any) -> Message:
 def app_for(kit: type[Kit], flow: PenguiFlow, **options: Any) -> Any:
     endpoint = websocket_endpoint(flow, make_message, **options)
     return kit.Tracked(Starlette(routes=[WebSocketRoute("/ws", endpoint)]))
-
-
-def answer(msg: Message, text: str) -> Message:
-    return msg.model_copy(update={"payload": FinalAnswer(text=text)})
 
 
 async def recv(ws: ClientConnection) -> dict[str, Any]:
@@ -73,7 +69,7 @@ async def test_tokens_in_order_incrementally_then_result_and_end(
                 await first_read.wait()  # released only by a client that got token 0
             for i in range(1, 4):
                 await out.write(f"{msg.payload}{i}")
-        return answer(msg, msg.payload.upper())
+        return kit.answer(msg, msg.payload.upper())
 
     flow = running(create(Node(llm, name="llm").to()))
     app = app_for(kit, flow)
@@ -341,18 +337,6 @@ async def recv_raw(ws: ClientConnection) -> str | bytes:
         return await ws.recv()
 
 
-def gated_flow(gate: asyncio.Event, seen: list[str]) -> PenguiFlow:
-    """One node slot and room for one queued request: a third request waits for room."""
-
-    async def llm(msg: Message, ctx: Context) -> Message:
-        seen.append(msg.payload)
-        await ctx.emit_chunk(parent=msg, text="t0")
-        await gate.wait()
-        return answer(msg, msg.payload)
-
-    return create(Node(llm, name="llm").to(), queue_maxsize=1)
-
-
 async def fill_the_flow(
     kit: type[Kit], flow: PenguiFlow, addr: str, seen: list[str]
 ) -> tuple[ClientConnection, ClientConnection]:
@@ -370,7 +354,7 @@ async def test_a_client_that_leaves_while_waiting_for_room_is_never_served(
     kit: type[Kit], running: Start
 ) -> None:
     gate, seen = asyncio.Event(), list[str]()
-    flow = running(gated_flow(gate, seen))
+    flow = running(kit.gated_flow(gate, seen))
     app = app_for(kit, flow)
     async with kit.serve(app) as addr:
         a, b = await fill_the_flow(kit, flow, addr, seen)
@@ -390,7 +374,7 @@ async def test_a_client_that_leaves_while_waiting_for_room_is_never_served(
 
 async def test_a_cancel_frame_ends_the_wait_for_room(kit: type[Kit], running: Start) -> None:
     gate, seen = asyncio.Event(), list[str]()
-    flow = running(gated_flow(gate, seen))
+    flow = running(kit.gated_flow(gate, seen))
     app = app_for(kit, flow)
     async with kit.serve(app) as addr:
         a, b = await fill_the_flow(kit, flow, addr, seen)
@@ -415,7 +399,7 @@ async def test_a_cancel_frame_ends_the_wait_for_room(kit: type[Kit], running: St
 
 async def test_the_idle_timeout_bounds_the_wait_for_room(kit: type[Kit], running: Start) -> None:
     gate, seen = asyncio.Event(), list[str]()
-    flow = running(gated_flow(gate, seen))
+    flow = running(kit.gated_flow(gate, seen))
     app = kit.Tracked(
         Starlette(
             routes=[
