@@ -362,10 +362,12 @@ async def test_stop_with_a_timeout_gives_up_on_a_node_that_swallows_cancellation
     assert 0.2 <= loop.time() - t0 < 0.5
     assert not flow.is_running
     assert any("stubborn" in r.getMessage() for r in caplog.records), caplog.text
+    assert flow.inspect().workers == 1  # the worker stop() gave up on is still counted
     # Let the node go, so the test leaves no task behind.
     released.set()
     done, _ = await asyncio.wait(stuck, timeout=1.0)
     assert done == stuck
+    assert flow.inspect().workers == 0
 
 
 @pytest.mark.usefixtures("virtual_clock")

@@ -234,6 +234,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
         try:
             interrupted, stuck = await join_workers(tasks, STOP_GRACE_S, timeout)
             for task in stuck:
+                self._tasks.append(task)  # still alive: inspect().workers keeps counting it
                 logger.error(
                     "stop_timeout: worker %s ignores cancellation; stop() gave up on it",
                     task.get_name(),
