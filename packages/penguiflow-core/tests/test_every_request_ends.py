@@ -20,7 +20,7 @@ import pytest
 
 from penguiflow.clock import wall_time
 from penguiflow.core import DEADLINE_EXCEEDED_TEXT, Context, PenguiFlow, call_playbook, create
-from penguiflow.errors import FlowError, FlowStoppedError, TraceCancelled
+from penguiflow.errors import FlowError, FlowRuntimeError, FlowStoppedError, TraceCancelled
 from penguiflow.metrics import FlowEvent
 from penguiflow.node import Node, NodePolicy
 from penguiflow.types import WM, FinalAnswer, Headers, Message, StreamChunk
@@ -948,3 +948,123 @@ async def test_stop_sends_nothing_a_request_was_still_waiting_to_send(
     flow.run()  # nothing of the three requests is left to run
     assert flow.inspect().traces == {} and ran == []
     assert all(e.depth == 0 for e in flow.inspect().edges)
+
+
+# -- found by a second review: late items, sibling streams, overlapping stops --------------
+
+
+@pytest.mark.parametrize("how", ["request", "invoke"])
+async def test_a_chunk_sent_in_cleanup_after_a_cancel_leaves_nothing_behind(
+    make_flow: MakeFlow, how: str
+) -> None:
+    """A node's ``finally`` sends a last chunk after its request was cancelled: with no
+    reader left, the chunk must not wait on the shared Rookery and keep the trace alive."""
+    streaming = asyncio.Event()
+
+    async def llm(m: Message, ctx: Context) -> Message:
+        try:
+            await ctx.emit_chunk(parent=m, text="hi")
+            streaming.set()
+            await asyncio.Event().wait()
+        finally:
+            await ctx.emit_chunk(parent=m, text="", done=True)
+        return m
+
+    flow = make_flow(node(llm, "llm").to(), queue_maxsize=1)
+    flow.run()
+    request = msg()
+    if how == "request":
+        async with flow.request(request) as req:
+            assert (await asyncio.wait_for(req.next_chunk(), 1.0)) is not None
+            await req.cancel()
+            with pytest.raises(TraceCancelled):
+                await asyncio.wait_for(req.result(), 1.0)
+    else:
+        call = asyncio.ensure_future(flow.invoke(request))
+        await asyncio.wait_for(streaming.wait(), 1.0)
+        await flow.cancel(request.trace_id)
+        with pytest.raises(TraceCancelled):
+            await asyncio.wait_for(call, 1.0)
+    assert await flow.wait_ended(request.trace_id, timeout=1.0)
+    snap = flow.inspect()
+    assert snap.traces == {} and all(e.depth == 0 for e in snap.edges), snap
+    # The worker is free: the next request is served.
+    again = asyncio.ensure_future(flow.invoke(msg()))
+    await asyncio.wait_for(streaming.wait(), 1.0)
+    again.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await again
+
+
+@pytest.mark.parametrize("branches", [2, 3])
+async def test_parallel_streaming_branches_of_one_request_do_not_wait_on_each_other(
+    make_flow: MakeFlow, branches: int
+) -> None:
+    async def fan(m: Message, ctx: Context) -> Message:
+        return m
+
+    def streamer(name: str) -> Node:
+        async def speak(m: Message, ctx: Context) -> Message:
+            for i in range(3):
+                await ctx.emit_chunk(parent=m, text=f"{name}{i}", stream_id=name)
+            return m.model_copy(update={"payload": name})
+
+        return node(speak, name)
+
+    a = node(fan, "fan")
+    speakers = [streamer(f"s{i}") for i in range(branches)]
+    flow = make_flow(a.to(*speakers), *(s.to() for s in speakers), queue_maxsize=branches - 1)
+    flow.run()
+    request = msg()
+    names = {f"s{b}" for b in range(branches)}
+    async with asyncio.timeout(2.0), flow.request(request) as req:
+        # The chunks up to the first result (the first result settles the handle).
+        texts = [c.text async for c in req.chunks()]
+        first = await req.result()
+    assert texts and set(texts) <= {f"{n}{i}" for n in names for i in range(3)}
+    assert isinstance(first, Message) and first.payload in names
+    assert await flow.wait_ended(request.trace_id, timeout=1.0)
+    out = await asyncio.wait_for(flow.invoke(msg(), expect=Message), 2.0)
+    assert out.payload in names
+
+
+async def test_a_second_stop_waits_for_the_first_so_a_new_run_is_not_undone(
+    make_flow: MakeFlow,
+) -> None:
+    cleaning, finish_cleanup = asyncio.Event(), asyncio.Event()
+    started = asyncio.Event()
+    interrupted: list[str] = []
+
+    async def work(m: Message, ctx: Context) -> None:
+        if m.payload == "slow cleanup":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cleaning.set()
+                await finish_cleanup.wait()  # stop() is winding down meanwhile
+                raise
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            interrupted.append(m.payload)
+            raise
+
+    flow = make_flow(node(work, "work").to())
+    flow.run()
+    await flow.emit(msg("slow cleanup"))
+    first = asyncio.ensure_future(flow.stop())
+    await asyncio.wait_for(cleaning.wait(), 1.0)
+    second = asyncio.ensure_future(flow.stop())
+    with pytest.raises(FlowRuntimeError, match="stop"):
+        flow.run()  # the first stop() has not returned yet
+    finish_cleanup.set()
+    await asyncio.wait_for(second, 2.0)  # returns only once the flow is wound down
+    assert first.done()
+    await first
+    flow.run()
+    # The new run is intact: a timed-out request's invocation is interrupted.
+    with pytest.raises(TimeoutError):
+        await flow.invoke(msg("new run"), timeout=0.2)
+    assert interrupted == ["new run"]
+    assert flow.inspect().traces == {}

@@ -94,7 +94,8 @@ class KernelPort:
         queue_maxsize: Its edges' capacity.
         streams: Its stream counters.
         traces: Its live traces.
-        ops: Operation name -> the kernel's function for it, unbound (one table per
+        ops: Operation name -> the kernel's function for it, unbound, where it is not the
+            kernel's method of the same name with a leading underscore (one table per
             kernel class, shared by its flows).
     """
 
@@ -187,11 +188,13 @@ class KernelPort:
 
         def __getattr__(self, name: str) -> Any:
             # Only reached for an operation not bound yet (its slot is empty).
-            try:
-                func = self.ops[name]
-            except KeyError:
-                raise AttributeError(name) from None
-            bound = func.__get__(self.flow)
+            if name.startswith("_"):
+                raise AttributeError(name)
+            flow = self.flow
+            func = self.ops.get(name) or getattr(type(flow), f"_{name}", None)
+            if func is None:
+                raise AttributeError(name)
+            bound = func.__get__(flow)
             object.__setattr__(self, name, bound)
             self._bound.append(name)
             return bound

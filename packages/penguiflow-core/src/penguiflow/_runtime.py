@@ -127,6 +127,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
         self._streams = StreamCounters()  # nodes' streams: forgotten when the trace ends
         self._client_streams = StreamCounters()  # flow.emit_chunk's: kept while open
         self._tasks: list[asyncio.Task[None]] = []
+        self._winding: asyncio.Future[None] | None = None  # while a stop() winds down
         self._generation = 0
         self._build(nodes, shape)
         run_checks(self, self._nodes)
@@ -171,8 +172,8 @@ class PenguiFlow(FlowGraph, RequestAPI):
             FlowBuildError: ``wiring="strict"`` and an edge's models do not fit (``"warn"``,
                 the default, logs it once per edge; ``"off"`` skips the check).
         """
-        if self._running:
-            raise FlowRuntimeError("PenguiFlow already running")
+        if self._running or self._winding is not None:
+            raise FlowRuntimeError("PenguiFlow already running (or its stop() has not returned)")
         loop = asyncio.get_running_loop()
         if registry is None and wiring in ("strict", "warn", "off"):  # nothing to check
             validators: Sequence[Validator | None] = [None] * len(self._runtimes)
@@ -194,11 +195,9 @@ class PenguiFlow(FlowGraph, RequestAPI):
         Queued items stay on their edges (and their trace accounting stays consistent);
         in-flight invocations see ``CancelledError``; request handles and ``subscribe``
         views end with ``"stopped"``; callers blocked in ``emit``, ``fetch`` or
-        ``emit_chunk`` get ``FlowStoppedError``. Emitting while stopped raises
-        ``FlowStoppedError`` until the next ``run()``.
-
-        It may be called from inside a node or a middleware: the calling worker ends once
-        it is back in the runtime.
+        ``emit_chunk`` get ``FlowStoppedError``, as does emitting until the next ``run()``.
+        A second ``stop()`` waits for the first. It may be called from inside a node or a
+        middleware: the calling worker ends once it is back in the runtime.
 
         Args:
             timeout: Give up after this many seconds on workers whose node swallows
@@ -207,7 +206,10 @@ class PenguiFlow(FlowGraph, RequestAPI):
                 itself is cancelled, it waits one more second at most.
         """
         if not self._running:
+            if self._winding is not None:  # another stop() is winding the flow down
+                await asyncio.shield(self._winding)
             return
+        self._winding = winding = asyncio.get_running_loop().create_future()
         self._running = self._port.running = False
         self._stopped = True
         self._generation += 1  # a worker that swallowed its cancellation exits at once
@@ -247,6 +249,8 @@ class PenguiFlow(FlowGraph, RequestAPI):
             wake_stopped(self._rookery, self._opensea, self._traces.values())
             self._hooks.call(self._hooks.stop)
             self._port.unbind()  # a stopped flow nobody holds is freed at once
+            self._winding = None
+            winding.set_result(None)
         if inside and me is not None:
             # stop() returns to the node or middleware that called it; its worker is
             # cancelled at its next await, and ends.
@@ -347,9 +351,8 @@ class PenguiFlow(FlowGraph, RequestAPI):
                 return item
         return await self._fetch(rookery.inbox, rookery.sources(from_), None)
 
-    async def fetch_any(self, from_: Node | Sequence[Node] | None = None) -> Any:
-        """Same as ``fetch``: whichever Rookery edge has an item first."""
-        return await self.fetch(from_)
+    fetch_any = fetch
+    """Same as ``fetch``: whichever Rookery edge has an item first."""
 
     async def cancel(self, trace_id: str) -> bool:
         """Cancel one trace: drop its queued items, abort its in-flight invocations.
@@ -504,8 +507,11 @@ class PenguiFlow(FlowGraph, RequestAPI):
         n = len(floes)
         while i < n:
             floe = floes[i]
-            if subs and floe.to_rookery and trace is not None:  # ``_redirect``, inline
-                view = subs.get(trace.trace_id)
+            if floe.to_rookery and trace is not None:
+                if trace.cancelled:  # a late item (a node's cleanup): nobody may read it
+                    i += 1
+                    continue
+                view = subs.get(trace.trace_id) if subs else None  # ``_redirect``, inline
                 if view is not None:
                     target = route(view, floe)
                     if isinstance(target, Outcome):  # taken as it arrives: nothing to queue
@@ -548,7 +554,7 @@ class PenguiFlow(FlowGraph, RequestAPI):
                 except BaseException:
                     self._abandon(floe, fut, trace)
                     raise
-                if floe is not floes[i]:
+                if floe.to_rookery:
                     floe = self._reroute(floes[i], floe, item, trace)
             if floe is not None:
                 self._enqueue(floe, item, trace)
@@ -567,12 +573,15 @@ class PenguiFlow(FlowGraph, RequestAPI):
         return floe
 
     def _reroute(self, shared: Floe, floe: Floe, item: Any, trace: Trace | None) -> Floe | None:
-        """Where a put parked on a trace's view edge goes now: elsewhere if the view ended
-        or closed meanwhile (nobody reads its edge); None if an ``Outcome`` took it."""
-        target = self._redirect(shared, trace)
-        if target is floe or not isinstance(target, Outcome):
-            return target
-        target.take(item)
+        """Where a put parked on a Rookery edge goes now: nowhere if its trace was cancelled
+        meanwhile, on if its view ended or closed, None if an ``Outcome`` took it."""
+        if trace is not None and trace.cancelled:
+            target = None
+        else:
+            target = self._redirect(shared, trace)
+            if target is floe or not isinstance(target, Outcome):
+                return target
+            target.take(item)
         if trace is not None and self._release(trace):
             self._hooks.schedule_cancel_finished(self._rookery, trace.trace_id)
         return None
@@ -955,23 +964,13 @@ class PenguiFlow(FlowGraph, RequestAPI):
         return await run_playbook(playbook, parent_msg, timeout, on_cancel=self.on_trace_cancel)
 
 
-# The operations a flow's ``KernelPort`` binds on first use.
+# A flow's ``KernelPort`` binds each operation ``op`` to ``PenguiFlow._op`` on first use;
+# these two adapt a kernel method instead.
 _KERNEL_OPS: Final[Mapping[str, Callable[..., Any]]] = {
-    "send": PenguiFlow._send,
-    "send_nowait": PenguiFlow._send_nowait,
-    "fetch": PenguiFlow._fetch,
-    "take": PenguiFlow._take,
     "consume": lambda flow, entry: flow._consume(entry, schedule_events=True),
-    "wait_trace_capacity": PenguiFlow._wait_trace_capacity,
-    "play": PenguiFlow._play,
-    "trace": PenguiFlow._trace,
-    "release": PenguiFlow._release,
     "cancel_ended": lambda flow, trace_id: flow._hooks.schedule_cancel_finished(
         flow._rookery, trace_id
     ),
-    "expire": PenguiFlow._expire,
-    "offer": PenguiFlow._offer,
-    "send_rest": PenguiFlow._send_rest,
 }
 
 PlaybookFactory: TypeAlias = Callable[[], "tuple[PenguiFlow, AdapterSource | None]"]

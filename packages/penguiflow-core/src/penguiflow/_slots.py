@@ -57,11 +57,11 @@ class NodeRuntime:
     """A node's wiring, policy and workers, resolved once at ``create``/``run``."""
 
     __slots__ = (
+        "ahead",
         "backlog_floe",
         "backlogs",
         "concurrency",
         "ctx",
-        "feeders",
         "func",
         "inbox",
         "node",
@@ -91,8 +91,8 @@ class NodeRuntime:
         self.self_floe = ports.by_target.get(node)
         self.rookery_floe = ports.by_target.get(ROOKERY)
         self.validator: Validator | None = None
-        self.feeders: frozenset[Owner] | None = None
-        """This node and every node that can reach it (computed on first need)."""
+        self.ahead: frozenset[Owner] | None = None
+        """Rookery and the nodes strictly after this one (computed on first need)."""
         self.slots: Sequence[Slot] = ()
         self.backlogs: dict[Trace, deque[Entry]] = {}
         """max_concurrency > 1: items of a trace waiting behind the one running."""
@@ -129,43 +129,54 @@ def interrupt(runtimes: Iterable[NodeRuntime], trace: Trace) -> None:
 def ahead_of(
     producer: Owner, trace: Trace, runtimes: Sequence[NodeRuntime], of: dict[Owner, NodeRuntime]
 ) -> int:
-    """Items of ``trace`` a stream producer is ahead of: queued or running anywhere but at
-    the producer and the nodes that feed it, Rookery included. O(items of the trace + slots).
+    """Items of ``trace`` a stream producer is ahead of: queued for or running at the nodes
+    after it, or waiting at Rookery. O(items of the trace + slots).
 
-    Items at the producer or at the nodes that feed it can move on only through the
-    producer itself: counting them would have it wait on itself, and edge backpressure
-    already bounds them.
+    Only what lies strictly after the producer counts. Items at the producer or at the
+    nodes that feed it can move on only through the producer itself, and items on sibling
+    branches may wait for the same capacity: counting either would have producers wait on
+    themselves or on each other. Edge backpressure already bounds them. A producer outside
+    the flow (``flow.emit_chunk``) is before every node, so everything of the trace counts.
     """
     rt = of.get(producer)
-    behind = _feeders(rt, of) if rt is not None else frozenset((producer,))
+    ahead = _ahead(rt, of) if rt is not None else None
     count = 0
     entry = trace.head
     while entry is not None:
-        if not entry.dead and entry.floe.target not in behind:
+        if not entry.dead and (ahead is None or entry.floe.target in ahead):
             count += 1
         entry = entry.next
     for other in runtimes:
-        if other.node not in behind:
+        if ahead is None or other.node in ahead:
             for slot in other.slots:
                 if slot.current is trace:
                     count += 1
     return count
 
 
-def _feeders(rt: NodeRuntime, of: dict[Owner, NodeRuntime]) -> frozenset[Owner]:
-    if rt.feeders is None:
-        seen: set[Owner] = {rt.node}
-        todo = [rt]
-        while todo:
-            for floe in todo.pop().ports.ins:
-                source = floe.source
-                if source not in seen:
-                    seen.add(source)
-                    feeder = of.get(source)
-                    if feeder is not None:
-                        todo.append(feeder)
-        rt.feeders = frozenset(seen)
-    return rt.feeders
+def _ahead(rt: NodeRuntime, of: dict[Owner, NodeRuntime]) -> frozenset[Owner]:
+    """Rookery, and the nodes reachable from ``rt`` that cannot reach it back."""
+    if rt.ahead is None:
+        behind = _reach(rt, of, lambda r: [f.source for f in r.ports.ins])
+        after = _reach(rt, of, lambda r: [f.target for f in r.ports.outs])
+        rt.ahead = frozenset(after - behind) | {ROOKERY}
+    return rt.ahead
+
+
+def _reach(
+    rt: NodeRuntime, of: dict[Owner, NodeRuntime], step: Callable[[NodeRuntime], list[Owner]]
+) -> set[Owner]:
+    """``rt``'s node and every owner reachable from it by ``step``."""
+    seen: set[Owner] = {rt.node}
+    todo = [rt]
+    while todo:
+        for owner in step(todo.pop()):
+            if owner not in seen:
+                seen.add(owner)
+                nxt = of.get(owner)
+                if nxt is not None:
+                    todo.append(nxt)
+    return seen
 
 
 def mark_stopping(runtimes: Iterable[NodeRuntime]) -> None:
