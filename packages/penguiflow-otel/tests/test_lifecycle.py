@@ -64,8 +64,10 @@ async def test_uninstrument_detaches_everything(otel: Otel, helpers: type[Helper
 async def test_uninstrument_ends_open_spans(otel: Otel, helpers: type[Helpers]) -> None:
     started = asyncio.Event()
     release = asyncio.Event()
+    current: list[trace.SpanContext] = []
 
     async def stuck(msg: Any, ctx: Context) -> Any:
+        current.append(trace.get_current_span().get_span_context())
         started.set()
         await release.wait()
         return msg
@@ -86,9 +88,16 @@ async def test_uninstrument_ends_open_spans(otel: Otel, helpers: type[Helpers]) 
         }
         release.set()
         await flow.fetch()
+        # The worker lives on: the next request's node code must not run inside the
+        # attempt span that uninstrument ended, and nothing of the instrumentation stays.
+        await _round_trip(flow, helpers.message(2))
+        assert flow.middlewares == ()
     finally:
         await flow.stop()
     assert len(otel.spans()) == 2
+    during, after = current
+    assert during == otel.attempts("stuck")[0].context
+    assert not after.is_valid
 
 
 async def test_instrumenting_a_running_flow(otel: Otel, helpers: type[Helpers]) -> None:

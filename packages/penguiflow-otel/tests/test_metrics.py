@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from penguiflow.clock import wall_time
 from penguiflow.core import Context, create
 from penguiflow.node import Node, NodePolicy
 from penguiflow.otel import instrument
@@ -65,6 +67,47 @@ async def test_latency_retries_and_failures(otel: Otel, helpers: type[Helpers]) 
     assert retries == {"flaky": 1, "broken": 1}
     [failures] = points(metrics, "penguiflow.node.failures")
     assert (failures.attributes["penguiflow.node.name"], failures.value) == ("broken", 1)
+
+
+async def test_every_attempt_has_one_duration_point(otel: Otel, helpers: type[Helpers]) -> None:
+    # Core measures latency only for attempts that return or raise; cancelled ones, and
+    # ones cut short by their deadline, are measured from their span's start.
+    started = asyncio.Event()
+
+    async def node(msg: Any, ctx: Context) -> Any:
+        if msg.payload != "ok":
+            started.set()
+            await asyncio.sleep(10.0)
+        return msg
+
+    flow = create(Node(node, policy=NodePolicy(validate="none", max_concurrency=4)).to())
+    instrument(flow, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
+    flow.run()
+    try:
+        await flow.emit(helpers.message("ok"))
+        await flow.fetch()
+        cancelled = helpers.message("cancel me")
+        await flow.emit(cancelled)
+        await started.wait()
+        await asyncio.sleep(1.0)  # virtual: gives the cancelled attempt a known duration
+        await flow.cancel(cancelled.trace_id)
+        await flow.emit(helpers.message("late", deadline_s=wall_time() + 2.0))
+        await flow.fetch()
+        started.clear()
+        await flow.emit(helpers.message("stopped"))
+        await started.wait()
+    finally:
+        await flow.stop()
+
+    outcomes = sorted(a.attributes["penguiflow.outcome"] for a in otel.attempts())
+    assert outcomes == ["cancelled", "cancelled", "deadline", "ok"]
+    counts = {
+        p.attributes["penguiflow.outcome"]: p.count
+        for p in helpers.points(otel.metrics(), "penguiflow.node.duration")
+    }
+    assert counts == {"ok": 1, "cancelled": 2, "deadline": 1}
+    [cancel_span] = [a for a in otel.attempts() if a.status.description == "cancelled"]
+    assert cancel_span.attributes["penguiflow.latency_ms"] == pytest.approx(1000.0)
 
 
 async def test_gauges_show_live_state(otel: Otel, helpers: type[Helpers]) -> None:
@@ -159,3 +202,43 @@ async def test_several_flows_share_one_set_of_instruments(
     assert flows_in(one, "penguiflow.traces.live") == {"flow1"}
     assert len(otel.requests()) == 2
     assert not [r for r in caplog.records if "created already" in r.getMessage()]
+
+
+async def test_collections_off_the_loop_never_read_the_flow_there(
+    otel: Otel, helpers: type[Helpers]
+) -> None:
+    # A probe runs inside flow.inspect(), so it shows on which thread the flow was read.
+    readers: set[int] = set()
+
+    def probe() -> dict[str, int]:
+        readers.add(threading.get_ident())
+        return {}
+
+    async def hop(msg: Any, ctx: Context) -> Any:
+        return msg
+
+    flow = create(Node(hop, policy=NodePolicy(validate="none")).to())
+    flow.register_probe("demo.thread", probe)
+    # Instrumented from another thread: the flow's loop is not known yet.
+    await asyncio.to_thread(
+        instrument,
+        flow,
+        tracer_provider=otel.tracer_provider,
+        meter_provider=otel.meter_provider,
+    )
+    loop_thread = threading.get_ident()
+    flow.run()
+    try:
+        unknown = await asyncio.to_thread(otel.metrics)
+        await flow.emit(helpers.message(1))
+        await flow.fetch()
+        await flow.stop()
+        flow.run()  # again, on the same loop, before any event
+        rerun = await asyncio.to_thread(otel.metrics)
+    finally:
+        await flow.stop()
+
+    assert not helpers.points(unknown, "penguiflow.traces.live")  # skipped, not read here
+    [live] = helpers.points(rerun, "penguiflow.traces.live")
+    assert live.value == 0
+    assert readers == {loop_thread}

@@ -9,6 +9,7 @@ import pytest
 from opentelemetry.trace import format_span_id, format_trace_id
 
 from penguiflow.core import Context, PenguiFlow, create
+from penguiflow.errors import FlowStoppedError
 from penguiflow.node import Node, NodePolicy
 from penguiflow.otel import instrument
 from penguiflow.types import Message
@@ -132,3 +133,30 @@ async def test_a_failed_emit_ends_the_span_it_opened(otel: Otel, helpers: type[H
     requests = otel.requests()
     outcomes = sorted(r.attributes["penguiflow.outcome"] for r in requests)
     assert outcomes == ["not enqueued", "ok"]
+
+
+async def test_an_emit_into_a_stopped_flow_ends_the_span_it_opened(
+    otel: Otel, helpers: type[Helpers]
+) -> None:
+    # A stopped flow keeps the trace of a queued item for its next run(), so the trace
+    # id is still known to core, but this emit failed and nothing runs: its span ends.
+    started = asyncio.Event()
+
+    async def stuck(msg: Any, ctx: Context) -> Any:
+        started.set()
+        await asyncio.Event().wait()
+
+    flow = create(Node(stuck, policy=NodePolicy(validate="none")).to())
+    instrument(flow, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
+    flow.run()
+    running, queued = helpers.message("a"), helpers.message("b")
+    await flow.emit(running)
+    await flow.emit(queued)
+    await started.wait()
+    await flow.stop()
+    assert queued.trace_id in flow.inspect().traces
+    with pytest.raises(FlowStoppedError):
+        await flow.emit(helpers.message("c", trace_id=queued.trace_id))
+
+    outcomes = sorted(r.attributes["penguiflow.outcome"] for r in otel.requests())
+    assert outcomes == ["flow stopped", "flow stopped", "not enqueued"]

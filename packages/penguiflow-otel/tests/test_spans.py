@@ -14,6 +14,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
+from penguiflow.clock import wall_time
 from penguiflow.core import Context, PenguiFlow, create
 from penguiflow.node import Node, NodePolicy
 from penguiflow.otel import instrument, instrument_playbook
@@ -199,10 +200,78 @@ async def test_deadline_skip_is_an_event(otel: Otel, helpers: type[Helpers]) -> 
     assert out.payload.text == "Deadline exceeded"
     assert otel.attempts() == []
     [request] = otel.requests()
+    assert request.attributes["penguiflow.outcome"] == "deadline"
+    assert request.status.status_code is StatusCode.ERROR
+    assert request.status.description == "deadline exceeded"
     [skip] = request.events
     assert skip.name == "deadline_skip"
     assert skip.attributes["penguiflow.node.name"] == "_echo"
     assert skip.attributes["penguiflow.deadline_s"] == 0.0
+
+
+async def test_a_deadline_that_passes_mid_attempt_ends_the_attempt(
+    otel: Otel, helpers: type[Helpers]
+) -> None:
+    # Core cuts the attempt short and reports only deadline_skip for it: that event ends
+    # the attempt span, measured from its start, while the flow keeps running.
+    async def slow(msg: Any, ctx: Context) -> Any:
+        await asyncio.sleep(10.0)
+        return msg
+
+    flow, _ = _chain(slow)
+    instrument(flow, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
+    done = asyncio.Event()
+    flow.on_trace_done(lambda tid: done.set())
+    flow.run()
+    try:
+        await flow.emit(helpers.message("x", deadline_s=wall_time() + 2.0))
+        out = await flow.fetch()
+        await done.wait()
+        spans = otel.spans()
+        metrics = otel.metrics()
+    finally:
+        await flow.stop()
+
+    assert out.payload.text == "Deadline exceeded"
+    assert sorted(s.name for s in spans) == ["penguiflow.node slow", "penguiflow.request"]
+    [attempt] = otel.attempts("slow")
+    assert attempt.attributes["penguiflow.outcome"] == "deadline"
+    assert attempt.attributes["error.type"] == "deadline"
+    assert attempt.status.status_code is StatusCode.ERROR
+    assert attempt.status.description == "deadline exceeded"
+    assert attempt.attributes["penguiflow.latency_ms"] == pytest.approx(2000.0)
+    [request] = otel.requests()
+    assert request.attributes["penguiflow.outcome"] == "deadline"
+    assert helpers.event_names(request) == ["deadline_skip"]
+    assert attempt.end_time <= request.end_time
+    [point] = helpers.points(metrics, "penguiflow.node.duration", penguiflow__outcome="deadline")
+    assert (point.count, point.sum) == (1, pytest.approx(2.0))
+
+
+async def test_a_node_asking_for_the_deadline_answer_keeps_its_attempt(
+    otel: Otel, helpers: type[Helpers]
+) -> None:
+    # The same deadline_skip, from inside a running attempt: that attempt goes on.
+    async def expiring(msg: Any, ctx: Context) -> Any:
+        await ctx.deadline_exceeded(msg)
+        return msg
+
+    flow, _ = _chain(expiring)
+    instrument(flow, tracer_provider=otel.tracer_provider)
+    flow.run()
+    try:
+        msg = helpers.message("x")
+        await flow.emit(msg)
+        first, second = await flow.fetch(), await flow.fetch()
+    finally:
+        await flow.stop()
+
+    assert (first.payload.text, second.payload) == ("Deadline exceeded", "x")
+    [attempt] = otel.attempts("expiring")
+    assert attempt.attributes["penguiflow.outcome"] == "ok"
+    assert attempt.status.status_code is StatusCode.UNSET
+    [request] = otel.requests()
+    assert request.attributes["penguiflow.outcome"] == "deadline"
 
 
 async def test_custom_reports_with_a_trace_id_are_events(

@@ -16,6 +16,8 @@ How the pieces hang together:
   ``on_trace_cancel``, and anything still open is closed in ``on_stop``.
 * **Decisions** (retries, gave-up items, deadline skips, cancellations, join timeouts and
   any custom ``ctx.report`` event carrying a trace id) become events on the request span.
+  A ``deadline_skip`` also ends the attempt that the message deadline cut short: core
+  reports nothing else for that attempt.
 * **Metrics**: counters and the latency histogram are fed by the same middleware; the
   gauges read ``flow.inspect()`` when a reader collects (``_metrics``).
 
@@ -66,22 +68,36 @@ QUEUE_MAXSIZE: Final = "penguiflow.queue.maxsize"
 LATENCY_MS: Final = "penguiflow.latency_ms"
 ERROR_TYPE: Final = "error.type"
 
-OK, ERROR, TIMEOUT, CANCELLED = "ok", "error", "timeout", "cancelled"
+OK, ERROR, TIMEOUT, CANCELLED, DEADLINE = "ok", "error", "timeout", "cancelled", "deadline"
 STOPPED: Final = "flow stopped"
+DEADLINE_EXCEEDED: Final = "deadline exceeded"
 _ATTEMPT_EVENTS: Final = frozenset({"node_retry", "node_failed"})
+_ATTEMPT_BOUNDARIES: Final = frozenset(
+    {
+        "node_start",
+        "node_success",
+        "node_error",
+        "node_timeout",
+        "node_trace_cancelled",
+        "node_cancelled",
+        "node_failed",
+    }
+)
+"""Events a worker emits only outside node code: at these its attempt context can go."""
 
 
 @final
 class _Request:
     """The span of one request (trace) while the trace is live."""
 
-    __slots__ = ("cancelled", "context", "failed", "headers", "running", "span")
+    __slots__ = ("cancelled", "context", "deadline", "failed", "headers", "running", "span")
 
     def __init__(self, span: trace.Span) -> None:
         self.span = span
         self.context = trace.set_span_in_context(span, otel_context.Context())
         self.headers: dict[str, str] | None = None  # W3C headers, built on first use
         self.cancelled = False
+        self.deadline = False  # the trace got (or will get) its deadline answer
         self.failed: str | None = None
         self.running = 0  # open attempt spans
 
@@ -95,14 +111,23 @@ class _Request:
 class _Attempt:
     """The span of one node attempt, current in its worker task until it ends."""
 
-    __slots__ = ("request", "span", "token")
+    __slots__ = ("node", "node_id", "request", "span", "started", "token")
 
     def __init__(
-        self, span: trace.Span, token: Token[otel_context.Context], request: _Request | None
+        self,
+        span: trace.Span,
+        token: Token[otel_context.Context],
+        request: _Request | None,
+        node: str,
+        node_id: str | None,
+        started: float,
     ) -> None:
         self.span = span
         self.token = token
         self.request = request
+        self.node = node
+        self.node_id = node_id
+        self.started = started  # loop time, the clock core measures latency_ms with
 
 
 def _exception_type(text: str) -> str:
@@ -134,6 +159,9 @@ class _Instrumentation:
         self._attempts: dict[asyncio.Task[Any], _Attempt] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
+        # Whether ``_loop`` is known to be the loop the flow runs on now: set by the first
+        # event after instrument() or stop(), since a flow may run() again on another loop.
+        self._loop_seen = False
         self._removers: list[Callable[[], None]] = []
         self._middleware = self._on_event
         self._attached = False
@@ -147,6 +175,7 @@ class _Instrumentation:
             "node_cancelled": self._node_stopped,
             "node_retry": self._node_retry,
             "node_failed": self._node_failed,
+            "deadline_skip": self._deadline_skip,
             "trace_cancel_finish": _ignore,  # the trace is already done (and its span ended)
         }
 
@@ -179,13 +208,13 @@ class _Instrumentation:
         self._ingress.uninstall()
         if self._meters is not None:
             self._meters.discard(self)
-        self._end_all("uninstrumented")
+        self._end_all("uninstrumented", leaving=True)
 
     # -- the middleware -----------------------------------------------------------------
 
     async def _on_event(self, event: FlowEvent) -> None:
-        if self._loop is None:
-            self._capture_loop()
+        if not self._loop_seen:
+            self._loop_seen = self._capture_loop()
         handler = self._handlers.get(event.event_type)
         if handler is not None:
             handler(event)
@@ -198,7 +227,7 @@ class _Instrumentation:
             return
         stale = self._attempts.pop(task, None)
         if stale is not None:  # pragma: no cover - every attempt has a closing event
-            self._close(stale, "unknown", None)
+            self._finish(stale, "unknown", None, None)
         tid = event.trace_id
         parent: otel_context.Context | None = None
         request: _Request | None = None
@@ -224,7 +253,10 @@ class _Instrumentation:
             attributes=attributes,
         )
         token = otel_context.attach(trace.set_span_in_context(span, parent))
-        self._attempts[task] = _Attempt(span, token, request)
+        started = asyncio.get_running_loop().time()
+        self._attempts[task] = _Attempt(
+            span, token, request, event.node_name or "", event.node_id, started
+        )
         if request is not None:
             request.running += 1
 
@@ -260,6 +292,29 @@ class _Instrumentation:
                 )
         self._note(event)
 
+    def _deadline_skip(self, event: FlowEvent) -> None:
+        tid = event.trace_id
+        request = self._requests.get(tid) if tid is not None else None
+        if request is None:
+            return
+        request.deadline = True
+        self._note(event)
+        task = asyncio.current_task()
+        attempt = self._attempts.get(task) if task is not None else None
+        if (
+            task is None
+            or attempt is None
+            or attempt.request is not request
+            or attempt.node_id != event.node_id
+            # Core counts the cut attempt out of the trace's in-flight count before it
+            # answers; a node that asks for the deadline answer itself (through its
+            # context) is still in flight, and its attempt goes on.
+            or event.trace_inflight >= request.running
+        ):
+            return
+        del self._attempts[task]
+        self._finish(attempt, DEADLINE, None, None)
+
     def _note(self, event: FlowEvent) -> None:
         """Record a decision as an event on the request span of its trace."""
         request = self._requests.get(event.trace_id) if event.trace_id is not None else None
@@ -291,15 +346,34 @@ class _Instrumentation:
         attempt = self._attempts.pop(task, None) if task is not None else None
         if attempt is None:
             return
-        span = attempt.span
-        if event.latency_ms is not None:
-            span.set_attribute(LATENCY_MS, event.latency_ms)
+        self._finish(attempt, outcome, exception, event.latency_ms, description=description)
+
+    def _finish(
+        self,
+        attempt: _Attempt,
+        outcome: str,
+        exception: str | None,
+        latency_ms: float | None,
+        *,
+        description: str | None = None,
+        detach: bool = True,
+    ) -> None:
+        """Record the attempt's duration (one histogram point per attempt), then close it.
+
+        Core measures ``latency_ms`` for attempts that return or raise; one that is
+        cancelled, cut short by its deadline or still open at stop() is measured here,
+        from the span's start, on the same loop clock.
+        """
+        if latency_ms is None and self._loop is not None:
+            latency_ms = max(0.0, (self._loop.time() - attempt.started) * 1000.0)
+        if latency_ms is not None:
+            attempt.span.set_attribute(LATENCY_MS, latency_ms)
             if self._meters is not None:
                 self._meters.duration.record(
-                    event.latency_ms / 1000.0,
-                    {FLOW: self.flow_name, NODE: event.node_name or "", OUTCOME: outcome},
+                    latency_ms / 1000.0,
+                    {FLOW: self.flow_name, NODE: attempt.node, OUTCOME: outcome},
                 )
-        self._close(attempt, outcome, exception, description=description)
+        self._close(attempt, outcome, exception, description=description, detach=detach)
 
     def _close(
         self,
@@ -324,6 +398,9 @@ class _Instrumentation:
         elif outcome == CANCELLED:
             span.set_attribute(ERROR_TYPE, CANCELLED)
             span.set_status(Status(StatusCode.ERROR, description or CANCELLED))
+        elif outcome == DEADLINE:
+            span.set_attribute(ERROR_TYPE, DEADLINE)
+            span.set_status(Status(StatusCode.ERROR, DEADLINE_EXCEEDED))
         span.end()
         if detach:
             otel_context.detach(attempt.token)
@@ -348,6 +425,9 @@ class _Instrumentation:
         elif stopped is not None:
             span.set_attribute(OUTCOME, stopped)
             span.set_status(Status(StatusCode.ERROR, stopped))
+        elif request.deadline:
+            span.set_attribute(OUTCOME, DEADLINE)
+            span.set_status(Status(StatusCode.ERROR, DEADLINE_EXCEEDED))
         elif request.failed is not None:
             span.set_attribute(OUTCOME, ERROR)
             span.set_status(Status(StatusCode.ERROR, request.failed))
@@ -384,9 +464,17 @@ class _Instrumentation:
         return msg, opened
 
     def ingress_failed(self, trace_id: str) -> None:
-        """The emit that opened ``trace_id``'s span raised: end it unless the trace lives."""
+        """The emit that opened ``trace_id``'s span raised: end it unless the trace lives.
+
+        A stopped flow keeps the traces of its queued items, but nothing of them runs
+        until the next run(), which opens their spans again: only a running flow keeps
+        the span open.
+        """
         request = self._requests.get(trace_id)
-        if request is None or trace_id in self.flow.inspect().traces:
+        if request is None:
+            return
+        flow = self.flow
+        if flow.is_running and trace_id in flow.inspect().traces:
             return
         del self._requests[trace_id]
         self._end_request(request, stopped="not enqueued")
@@ -407,37 +495,54 @@ class _Instrumentation:
 
     def _on_stop(self) -> None:
         self._end_all(STOPPED)
-        self._loop = None
-        self._thread = None
+        # The loop stays known (the next run() is most likely on the same loop), but the
+        # next event checks it again.
+        self._loop_seen = False
 
-    def _end_all(self, why: str) -> None:
-        # The worker tasks are gone (stop) or we are leaving (uninstrument): their
-        # context tokens cannot be reset from here, and need not be.
+    def _end_all(self, why: str, *, leaving: bool = False) -> None:
+        # A context token can only be reset from the worker task that set it, and this
+        # runs elsewhere. After stop() the workers are gone, and their contexts with them.
+        # When uninstrumenting, the workers live on: ``_Restore`` resets each token from
+        # its own worker, at that worker's next attempt boundary.
         attempts, self._attempts = self._attempts, {}
-        for attempt in attempts.values():
-            self._close(attempt, CANCELLED, None, description=why, detach=False)
+        live: dict[asyncio.Task[Any], Token[otel_context.Context]] = {}
+        for task, attempt in attempts.items():
+            self._finish(attempt, CANCELLED, None, None, description=why, detach=False)
+            if leaving and not task.done():
+                live[task] = attempt.token
+        if live:
+            _Restore(self.flow, live).install()
         requests, self._requests = self._requests, {}
         for request in requests.values():
             self._end_request(request, stopped=why)
 
     # -- metrics ------------------------------------------------------------------------
 
-    def _capture_loop(self) -> None:
+    def _capture_loop(self) -> bool:
+        """Remember the running loop (the flow's, when called from its events)."""
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
-            return
+            return False
         self._thread = threading.get_ident()
+        return True
 
     def snapshot(self) -> FlowSnapshot | None:
-        """``flow.inspect()``, taken on the flow's own loop thread."""
+        """``flow.inspect()``, taken on the flow's own loop thread.
+
+        None when that cannot be done safely: the flow's loop is not known yet (the flow
+        was instrumented off its loop and has reported no event since), has closed, or
+        is not running. The loop's structures are never read from another thread.
+        """
         flow = self.flow
         if not flow.is_running:
             return None
         loop = self._loop
-        if loop is None or self._thread == threading.get_ident():
+        if loop is None or loop.is_closed():
+            return None
+        if self._thread == threading.get_ident():
             return flow.inspect()
-        if loop.is_closed():
+        if not loop.is_running():
             return None
         done: concurrent.futures.Future[FlowSnapshot] = concurrent.futures.Future()
 
@@ -456,6 +561,48 @@ class _Instrumentation:
 
 def _ignore(event: FlowEvent) -> None:
     return None
+
+
+@final
+class _Restore:
+    """Resets, from each worker, the attempt context uninstrument could not reset.
+
+    A context token can only be reset in the context that set it: the worker's. So after
+    uninstrument this small middleware stays on the flow until every such worker has
+    reached its next attempt boundary (the end of its attempt, or the start of the next
+    one, always outside node code), resets the token there, and then removes itself. A
+    stop() removes it too: the workers and their contexts are gone.
+    """
+
+    __slots__ = ("flow", "remove_stop_hook", "tokens")
+
+    def __init__(
+        self, flow: PenguiFlow, tokens: dict[asyncio.Task[Any], Token[otel_context.Context]]
+    ) -> None:
+        self.flow = flow
+        self.tokens = tokens
+        self.remove_stop_hook: Callable[[], None] | None = None
+
+    def install(self) -> None:
+        self.flow.add_middleware(self)
+        self.remove_stop_hook = self.flow.on_stop(self.uninstall)
+
+    def uninstall(self) -> None:
+        self.tokens.clear()
+        self.flow.remove_middleware(self)
+        if self.remove_stop_hook is not None:
+            self.remove_stop_hook()
+            self.remove_stop_hook = None
+
+    async def __call__(self, event: FlowEvent) -> None:
+        if event.event_type not in _ATTEMPT_BOUNDARIES:
+            return
+        task = asyncio.current_task()
+        token = self.tokens.pop(task, None) if task is not None else None
+        if token is not None:
+            otel_context.detach(token)
+        if not self.tokens or all(t.done() for t in self.tokens):
+            self.uninstall()
 
 
 @final
