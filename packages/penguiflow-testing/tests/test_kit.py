@@ -483,3 +483,66 @@ async def test_run_trace_reports_the_node_that_gave_up(
 async def test_a_finished_run_has_no_error(flow_kit: FlowTestKit) -> None:
     run = await flow_kit.run_trace(chain(), make_message())
     assert (run.done, run.error, run.payloads) == ("drained", None, ("HELLO!",))
+
+
+class _Stubborn:
+    """A node that swallows cancellation until released; remembers its worker task."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.worker: asyncio.Task[Any] | None = None
+
+    async def node(self, message: Message, ctx: Context) -> None:
+        self.worker = asyncio.current_task()
+        while not self.release.is_set():
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                pass  # the bug under test: cancellation is swallowed
+
+    async def end(self) -> None:
+        """Let the node return, and wait until its worker has ended."""
+        self.release.set()
+        assert self.worker is not None
+        await asyncio.wait({self.worker})
+
+
+async def test_a_node_ignoring_cancellation_cannot_hang_run_trace(
+    flow_kit: FlowTestKit, virtual_clock: VirtualClock
+) -> None:
+    stubborn = _Stubborn()
+    flow = create(Node(stubborn.node, name="stubborn", policy=NodePolicy(validate="none")).to())
+    with pytest.raises(FlowTimeoutError) as info:
+        await flow_kit.run_trace(flow, make_message(), timeout_s=3)
+    # The wait and the stop are each bounded by timeout_s (loop seconds).
+    assert virtual_clock.time() <= 3 + 3 + 1
+    assert str(info.value).startswith("run_trace timed out after 3s")
+    [note] = info.value.__notes__
+    assert "flow.stop() gave up after 3s (loop time) on 1 worker task(s)" in note
+    assert "Nodes in flight when the flow was stopped: 'stubborn'" in note
+    assert not flow.is_running
+    await stubborn.end()
+    flow_kit.assert_quiescent(require_stopped=True)
+
+
+async def test_run_one_reports_a_leftover_node_ignoring_cancellation(
+    flow_kit: FlowTestKit, virtual_clock: VirtualClock
+) -> None:
+    # The result arrives; cancelling the rest of the fan-out does not end the stubborn
+    # branch, and stopping the flow gives up on it after timeout_s.
+    async def fast(message: Message, ctx: Context) -> Message:
+        return message
+
+    stubborn = _Stubborn()
+    flow = create(
+        Node(fast).to(),
+        Node(stubborn.node, name="stubborn", policy=NodePolicy(validate="none")).to(),
+    )
+    with pytest.raises(
+        FlowTimeoutError, match=r"^run_one: flow\.stop\(\) gave up after 2s"
+    ) as info:
+        await flow_kit.run_one(flow, make_message(), timeout_s=2)
+    assert "'stubborn'" in str(info.value)
+    assert virtual_clock.time() <= 2 + 1
+    await stubborn.end()
+    flow_kit.assert_quiescent(require_stopped=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -12,9 +13,11 @@ from penguiflow.node import Node, NodePolicy
 from penguiflow.registry import ModelRegistry
 from penguiflow.testing import (
     EnvelopeCheck,
+    FlowTimeoutError,
     KitAssertionError,
     KitUsageError,
     StubContext,
+    VirtualClock,
     assert_preserves_message_envelope,
     simulate_error,
 )
@@ -195,3 +198,38 @@ async def test_envelope_check_with_registry_and_real_context() -> None:
     check = await assert_preserves_message_envelope(node, message, Context(node), registry=registry)
     assert check.result is not None and check.result.payload == Query(text="HI")
     assert check.chunks == ()
+
+
+async def test_envelope_check_is_bounded(virtual_clock: VirtualClock) -> None:
+    async def waits_forever(message: Message, ctx: StubContext) -> Message:
+        await ctx.emit(message)
+        await asyncio.Event().wait()
+        return message
+
+    with pytest.raises(FlowTimeoutError) as info:
+        await assert_preserves_message_envelope(waits_forever, make_message(), timeout_s=5)
+    assert str(info.value) == (
+        "assert_preserves_message_envelope: node 'waits_forever' did not return within 5s "
+        "(loop time); it emitted 1 item(s) meanwhile"
+    )
+    assert virtual_clock.time() == 5.0
+
+
+async def test_envelope_check_reports_a_node_that_swallowed_its_timeout(
+    virtual_clock: VirtualClock,
+) -> None:
+    async def late(message: Message, ctx: StubContext) -> Message:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass  # returns anyway, after the limit
+        return message
+
+    with pytest.raises(FlowTimeoutError, match=r"node 'late' did not return within 1\.0s"):
+        await assert_preserves_message_envelope(late, make_message())
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1, True, "1"])
+async def test_envelope_check_rejects_a_bad_timeout(timeout_s: float) -> None:
+    with pytest.raises(KitUsageError, match="timeout_s must be a number > 0"):
+        await assert_preserves_message_envelope(good_node, make_message(), timeout_s=timeout_s)

@@ -425,17 +425,20 @@ class FlowTestKit:
         try:
             if trace_id is None:
                 result = await self._fetch_one(flow, message, timeout_s)
-                if expect is None or isinstance(result, expect):
-                    return result
-                actual = type(result).__qualname__
-                raise FlowTypeError(
-                    f"run_one: expected a result of type {expect.__qualname__}, got {actual} "
-                    f"for the untracked item {message!r:.80}: the flow's exit node returned "
-                    f"{actual}; pass expect={actual} or fix the node"
-                )
-            return await self._request_one(flow, message, trace_id, timeout_s, expect)
-        finally:
-            await _wind_down(flow, trace_id)
+                if expect is not None and not isinstance(result, expect):
+                    actual = type(result).__qualname__
+                    raise FlowTypeError(
+                        f"run_one: expected a result of type {expect.__qualname__}, got "
+                        f"{actual} for the untracked item {message!r:.80}: the flow's exit "
+                        f"node returned {actual}; pass expect={actual} or fix the node"
+                    )
+            else:
+                result = await self._request_one(flow, message, trace_id, timeout_s, expect)
+        except BaseException as failure:
+            await _wind_down("run_one", flow, trace_id, timeout_s, failure)
+            raise
+        await _wind_down("run_one", flow, trace_id, timeout_s, None)
+        return result
 
     async def _request_one(
         self,
@@ -503,9 +506,12 @@ class FlowTestKit:
         trace_id = _require_trace_id("run_trace", message)
         flow.run(registry=registry)
         try:
-            return await self._collect("run_trace", flow, message, trace_id, timeout_s)
-        finally:
-            await _wind_down(flow, trace_id)
+            run = await self._collect("run_trace", flow, message, trace_id, timeout_s)
+        except BaseException as failure:
+            await _wind_down("run_trace", flow, trace_id, timeout_s, failure)
+            raise
+        await _wind_down("run_trace", flow, trace_id, timeout_s, None)
+        return run
 
     async def collect_trace(
         self, flow: PenguiFlow, message: Any, timeout_s: float = 1.0
@@ -699,10 +705,35 @@ def _check_registry(helper: str, flow: PenguiFlow, registry: Any) -> None:
         )
 
 
-async def _wind_down(flow: PenguiFlow, trace_id: str | None) -> None:
-    """Cancel what is left of ``trace_id`` (if anything), then stop the flow."""
+async def _wind_down(
+    helper: str,
+    flow: PenguiFlow,
+    trace_id: str | None,
+    timeout_s: float,
+    failure: BaseException | None,
+) -> None:
+    """Cancel what is left of ``trace_id`` (if anything), then stop the flow, bounded.
+
+    A node that swallows cancellation would keep an unbounded ``stop()`` waiting forever
+    (and spinning, under the virtual clock), so the stop gets ``timeout_s`` too. A worker
+    it gave up on is reported: as a note on ``failure`` when the helper is failing
+    already (that error stays the one raised), else as a ``FlowTimeoutError``.
+    """
     try:
         if trace_id is not None and flow.is_running and trace_id in flow.inspect().traces:
             await flow.cancel(trace_id)
     finally:
-        await flow.stop()
+        busy = [n.name for n in flow.inspect().nodes if n.inflight]
+        await flow.stop(timeout=timeout_s)
+    stuck = flow.inspect().workers
+    if not stuck:
+        return
+    nodes = ", ".join(repr(name) for name in busy) if busy else "(none reported in flight)"
+    report = (
+        f"{helper}: flow.stop() gave up after {timeout_s}s (loop time) on {stuck} worker "
+        f"task(s) still running: a node catches CancelledError without re-raising it. "
+        f"Nodes in flight when the flow was stopped: {nodes}"
+    )
+    if failure is None:
+        raise FlowTimeoutError(report)
+    failure.add_note(report)

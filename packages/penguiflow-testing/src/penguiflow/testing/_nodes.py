@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from penguiflow.core import Endpoint, call_playbook
 from penguiflow.node import Node
 from penguiflow.types import Headers, Message, StreamChunk
 
-from ._errors import KitAssertionError, KitUsageError
+from ._errors import FlowTimeoutError, KitAssertionError, KitUsageError
 
 __all__ = [
     "EnvelopeCheck",
@@ -255,6 +256,7 @@ async def assert_preserves_message_envelope(
     ctx: Any = None,
     *,
     registry: Any = None,
+    timeout_s: float = 1.0,
 ) -> EnvelopeCheck:
     """Call one node and check that its output keeps the envelope of its input.
 
@@ -271,6 +273,8 @@ async def assert_preserves_message_envelope(
         ctx: The context to pass; default: a fresh :class:`StubContext` whose records
             are also checked.
         registry: Passed to ``Node.invoke`` to exercise validation.
+        timeout_s: Limit for the node call in loop seconds (virtual seconds under the
+            virtual clock).
 
     Returns:
         What was called and seen, for further assertions.
@@ -278,6 +282,8 @@ async def assert_preserves_message_envelope(
     Raises:
         KitAssertionError: The node produced nothing, or an output lost the envelope.
             The message names the output and the field that changed.
+        FlowTimeoutError: The node did not return within ``timeout_s``.
+        KitUsageError: ``message`` is not a ``Message``, or a bad ``timeout_s``.
     """
     if message is None:
         message = _default_message()
@@ -286,18 +292,38 @@ async def assert_preserves_message_envelope(
             f"assert_preserves_message_envelope needs a Message to check, got "
             f"{type(message).__name__}"
         )
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not timeout_s > 0:
+        raise KitUsageError(
+            f"assert_preserves_message_envelope: timeout_s must be a number > 0, got {timeout_s!r}"
+        )
     stub = StubContext(node if isinstance(node, Node) else None) if ctx is None else ctx
     headers = message.headers.model_copy(deep=True)
     trace_id = message.trace_id
     name = node.name if isinstance(node, Node) else getattr(node, "__name__", repr(node))
-    if isinstance(node, Node):
-        result = await node.invoke(message, stub, registry=registry)
+    emitted: Sequence[tuple[Any, Any]] = getattr(stub, "emitted", ())
+    scope = asyncio.timeout(timeout_s)
+    try:
+        async with scope:
+            if isinstance(node, Node):
+                result = await node.invoke(message, stub, registry=registry)
+            else:
+                result = await node(message, stub)
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        expired = True
     else:
-        result = await node(message, stub)
+        # A node that swallowed the timeout's cancellation and returned late is reported
+        # the same way: what it returned was not produced in time.
+        expired = scope.expired()
+    if expired:
+        raise FlowTimeoutError(
+            f"assert_preserves_message_envelope: node {name!r} did not return within "
+            f"{timeout_s}s (loop time); it emitted {len(emitted)} item(s) meanwhile"
+        ) from None
     outputs: list[tuple[str, Any]] = []
     if result is not None:
         outputs.append(("returned value", result))
-    emitted: Sequence[tuple[Any, Any]] = getattr(stub, "emitted", ())
     for index, (item, _target) in enumerate(emitted):
         outputs.append((f"emitted item #{index}", item))
     chunks = tuple(getattr(stub, "chunks", ()))
