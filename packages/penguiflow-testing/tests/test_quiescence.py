@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 
 from penguiflow.core import Context, create
-from penguiflow.node import Node
+from penguiflow.node import Node, NodePolicy
 from penguiflow.testing import (
     FlowTestKit,
     KitAssertionError,
     QuiescenceError,
+    VirtualClock,
     assert_flows_quiescent,
     describe_leaks,
 )
@@ -103,3 +104,35 @@ async def test_cancelled_trace_is_marked() -> None:
         stays()
     finally:
         await flow.stop()
+
+
+async def test_a_worker_that_outlived_stop_is_reported(virtual_clock: VirtualClock) -> None:
+    # stop(timeout=...) gives up on a worker whose node swallows cancellation; the item
+    # is untracked (a bare payload), so only the worker itself shows the leak.
+    release = asyncio.Event()
+    started = asyncio.Event()
+    workers: list[asyncio.Task[Any]] = []
+
+    async def stubborn(message: Any, ctx: Context) -> None:
+        workers.append(asyncio.current_task())  # type: ignore[arg-type]
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                pass  # the bug under test: cancellation is swallowed
+
+    flow = create(Node(stubborn, policy=NodePolicy(validate="none")).to())
+    flow.run()
+    await flow.emit("bare payload")
+    await started.wait()
+    await flow.stop(timeout=2.0)
+
+    assert not flow.is_running
+    assert describe_leaks(flow, require_stopped=True) == ["worker tasks alive after stop(): 1"]
+    with pytest.raises(QuiescenceError, match="worker tasks alive after stop\\(\\): 1"):
+        assert_flows_quiescent([flow], require_stopped=True)
+
+    release.set()
+    await asyncio.wait(workers)
+    assert describe_leaks(flow, require_stopped=True) == []
