@@ -36,7 +36,7 @@ from ._quiescence import assert_flows_quiescent
 __all__ = ["flow_kit", "virtual_clock"]
 
 _KITS = pytest.StashKey[list[FlowTestKit]]()
-_CALL_FAILED = pytest.StashKey[bool]()
+_NOT_CHECKED = pytest.StashKey[bool]()
 
 _MARKER = "penguiflow_quiescent"
 _VIRTUAL_FACTORY = "penguiflow_virtual_clock"
@@ -150,10 +150,14 @@ def _quiescence_enabled(item: pytest.Item) -> bool:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Remember whether the test body failed (a failed test is not checked for leaks)."""
+    """Remember a test that did not pass: it is not checked for leaks.
+
+    A failure, a skip and an expected failure (xfail reports as skipped) all end the
+    test early, so its flows may still run: that is the outcome to report, once.
+    """
     report = yield
-    if report.when == "call" and report.failed:
-        item.stash[_CALL_FAILED] = True
+    if report.when != "teardown" and (report.failed or report.skipped):
+        item.stash[_NOT_CHECKED] = True
     return report
 
 
@@ -161,7 +165,7 @@ def pytest_runtest_makereport(
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
     """After every fixture is torn down, run the quiescence check when it is enabled."""
     yield
-    if not _quiescence_enabled(item) or item.stash.get(_CALL_FAILED, False):
+    if not _quiescence_enabled(item) or item.stash.get(_NOT_CHECKED, False):
         return
     flows = {id(flow): flow for kit in item.stash.get(_KITS, []) for flow in kit.flows}
     try:
