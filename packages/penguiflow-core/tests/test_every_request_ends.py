@@ -1068,3 +1068,21 @@ async def test_a_second_stop_waits_for_the_first_so_a_new_run_is_not_undone(
         await flow.invoke(msg("new run"), timeout=0.2)
     assert interrupted == ["new run"]
     assert flow.inspect().traces == {}
+
+
+async def test_a_result_returned_after_stop_is_not_delivered_to_the_stopped_flow(
+    make_flow: MakeFlow,
+) -> None:
+    """A node stops its own flow and then returns: the request ends with the stop, and its
+    result does not wait on Rookery for whoever fetches after the next run()."""
+
+    async def work(m: Message, ctx: Context) -> Message:
+        await ctx.runtime.stop()
+        return m
+
+    flow = make_flow(node(work, "work").to())
+    flow.run()
+    with pytest.raises(FlowStoppedError):
+        await asyncio.wait_for(flow.invoke(msg()), 2.0)
+    snap = flow.inspect()
+    assert snap.traces == {} and all(e.depth == 0 for e in snap.edges), snap

@@ -840,8 +840,8 @@ class PenguiFlow(FlowGraph, RequestAPI):
                             result = await func(arg, ctx)
                     if validator is not None:
                         result = validator.finish(item, result)
-                    if slot.cancel_for is not None:
-                        raise asyncio.CancelledError  # the node swallowed our cancellation
+                    if slot.cancel_for is not None or slot.stopping:
+                        raise asyncio.CancelledError  # swallowed our cancel, or stop() came
                     if result is not None:
                         if type(result) is Message:
                             rtid: str | None = result.trace_id
