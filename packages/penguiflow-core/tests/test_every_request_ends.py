@@ -1077,7 +1077,9 @@ async def test_a_result_returned_after_stop_is_not_delivered_to_the_stopped_flow
     result does not wait on Rookery for whoever fetches after the next run()."""
 
     async def work(m: Message, ctx: Context) -> Message:
-        await ctx.runtime.stop()
+        runtime = ctx.runtime
+        assert runtime is not None
+        await runtime.stop()
         return m
 
     flow = make_flow(node(work, "work").to())
