@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -22,8 +23,10 @@ from penguiflow import Headers, Message, Node, create
 from penguiflow.core import DEADLINE_EXCEEDED_TEXT
 from penguiflow.errors import FlowBuildError, FlowError, TraceCancelled
 from penguiflow.redis import RemoteError, connect
+from penguiflow.redis._codec import Codec
 from penguiflow.redis._keys import Keys
 from penguiflow.redis._nodes import Placement
+from penguiflow.redis._worker import REPLY_HIGH
 from penguiflow.types import FinalAnswer
 from redis_support import Workers, eventually, request_keys
 
@@ -295,3 +298,44 @@ def test_the_command_line_refuses_an_unknown_node() -> None:
         proc.stderr
     )
     assert "Traceback" not in proc.stderr
+
+
+async def test_a_cancel_ends_a_send_waiting_for_a_client_that_is_behind(
+    prefix: str, workers: Workers, redis: Redis
+) -> None:
+    # A client at the wire level that never reads its replies: hop_c's chunks fill its
+    # reply stream, and the worker waits for it to read, until the request is cancelled.
+    workers.start("hops", extra=nodes("hop_a", "hop_b"))
+    workers.start("hops", extra=nodes("hop_c"))
+    flow, _ = redis_flows.hops()
+    msg = message("speak " + " ".join(str(i) for i in range(REPLY_HIGH + 200)))
+    reply = f"{prefix}:client:behind"
+    await redis.xadd(reply, {"t": "", "o": "open"})
+    await redis.incr(f"{prefix}:live:{msg.trace_id}")
+    fields = {"t": msg.trace_id, "r": reply, **Codec(flow, None).encode_message(msg)}
+    await redis.xadd(f"{prefix}:requests", fields)  # type: ignore[arg-type]
+    last = [-1]
+
+    async def held_back() -> bool:
+        # The worker stopped sending: the length stays put twice in a row.
+        length = await redis.xlen(reply)
+        if length != last[0]:
+            last[0] = length
+            return False
+        return length >= REPLY_HIGH
+
+    await eventually(held_back, what="the worker to wait for the client")
+    # What a client's cancel of an untagged send does: mark the trace, tell the workers.
+    await redis.set(f"{prefix}:cancelled:{msg.trace_id}", "1", ex=60)
+    await redis.publish(f"{prefix}:cancel", msg.trace_id)
+
+    async def let_go() -> bool:
+        pending = await redis.xpending(f"{prefix}:node:hop_c", "workers")
+        return not pending["pending"] and not await redis.exists(f"{prefix}:live:{msg.trace_id}")
+
+    await eventually(let_go, what="the worker to give the cancelled request up")
+    # The cancelled note, then the no-result error (which a client that has its outcome
+    # ignores): the request ended everywhere.
+    newest: Any = await redis.xrevrange(reply, count=2)
+    assert [f[b"o"] for _, f in newest] == [b"error", b"cancelled"]
+    await redis.delete(reply)

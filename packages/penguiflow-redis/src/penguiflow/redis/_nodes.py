@@ -172,7 +172,7 @@ def _names(flow: PenguiFlow, served: set[Node], extra: list[str]) -> str:
 class _Session:
     """The entries of one send of a trace this worker holds, and its view on the fragment."""
 
-    __slots__ = ("closed", "entries", "open", "reply", "sub", "tag", "trace_id")
+    __slots__ = ("cancelled", "closed", "entries", "open", "reply", "sub", "tag", "trace_id")
 
     def __init__(self, trace_id: str, tag: str, reply: bytes, sub: Subscription) -> None:
         self.trace_id = trace_id
@@ -181,6 +181,7 @@ class _Session:
         self.sub = sub
         self.entries: list[Held] = []
         self.open = True
+        self.cancelled = False
         self.closed = asyncio.Event()
 
     def joinable(self) -> bool:
@@ -278,7 +279,12 @@ class NodeWorker(Worker):
 
     async def _cancel_held(self, held: Held) -> None:
         session = self._sessions.get(held.trace_id)
-        if session is not None and session.tag == held.tag and self._fragment.is_running:
+        if session is None or session.tag != held.tag:
+            return
+        # A chunk send waiting for the client to read gives up too: nobody waits for the
+        # rest of this send's chunks.
+        session.cancelled = True
+        if self._fragment.is_running:
             await self._fragment.cancel(held.trace_id)
 
     def _lease_keys(self, held: Held) -> list[tuple[str, int]]:
@@ -419,7 +425,9 @@ class NodeWorker(Worker):
     async def _send(self, session: _Session, fields: dict[str, Any]) -> None:
         reply, entry = session.reply, {"t": session.trace_id, "g": session.tag, **fields}
         if fields["o"] == "chunk":
-            await send_reply(self._batch, reply, entry, self._stopped)
+            await send_reply(
+                self._batch, reply, entry, lambda: self._stopped() or session.cancelled
+            )
             return
 
         def send(pipe: Any) -> None:
