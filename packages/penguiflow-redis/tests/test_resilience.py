@@ -7,15 +7,18 @@ bounded time. Tests that stop or restart Redis run their own ``redis-server``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 import penguiflow.redis._client as client_module
 import redis_flows
@@ -39,6 +42,7 @@ class Server:
         self.port = port
         self.url = f"redis://127.0.0.1:{port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: list[str] = []  # more server options, such as where to save
 
     async def start(self) -> None:
         binary = shutil.which("redis-server")
@@ -46,6 +50,7 @@ class Server:
             pytest.skip("redis-server is not installed")
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no"]  # no persistence: a restart loses all
+        args += self.extra
         self.proc = subprocess.Popen(
             args,
             stdout=subprocess.DEVNULL,
@@ -178,6 +183,56 @@ async def test_a_redis_restart_fails_pending_requests_and_everything_carries_on(
             # finish, so it stops well within its 5 s grace.
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(proc.wait, 4) == 0
+        finally:
+            await redis.aclose()
+    finally:
+        pool.close()
+
+
+async def test_a_request_lost_while_redis_was_away_is_cancelled_once_it_is_back(
+    server: Server, prefix: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(client_module, "LOST_AFTER_S", 1.0)
+    # Redis saves its data when it shuts down and loads it when it starts again: the
+    # request is still held by the worker when Redis is back.
+    server.extra = ["--dir", str(tmp_path), "--dbfilename", "saved.rdb"]
+    await server.start()
+    pool = Workers(server.url, prefix)
+    try:
+        pool.start("slow")
+        flow, _ = redis_flows.slow()
+        redis = Redis.from_url(server.url)
+        try:
+            await eventually(lambda: reading(redis), what="the worker to read")
+            async with connect(flow, server.url, prefix=prefix) as client:
+                req = client.request(message("wait"))
+                async with req:
+                    probe = f"probe:{req.trace_id}:started"
+                    await eventually(lambda: redis.exists(probe), what="the node")
+                    with contextlib.suppress(RedisError):  # it closes the connection
+                        await redis.shutdown(save=True)
+                    assert server.proc is not None
+                    await asyncio.to_thread(server.proc.wait, 10)
+                    with pytest.raises(FlowError) as caught:
+                        async with asyncio.timeout(10):
+                            await req.result()
+                    assert caught.value.code == "CONNECTION_LOST"
+                await server.start()
+                back = Redis.from_url(server.url)
+                try:
+
+                    async def let_go() -> bool:
+                        pending = await back.xpending(f"{prefix}:requests", "workers")
+                        keys = await request_keys(back, prefix)
+                        return not pending["pending"] and not [
+                            k for k in keys if req.trace_id.encode() in k
+                        ]
+
+                    # The client sent the cancel it owed: the worker stopped the request
+                    # and its entry and keys are gone.
+                    await eventually(let_go, what="the worker to drop the lost request")
+                finally:
+                    await back.aclose()
         finally:
             await redis.aclose()
     finally:

@@ -179,7 +179,8 @@ class Client:
     ``TraceCancelled``, and ``FlowStoppedError`` when the client closes first. One more:
     ``FlowError`` with code ``"CONNECTION_LOST"`` when Redis cannot be reached for
     ``LOST_AFTER_S`` (5 s) or restarted and lost the request's replies; the client keeps
-    working for new requests once Redis is back.
+    working for new requests once Redis is back, and then cancels what may still run of
+    the requests it ended so (a failed ``cancel`` is sent again then too).
     """
 
     __slots__ = (
@@ -190,6 +191,7 @@ class Client:
         "_id",
         "_keys",
         "_live",
+        "_owed",
         "_reader",
         "_replies",
         "_room",
@@ -204,6 +206,9 @@ class Client:
         self._replies = keys.client(self._id)
         self._room = _Room(max_pending)
         self._live: dict[str, RemoteRequest[Any]] = {}
+        # Cancels of sends this client gave up on while Redis was out of reach; sent once
+        # it answers again, so what still runs of them in workers stops.
+        self._owed: list[dict[str, Any]] = []
         self._commands: Connection | None = None
         self._batch: Batcher | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -252,11 +257,14 @@ class Client:
         try:
             live = [r for r in self._live.values() if r.state == "pending"]
             async with _best_effort("cancel its pending requests"):
-                if live:
+                if live or self._owed:
                     async with commands.pipeline(transaction=False) as pipe:
                         for req in live:
                             await self._queue_cancel(pipe, req)
+                        for args in self._owed:
+                            await self._cancel_script(**args, client=pipe)
                         await pipe.execute()
+                    self._owed.clear()
                 await commands.delete(self._replies)
         finally:
             for req in list(self._live.values()):
@@ -344,6 +352,8 @@ class Client:
         try:
             found = await self._cancel_script(**self._cancel_args(trace_id, req))
         except RedisError as exc:
+            if pending_here and req is not None:
+                self._owed.append(self._cancel_args(trace_id, req))
             text = f"could not reach Redis to tell the workers to cancel it ({exc})"
             raise _connection_lost(trace_id, text, exc) from exc
         return pending_here or bool(found)
@@ -440,8 +450,22 @@ class Client:
         """End every pending request with a ``CONNECTION_LOST`` error saying ``text``."""
         for req in list(self._live.values()):
             if req.state == "pending":
-                req._settle(_connection_lost(req.trace_id, text), "failed")
-                req._notify(_WAKE)
+                self._lose(req, text)
+
+    def _lose(self, req: RemoteRequest[Any], text: str) -> None:
+        """End ``req`` with ``CONNECTION_LOST``; its cancel goes out once Redis answers."""
+        req._settle(_connection_lost(req.trace_id, text), "failed")
+        req._notify(_WAKE)
+        self._owed.append(self._cancel_args(req.trace_id, req))
+
+    async def _send_owed(self, commands: Connection) -> None:
+        """Send the cancels owed since Redis was out of reach; kept if it fails again."""
+        owed = list(self._owed)
+        async with commands.pipeline(transaction=False) as pipe:
+            for args in owed:
+                await self._cancel_script(**args, client=pipe)
+            await pipe.execute()
+        del self._owed[: len(owed)]
 
     async def _read(self) -> None:
         """Hand each reply entry to its request; delete what was read.
@@ -450,6 +474,8 @@ class Client:
         reached for ``LOST_AFTER_S``, or this client's reply stream is gone (Redis
         restarted: the replies on it are lost), the pending requests end with a
         ``FlowError`` of code ``CONNECTION_LOST``; the client keeps serving new ones.
+        Once Redis answers again, their cancels (and those ``cancel`` could not send)
+        go out, so workers stop what still runs of them.
         """
         reader: Connection = Redis.from_url(self._url)
         commands: Connection = self._commands
@@ -465,6 +491,8 @@ class Client:
                         done, last = [], b"0-0"
                         await self._replies_lost(commands)
                     done = []
+                    if self._owed:
+                        await self._send_owed(commands)
                     found = await reader.xread({key: last}, count=1000, block=_READ_BLOCK_MS)
                     for _stream, entries in found or ():
                         for entry_id, fields in entries:
@@ -523,8 +551,7 @@ class Client:
             await pipe.execute()
         text = "Redis lost the request's replies (it restarted, or was flushed)"
         for req in waiting:
-            req._settle(_connection_lost(req.trace_id, text), "failed")
-            req._notify(_WAKE)
+            self._lose(req, text)
 
 
 @final

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["BURY", "CANCEL", "CLAIM", "FINISH", "FORWARD", "HAND_BACK"]
+__all__ = ["BURY", "CANCEL", "CLAIM", "FINISH", "FORWARD", "HAND_BACK", "RENEW"]
 
 # Hand an entry back: if it is still pending under this worker, re-add its fields as a new
 # entry and acknowledge and delete the old one, atomically (so it is never both handed
@@ -22,6 +22,16 @@ redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# Set a lease key again that expired while Redis was out of reach, if the entry is still
+# pending under this worker (after its end, a key set again would outlive the request).
+# KEYS: stream, key. ARGV: group, id, me, value, ttl.
+RENEW: Final = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5], 'NX')
 return 1
 """
 

@@ -60,7 +60,7 @@ from ._batch import Batcher
 from ._codec import Codec, encode_error, local_error
 from ._keys import GROUP, Keys
 from ._retry import Backoff, is_lost, is_no_group
-from ._scripts import BURY, CLAIM, HAND_BACK
+from ._scripts import BURY, CLAIM, HAND_BACK, RENEW
 
 __all__ = [
     "CANCEL_TTL_S",
@@ -225,6 +225,7 @@ class Worker:
         self._hand_back = redis.register_script(HAND_BACK)
         self._bury = redis.register_script(BURY)
         self._claim = redis.register_script(CLAIM)
+        self._renew = redis.register_script(RENEW)
         self._batch = Batcher(redis, transaction=False)
         self._atomic = Batcher(redis, transaction=True)
 
@@ -663,6 +664,7 @@ class Worker:
         held = list(self._held.values())
         if held:
             claimed: set[bytes] = set()
+            leases = [(h, key, ttl) for h in held for key, ttl in self._lease_keys(h)]
             async with redis.pipeline(transaction=False) as pipe:
                 for stream in self._streams:
                     ids = [h.entry_id for h in held if h.stream == stream]
@@ -675,13 +677,20 @@ class Worker:
                             message_ids=ids,
                             justid=True,
                         )
-                for h in held:
-                    for key, ttl in self._lease_keys(h):
-                        pipe.expire(key, ttl, xx=True)
-                for reply in await pipe.execute():
-                    if isinstance(reply, list):
-                        claimed.update(reply)
+                for _, key, ttl in leases:
+                    pipe.expire(key, ttl, xx=True)
+                replies = await pipe.execute()
+            for reply in replies[: len(replies) - len(leases)]:
+                claimed.update(reply)
             await self._drop_lost(held, claimed)
+            renewed = replies[len(replies) - len(leases) :]
+            for (h, key, ttl), kept in zip(leases, renewed, strict=True):
+                if not kept and h.entry_id in claimed and key == self._keys.running(h.trace_id):
+                    # It expired while Redis was out of reach: a cancel checks it to know
+                    # the request still runs.
+                    await self._renew(
+                        keys=[h.stream, key], args=[GROUP, h.entry_id, self._name, self._name, ttl]
+                    )
         for stream in self._streams:
             await trim_stream(redis, stream)
         if rounds % 10 == 9:
