@@ -15,6 +15,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from penguiflow.core import PenguiFlow
+from penguiflow.redis._codec import Codec
+from penguiflow.redis._worker import REPLY_HIGH
+from penguiflow.types import Message
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -101,3 +106,28 @@ async def request_keys(redis: Redis, prefix: str) -> list[bytes]:
     for pattern in ("running", "cancelled", "cancelled-runs", "live", "client"):
         found += [k async for k in redis.scan_iter(match=f"{prefix}:{pattern}:*")]
     return found
+
+
+async def send_unread(redis: Redis, prefix: str, flow: PenguiFlow, msg: Message) -> tuple[str, int]:
+    """Send ``msg`` as a client at the wire level that never reads its replies, and wait
+    until the worker holds back (its reply stream stays at the backpressure bound).
+
+    Returns the reply stream's key and how long it was when the worker stopped sending.
+    """
+    reply = f"{prefix}:client:behind"
+    await redis.xadd(reply, {"t": "", "o": "open"})
+    await redis.incr(f"{prefix}:live:{msg.trace_id}")
+    fields = {"t": msg.trace_id, "r": reply, **Codec(flow, None).encode_message(msg)}
+    await redis.xadd(f"{prefix}:requests", fields)  # type: ignore[arg-type]
+    last = [-1]
+
+    async def held_back() -> bool:
+        # The worker stopped sending: the length stays put twice in a row.
+        length = await redis.xlen(reply)
+        if length != last[0]:
+            last[0] = length
+            return False
+        return length >= REPLY_HIGH
+
+    await eventually(held_back, what="the worker to wait for the client")
+    return reply, last[0]

@@ -23,12 +23,11 @@ from penguiflow import Headers, Message, Node, create
 from penguiflow.core import DEADLINE_EXCEEDED_TEXT
 from penguiflow.errors import FlowBuildError, FlowError, TraceCancelled
 from penguiflow.redis import RemoteError, connect
-from penguiflow.redis._codec import Codec
 from penguiflow.redis._keys import Keys
 from penguiflow.redis._nodes import Placement
 from penguiflow.redis._worker import REPLY_HIGH
 from penguiflow.types import FinalAnswer
-from redis_support import Workers, eventually, request_keys
+from redis_support import Workers, eventually, request_keys, send_unread
 
 HERE = Path(__file__).resolve().parent
 
@@ -309,22 +308,7 @@ async def test_a_cancel_ends_a_send_waiting_for_a_client_that_is_behind(
     workers.start("hops", extra=nodes("hop_c"))
     flow, _ = redis_flows.hops()
     msg = message("speak " + " ".join(str(i) for i in range(REPLY_HIGH + 200)))
-    reply = f"{prefix}:client:behind"
-    await redis.xadd(reply, {"t": "", "o": "open"})
-    await redis.incr(f"{prefix}:live:{msg.trace_id}")
-    fields = {"t": msg.trace_id, "r": reply, **Codec(flow, None).encode_message(msg)}
-    await redis.xadd(f"{prefix}:requests", fields)  # type: ignore[arg-type]
-    last = [-1]
-
-    async def held_back() -> bool:
-        # The worker stopped sending: the length stays put twice in a row.
-        length = await redis.xlen(reply)
-        if length != last[0]:
-            last[0] = length
-            return False
-        return length >= REPLY_HIGH
-
-    await eventually(held_back, what="the worker to wait for the client")
+    reply, _ = await send_unread(redis, prefix, flow, msg)
     # What a client's cancel of an untagged send does: mark the trace, tell the workers.
     await redis.set(f"{prefix}:cancelled:{msg.trace_id}", "1", ex=60)
     await redis.publish(f"{prefix}:cancel", msg.trace_id)

@@ -25,10 +25,9 @@ import redis_flows
 from penguiflow import FinalAnswer, Headers, Message
 from penguiflow.errors import FlowError, FlowStoppedError, TraceCancelled
 from penguiflow.redis import Client, connect
-from penguiflow.redis._codec import Codec
 from penguiflow.redis._worker import REPLY_HIGH
 from penguiflow.types import StreamChunk
-from redis_support import Workers, eventually, reading, request_keys
+from redis_support import Workers, eventually, reading, request_keys, send_unread
 
 
 def message(payload: object, **extra: Any) -> Message:
@@ -381,23 +380,8 @@ async def test_a_client_that_falls_behind_slows_the_worker_down_and_loses_nothin
     flow, _ = redis_flows.talker()
     n = REPLY_HIGH + 200
     msg = message(" ".join(str(i) for i in range(n)))
-    reply = f"{prefix}:client:behind"
-    await redis.xadd(reply, {"t": "", "o": "open"})
-    await redis.incr(f"{prefix}:live:{msg.trace_id}")
-    fields = {"t": msg.trace_id, "r": reply, **Codec(flow, None).encode_message(msg)}
-    await redis.xadd(f"{prefix}:requests", fields)  # type: ignore[arg-type]
-    last = [-1]
-
-    async def held_back() -> bool:
-        # The worker stopped sending: the length stays put twice in a row.
-        length = await redis.xlen(reply)
-        if length != last[0]:
-            last[0] = length
-            return False
-        return length >= REPLY_HIGH
-
-    await eventually(held_back, what="the worker to wait for the client")
-    assert last[0] <= REPLY_HIGH + 2  # the open note and at most one chunk beyond
+    reply, held = await send_unread(redis, prefix, flow, msg)
+    assert held <= REPLY_HIGH + 2  # the open note and at most one chunk beyond
     newest: Any = await redis.xrevrange(reply, count=1)
     assert newest[0][1][b"o"] == b"chunk"  # the outcome has not been sent yet
     seqs: list[int] = []
