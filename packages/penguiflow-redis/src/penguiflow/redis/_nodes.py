@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any
 
 from penguiflow.core import (
     OPEN_SEA,
@@ -59,6 +59,7 @@ from penguiflow.types import Message, StreamChunk
 
 from ._codec import encode_error, local_error
 from ._keys import GROUP, Keys
+from ._retry import room_poll
 from ._scripts import FINISH, FORWARD
 from ._worker import (
     LIVE_TTL_S,
@@ -73,10 +74,6 @@ from ._worker import (
 __all__ = ["NodeWorker", "Placement"]
 
 logger = logging.getLogger("penguiflow.redis")
-
-_WAIT_MIN_S: Final = 0.002
-_WAIT_MAX_S: Final = 0.1
-"""A forward to a full stream retries after a wait growing from the first to the second."""
 
 
 class Placement:
@@ -319,12 +316,11 @@ class NodeWorker(Worker):
         for key, value in fields.items():
             args += [key, value]
         stream_keys = [keys.node(target), keys.live(_text(fields["t"]))]
-        wait = _WAIT_MIN_S
+        backoff = room_poll()
         while not await self._forward_script(keys=stream_keys, args=args):
             # The stream is full: its workers are behind (or there are none yet). Wait,
             # as an in-process edge would; a cancel of the trace interrupts the wait.
-            await asyncio.sleep(wait)
-            wait = min(2 * wait, _WAIT_MAX_S)
+            await backoff.wait()
 
     # -- sessions -------------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ from redis.exceptions import RedisError, ResponseError
 from ._batch import Batcher
 from ._codec import Codec, encode_error, local_error
 from ._keys import GROUP, Keys
-from ._retry import Backoff, is_lost, is_no_group
+from ._retry import Backoff, is_lost, is_no_group, room_poll
 from ._scripts import BURY, CLAIM, HAND_BACK, RENEW
 
 __all__ = [
@@ -100,10 +100,6 @@ DEAD_MAXLEN: Final = 10_000
 # Replies go only to a stream its client created (and deletes when it closes): the outcome
 # of a request whose client is gone is dropped instead of recreating the stream.
 REPLY_XADD: Final[dict[str, Any]] = {"nomkstream": True}
-_WAIT_MIN_S: Final = 0.002
-_WAIT_MAX_S: Final = 0.1
-"""A chunk for a client that is behind waits for it, checking again after a wait growing
-from the first to the second."""
 _BLOCK_S: Final = 1.0
 """Longest blocking read; well under redis-py's default socket timeout (5 s)."""
 
@@ -822,10 +818,9 @@ async def send_reply(
         pipe.xlen(reply)
 
     *_, length = await batch.run(send)
-    wait = _WAIT_MIN_S
+    backoff = room_poll()
     while length >= REPLY_HIGH and not give_up():
-        await asyncio.sleep(wait)
-        wait = min(2 * wait, _WAIT_MAX_S)
+        await backoff.wait()
         (length,) = await batch.run(lambda pipe: pipe.xlen(reply))
 
 
