@@ -1088,3 +1088,28 @@ async def test_a_result_returned_after_stop_is_not_delivered_to_the_stopped_flow
         await asyncio.wait_for(flow.invoke(msg()), 2.0)
     snap = flow.inspect()
     assert snap.traces == {} and all(e.depth == 0 for e in snap.edges), snap
+
+
+@pytest.mark.usefixtures("virtual_clock")
+async def test_a_deadline_skip_says_how_long_the_attempt_it_cut_short_ran(
+    make_flow: MakeFlow,
+) -> None:
+    """Observers can tell an attempt the deadline ended from an item never run."""
+    skips: list[FlowEvent] = []
+
+    async def watch(event: FlowEvent) -> None:
+        if event.event_type == "deadline_skip":
+            skips.append(event)
+
+    async def slow(m: Message, ctx: Context) -> Message:
+        await asyncio.sleep(10.0)
+        return m
+
+    flow = make_flow(node(slow, "slow").to(), middlewares=[watch])
+    flow.run()
+    cut = await flow.invoke(msg(deadline_s=wall_time() + 0.5), expect=Message, timeout=5.0)
+    late = await flow.invoke(msg(deadline_s=wall_time() - 1.0), expect=Message, timeout=5.0)
+    assert cut.payload == late.payload == FinalAnswer(text=DEADLINE_EXCEEDED_TEXT)
+    assert len(skips) == 2
+    assert skips[0].latency_ms is not None and 450.0 <= skips[0].latency_ms <= 600.0
+    assert skips[1].latency_ms is None  # answered without running

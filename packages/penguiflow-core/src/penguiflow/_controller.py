@@ -156,12 +156,17 @@ class Router:
         return trace is not None and trace.wm_hops is not None and trace.wm_hops == payload.hops
 
     async def deadline_answer(
-        self, rt: NodeRuntime, slot: Slot, item: Message, trace: Trace | None
+        self,
+        rt: NodeRuntime,
+        slot: Slot,
+        item: Message,
+        trace: Trace | None,
+        latency_ms: float | None = None,
     ) -> None:
         """``deadline_skip``, interruptible by a cancel of the trace like node code."""
         slot.current = trace
         try:
-            await self.deadline_skip(rt, item, trace)
+            await self.deadline_skip(rt, item, trace, latency_ms)
         except asyncio.CancelledError:
             if slot.cancel_for is None:
                 raise
@@ -169,8 +174,14 @@ class Router:
         finally:
             slot.current = None
 
-    async def deadline_skip(self, rt: NodeRuntime, item: Message, trace: Trace | None) -> None:
-        """An item arrived past its deadline: answer "Deadline exceeded" instead of running."""
+    async def deadline_skip(
+        self, rt: NodeRuntime, item: Message, trace: Trace | None, latency_ms: float | None = None
+    ) -> None:
+        """An item arrived past its deadline: answer "Deadline exceeded" instead of running.
+
+        ``latency_ms`` is given when the deadline cut a running attempt short: the event
+        then also ends that attempt, and says how long it ran.
+        """
         tid = trace.trace_id if trace is not None else None
         hooks = self.hooks
         if hooks.observed(INFO):
@@ -180,6 +191,7 @@ class Router:
                 level=INFO,
                 trace=trace,
                 trace_id=tid,
+                latency_ms=latency_ms,
                 extra={"deadline_s": item.deadline_s},
             )
         if trace is not None and trace.cancelled:

@@ -898,7 +898,8 @@ class PenguiFlow(FlowGraph, RequestAPI):
                         slot.current = None
                         if trace is not None:
                             trace.inflight -= 1
-                        await self._router.deadline_answer(rt, slot, item, trace)
+                        latency = (loop.time() - started) * 1000.0
+                        await self._router.deadline_answer(rt, slot, item, trace, latency)
                         return
                     elif isinstance(exc, Exception | asyncio.CancelledError):
                         # A CancelledError nobody asked for (an awaited future cancelled

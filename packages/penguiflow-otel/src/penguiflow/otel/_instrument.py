@@ -16,8 +16,8 @@ How the pieces hang together:
   ``on_trace_cancel``, and anything still open is closed in ``on_stop``.
 * **Decisions** (retries, gave-up items, deadline skips, cancellations, join timeouts and
   any custom ``ctx.report`` event carrying a trace id) become events on the request span.
-  A ``deadline_skip`` also ends the attempt that the message deadline cut short: core
-  reports nothing else for that attempt.
+  A ``deadline_skip`` that carries ``latency_ms`` also ends the attempt that the message
+  deadline cut short: core reports nothing else for that attempt.
 * **Metrics**: counters and the latency histogram are fed by the same middleware; the
   gauges read ``flow.inspect()`` when a reader collects (``_metrics``).
 
@@ -306,14 +306,14 @@ class _Instrumentation:
             or attempt is None
             or attempt.request is not request
             or attempt.node_id != event.node_id
-            # Core counts the cut attempt out of the trace's in-flight count before it
-            # answers; a node that asks for the deadline answer itself (through its
-            # context) is still in flight, and its attempt goes on.
-            or event.trace_inflight >= request.running
+            # Core gives the latency only when the deadline cut a running attempt short;
+            # a node that asks for the deadline answer itself (through its context) is
+            # still running, and its attempt goes on.
+            or event.latency_ms is None
         ):
             return
         del self._attempts[task]
-        self._finish(attempt, DEADLINE, None, None)
+        self._finish(attempt, DEADLINE, None, event.latency_ms)
 
     def _note(self, event: FlowEvent) -> None:
         """Record a decision as an event on the request span of its trace."""
